@@ -1,0 +1,114 @@
+"""Structured pruning with torch-pruning's dependency graph, then BatchNorm recalibration.
+
+Layers that pruning couples (a residual add forces every layer feeding it to keep the same channels)
+form one group and share one ratio. A group is named after its member layers, joined with ``+``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class PruningGroup:
+    name: str
+    members: tuple[str, ...]  # layers whose output channels shrink together
+    channels: int  # output channels before pruning
+
+
+def _dependency_graph(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tp.DependencyGraph:
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+
+
+def pruning_groups(
+    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], output_layers: Sequence[str]
+) -> list[PruningGroup]:
+    """The coupled groups of Conv2d/Linear layers whose output channels can be pruned."""
+    modules = dict(model.named_modules())
+    names = {m: n for n, m in modules.items()}
+    graph = _dependency_graph(model, example_inputs)
+    ignored = [modules[n] for n in output_layers]
+    groups = []
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=list(PRUNABLE_TYPES)):
+        members = sorted(
+            {names[dep.target.module] for dep, _ in group
+             if isinstance(dep.target.module, PRUNABLE_TYPES) and graph.is_out_channel_pruning_fn(dep.handler)},
+            key=list(modules).index,
+        )
+        if members:
+            root = modules[members[0]]
+            channels = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
+            groups.append(PruningGroup("+".join(members), tuple(members), channels))
+    return groups
+
+
+def remaining_channels(channels: int, ratio: float, round_to: int) -> int:
+    """Channels a layer keeps after pruning ``ratio``, as torch-pruning computes it with ``round_to``."""
+    if ratio <= 0:
+        return channels
+    keep = int(channels * (1 - ratio))
+    return max(keep - keep % round_to, 0) if round_to else keep
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    ratios: Mapping[str, float],
+    output_layers: Sequence[str],
+    round_to: int = 8,
+) -> nn.Module:
+    """A pruned copy of ``model``: each group named in ``ratios`` loses that fraction of its channels.
+
+    Channels are ranked by L2 magnitude; kept channel counts are multiples of ``round_to``.
+    """
+    model = copy.deepcopy(model).eval()
+    ratios = {name: r for name, r in ratios.items() if r > 0}
+    if not ratios:
+        return model
+    modules = dict(model.named_modules())
+    groups = {g.name: g for g in pruning_groups(model, example_inputs, output_layers)}
+    unknown = sorted(set(ratios) - set(groups))
+    if unknown:
+        raise ValueError(f"unknown pruning groups {unknown}; the model has {sorted(groups)}.")
+    for name, ratio in ratios.items():
+        if remaining_channels(groups[name].channels, ratio, round_to) < max(round_to, 1):
+            raise ValueError(f"pruning group {name!r} by {ratio} leaves no channels (round_to={round_to}).")
+    # A tuple key makes torch-pruning apply one ratio to every layer of the coupled group.
+    ratio_dict = {tuple(modules[m] for m in groups[name].members): r for name, r in ratios.items()}
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example_inputs,
+        importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=0.0,
+        pruning_ratio_dict=ratio_dict,
+        ignored_layers=[modules[n] for n in output_layers],
+        round_to=round_to or None,
+    )
+    pruner.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Sequence[tuple[torch.Tensor, ...]]) -> nn.Module:
+    """Re-estimate BatchNorm running statistics on ``batches`` (a cumulative average over all of them)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch weighs the same
+    model.train()
+    for batch in batches:
+        model(*batch)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    return model.eval()

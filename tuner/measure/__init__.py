@@ -1,0 +1,1 @@
+"""Measure one built artifact: quality with the task's metric, latency in ONNX Runtime."""

@@ -1,0 +1,41 @@
+"""Latency of one ORT session: warmed up, repeated, summarized by median, p90 and spread."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+import numpy as np
+import onnxruntime as ort
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    median_ms: float
+    p90_ms: float
+    cv: float  # coefficient of variation: std / mean of the repeats
+    repeats: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure_latency(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], warmup: int = 10,
+                    repeats: int = 50) -> LatencyStats:
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"`repeats >= 1 and warmup >= 0` must hold, but got ({repeats=}, {warmup=}).")
+    for _ in range(warmup):
+        session.run(None, dict(feeds))
+    times = np.empty(repeats)
+    for i in range(repeats):
+        start = time.perf_counter()
+        session.run(None, dict(feeds))
+        times[i] = time.perf_counter() - start
+    times_ms = times * 1e3
+    return LatencyStats(
+        median_ms=float(np.median(times_ms)),
+        p90_ms=float(np.percentile(times_ms, 90)),
+        cv=float(times_ms.std() / times_ms.mean()),
+        repeats=repeats,
+    )

@@ -1,0 +1,27 @@
+"""The task's metric, computed on the outputs of the candidate's own ORT session."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from tuner.task import Evaluation
+
+
+def session_outputs(session: ort.InferenceSession, inputs: tuple[np.ndarray, ...], batch_size: int) -> np.ndarray:
+    """The session's first output for all samples, run in fixed-size batches (deterministic order)."""
+    names = [i.name for i in session.get_inputs()]
+    if len(names) != len(inputs):
+        raise ValueError(f"the model takes {len(names)} inputs {names}, but the evaluation gives {len(inputs)}.")
+    outputs = []
+    for start in range(0, len(inputs[0]), batch_size):
+        feeds = {name: array[start : start + batch_size] for name, array in zip(names, inputs)}
+        outputs.append(session.run(None, feeds)[0])
+    return np.concatenate(outputs, axis=0)
+
+
+def score(session: ort.InferenceSession, evaluation: Evaluation) -> float:
+    value = float(evaluation.metric(session_outputs(session, evaluation.inputs, evaluation.batch_size)))
+    if not np.isfinite(value):
+        raise ValueError(f"metric {evaluation.metric_name!r} returned {value}.")
+    return value

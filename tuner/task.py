@@ -1,0 +1,124 @@
+"""Tasks: the user's model, its inputs and its metric ("bring your own model").
+
+An experiment names its task as ``package.module:function`` or ``path/to/file.py:function``.
+The function takes the experiment's ``task_args`` as keyword arguments and returns a :class:`Task`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Held-out data and the metric computed on the outputs of the candidate's ORT session.
+
+    ``inputs`` holds one array per model input (first axis: samples). ``metric`` receives the
+    session's first output for all samples, concatenated along the first axis, and returns a float.
+    """
+
+    inputs: tuple[np.ndarray, ...]
+    metric: Callable[[np.ndarray], float]
+    metric_name: str = "accuracy"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("maximize", "minimize"):
+            raise ValueError(f"`direction` must be 'maximize' or 'minimize', but got {self.direction!r}.")
+        if not self.inputs or len({len(a) for a in self.inputs}) != 1:
+            raise ValueError("`inputs` must be a non-empty tuple of arrays with the same number of samples.")
+        if self.batch_size < 1:
+            raise ValueError(f"`batch_size >= 1` must hold, but got {self.batch_size=}.")
+
+
+@dataclass(frozen=True)
+class Task:
+    """What `tuner` needs from the user.
+
+    model: the trained fp32 model (it is copied, never modified).
+    example_inputs: one batch used for export and latency (first axis is the batch axis).
+    calibration_inputs: batches for int8 calibration and BatchNorm recalibration after pruning.
+    evaluation: held-out data and metric.
+    output_layers: module names whose outputs are the model's outputs; pruning never shrinks them.
+        Default: the last Conv/Linear module.
+    """
+
+    model: torch.nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    calibration_inputs: Sequence[tuple[torch.Tensor, ...]]
+    evaluation: Evaluation
+    output_layers: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.example_inputs, tuple) or not all(
+            isinstance(t, torch.Tensor) for t in self.example_inputs
+        ):
+            raise TypeError("`example_inputs` must be a tuple of torch.Tensor.")
+        if len(self.calibration_inputs) == 0:
+            raise ValueError("`calibration_inputs` must hold at least one batch.")
+        if not self.output_layers:
+            last = [n for n, m in self.model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+            if not last:
+                raise ValueError("the model has no Conv2d or Linear layer to tune.")
+            object.__setattr__(self, "output_layers", (last[-1],))
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """A task by reference: what crosses process boundaries instead of the task itself."""
+
+    spec: str
+    args: dict[str, Any] = field(default_factory=dict)
+    base_dir: str = "."  # relative file specs resolve against this (the experiment file's folder)
+
+    def fingerprint(self) -> str:
+        """Stable identity of the task for artifact keys (spec + arguments)."""
+        payload = json.dumps({"spec": self.spec, "args": self.args}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def load(self) -> Task:
+        fn = resolve_task_function(self.spec, self.base_dir)
+        task = fn(**self.args)
+        if not isinstance(task, Task):
+            raise TypeError(f"task function {self.spec!r} must return tuner.Task, but returned {type(task).__name__}.")
+        return task
+
+
+def resolve_task_function(spec: str, base_dir: str = ".") -> Callable[..., Task]:
+    """Import ``package.module:function`` or ``path/to/file.py:function``."""
+    module_part, sep, func_name = spec.rpartition(":")
+    if not sep or not module_part or not func_name:
+        raise ValueError(f"task {spec!r} must look like 'package.module:function' or 'path/to/file.py:function'.")
+    if module_part.endswith(".py"):
+        path = Path(module_part)
+        if not path.is_absolute():
+            path = Path(base_dir) / path
+        if not path.is_file():
+            raise FileNotFoundError(f"task {spec!r}: file {path} does not exist.")
+        mod_name = f"tuner_user_task_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
+        module = sys.modules.get(mod_name)
+        if module is None:
+            module_spec = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[mod_name] = module
+            module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_part)
+        except ImportError as exc:
+            raise ImportError(f"task {spec!r}: cannot import module {module_part!r}: {exc}") from exc
+    fn = getattr(module, func_name, None)
+    if not callable(fn):
+        raise AttributeError(f"task {spec!r}: {module_part!r} has no function {func_name!r}.")
+    return fn
