@@ -1,0 +1,146 @@
+"""The `tuner` command: run, front, pick. Thin: parse, call the API, print."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from statistics import median
+
+import optuna
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tuner.experiment import load_experiment
+    from tuner.pareto import format_table
+    from tuner.study import run_study
+
+    experiment = load_experiment(args.config)
+    if args.output_dir:
+        experiment = experiment.model_copy(update={"output_dir": args.output_dir})
+    print(f"study {experiment.name!r}: task {experiment.task}, space {experiment.space_path}, "
+          f"{args.trials or experiment.trials} trials, {args.workers or os.cpu_count()} workers")
+    result = run_study(experiment, trials=args.trials, workers=args.workers, address=args.address,
+                       tracking_uri=args.tracking_uri, progress=not args.no_progress)
+    metric = optuna_metric_name(result)
+    print(f"\n{result.n_complete} complete, {result.n_failed} failed trials in {result.wall_s:.1f} s; "
+          f"fp32 baseline {metric}={result.baseline['metric']:.4f}, {result.baseline['latency_ms']:.3f} ms")
+    print(f"Pareto front ({len(result.front)} models):")
+    print(format_table(result.front, metric))
+    if result.timings:
+        keys = ("prune", "export", "quantize", "accuracy", "latency", "orchestration")
+        print("median seconds per trial: " + ", ".join(
+            f"{k} {median(t.get(k, 0.0) for t in result.timings):.3f}" for k in keys))
+    print(f"\nrun directory: {result.run_dir}\nMLflow: {result.tracking_uri} (experiment {result.name!r}); "
+          f"browse with `mlflow ui`\npick with: tuner pick {result.name} --min-{metric} X")
+    return 0
+
+
+def optuna_metric_name(result) -> str:
+    return next((k for k in result.front[0] if k not in {"trial", "latency_ms", "latency_p90_ms", "speedup",
+                                                          "size_mb", "summary", "key", "mlflow_run_id"}),
+                "metric") if result.front else "metric"
+
+
+def _front(args: argparse.Namespace) -> int:
+    from tuner.pareto import format_table, front_rows
+    from tuner.study import load_finished_study
+
+    study = load_finished_study(args.study, args.output_dir)
+    rows = front_rows(study)
+    metric = study.user_attrs.get("metric_name", "metric")
+    base = study.user_attrs.get("baseline_latency_ms")
+    print(f"study {args.study!r}: {len(study.trials)} trials; fp32 baseline "
+          f"{metric}={study.user_attrs.get('baseline_metric', float('nan')):.4f}, {base or float('nan'):.3f} ms")
+    print(format_table(rows, metric))
+    return 0
+
+
+def _pick(args: argparse.Namespace, extra: list[str]) -> int:
+    from tuner.pareto import format_table, front_rows
+    from tuner.pick import choose, export_pick
+    from tuner.study import load_finished_study
+
+    study = load_finished_study(args.study, args.output_dir)
+    metric = study.user_attrs.get("metric_name", "metric")
+    min_metric = _parse_min_metric(extra, metric)
+    if (min_metric is None) == (args.max_latency_ms is None):
+        print(f"error: give one of --min-{metric} X (or --min-accuracy X) and --max-latency-ms Y", file=sys.stderr)
+        return 2
+    front = front_rows(study)
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    row = choose(front, metric, maximize, min_metric, args.max_latency_ms)
+    print(format_table([row], metric))
+    record = export_pick(study, row, args.out, args.tracking_uri, None if args.no_register else
+                         (args.register or study.study_name))
+    print(f"\nwrote {os.path.join(args.out, 'model.onnx')} and {os.path.join(args.out, 'candidate.json')}")
+    if "registered_model" in record:
+        reg = record["registered_model"]
+        print(f"registered in MLflow as {reg['name']!r} version {reg['version']}")
+    level = record["runtime"]["graph_optimization_level"]
+    print(f"load it with: onnxruntime.InferenceSession('model.onnx', sess_options) with graph optimization "
+          f"level {level!r} (tuner.runtime.create_session('model.onnx', {level!r}))")
+    return 0
+
+
+def _parse_min_metric(extra: list[str], metric: str) -> float | None:
+    """``--min-<metric> X``: the flag is named after the study's metric (``--min-accuracy`` for digits)."""
+    value = None
+    it = iter(extra)
+    for token in it:
+        flag, _, inline = token.partition("=")
+        if flag in (f"--min-{metric}", "--min-metric", "--min-accuracy"):
+            value = float(inline or next(it))
+        else:
+            raise SystemExit(f"error: unrecognized argument {token!r} (this study's metric is {metric!r})")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuner", description="Search quantization, pruning and fusion per layer, "
+                                     "measured on the real ONNX Runtime artifact.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run (or continue) the study of an experiment file")
+    run.add_argument("config", help="experiment YAML file")
+    run.add_argument("--trials", type=int, help="total trials the study should have (default: from the file)")
+    run.add_argument("--workers", type=int, help="evaluations at a time (default: CPU cores)")
+    run.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own, ./mlflow.db)")
+    run.add_argument("--output-dir", help="where run directories go (default: from the file, tuner-runs)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    front = sub.add_parser("front", help="print the Pareto front of a study")
+    front.add_argument("study")
+    front.add_argument("--output-dir", default="tuner-runs")
+    pick = sub.add_parser("pick", help="pick a front model: writes model.onnx + candidate.json, registers it")
+    pick.add_argument("study")
+    pick.add_argument("--max-latency-ms", type=float, help="most accurate member at most this slow")
+    pick.add_argument("--out", default=".", help="output folder (default: current folder)")
+    pick.add_argument("--register", help="registered model name (default: the study name)")
+    pick.add_argument("--no-register", action="store_true", help="do not register in the MLflow Model Registry")
+    pick.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own, ./mlflow.db)")
+    pick.add_argument("--output-dir", default="tuner-runs")
+    pick.epilog = "constraint: --min-<metric> X (e.g. --min-accuracy 0.97) or --max-latency-ms Y"
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tuner.errors import USER_ERRORS
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "pick":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "front":
+            return _front(args)
+        return _pick(args, extra)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The experiment file: one YAML per tuning job, validated before any expensive work.
+
+Example (``experiments/digits_cnn/experiment.yaml``)::
+
+    name: digits-cnn
+    task: tuner.tasks.digits_cnn:make_task     # or path/to/file.py:function (relative to this file)
+    task_args: {}
+    search_space: ../../search_spaces/cnn_int8_prune.yaml
+    trials: 60
+    sampler: tpe                  # tpe | nsga2 | random
+    seed: 0
+    max_metric_drop: 0.01         # constraint against the fp32 baseline
+    latency: {threads: 1, batch_size: 1, warmup: 10, repeats: 50}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tuner.evaluate import EvalSettings
+from tuner.task import TaskRef
+
+
+class ExperimentError(ValueError):
+    """An experiment file that cannot run; the message names file, field and value."""
+
+
+class LatencyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    threads: int = Field(1, ge=1, le=256)
+    batch_size: int = Field(1, ge=1, le=4096)
+    warmup: int = Field(10, ge=0)
+    repeats: int = Field(50, ge=5)
+
+
+class Experiment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    task: str
+    task_args: dict[str, Any] = {}
+    search_space: str
+    trials: int = Field(60, ge=1)
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    seed: int | None = 0
+    max_metric_drop: float | None = Field(0.01, ge=0)
+    latency: LatencyConfig = LatencyConfig()
+    round_to: int = Field(8, ge=1, le=256)
+    output_dir: str = "tuner-runs"
+
+    # Set by load_experiment: where the file lives, for resolving relative paths.
+    source: str = Field("", exclude=True)
+
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.source).parent if self.source else Path(".")
+
+    @property
+    def space_path(self) -> Path:
+        path = Path(self.search_space)
+        return path if path.is_absolute() else self.base_dir / path
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def task_ref(self) -> TaskRef:
+        return TaskRef(self.task, dict(self.task_args), str(self.base_dir.resolve()))
+
+    def eval_settings(self) -> EvalSettings:
+        lat = self.latency
+        return EvalSettings(lat.threads, lat.batch_size, lat.warmup, lat.repeats, self.round_to)
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    path = str(path)
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ExperimentError(f"{path}: experiment file not found.") from None
+    except yaml.YAMLError as exc:
+        raise ExperimentError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ExperimentError(f"{path}: must be a mapping of fields, got {type(data).__name__}.")
+    try:
+        experiment = Experiment.model_validate({**data, "source": path})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            value = err.get("input")
+            problems.append(f"field '{field}': {err['msg']} (got {value!r})" if err["type"] != "missing"
+                            else f"field '{field}': required but missing")
+        raise ExperimentError(f"{path}: " + "; ".join(problems)) from None
+    if not experiment.space_path.is_file():
+        raise ExperimentError(f"{path}: field 'search_space': file {experiment.space_path} does not exist.")
+    return experiment

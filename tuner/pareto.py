@@ -1,0 +1,87 @@
+"""The Pareto front as plain rows (computed once), then rendered: terminal table, CSV, plot."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+COLUMNS = ("trial", "metric", "latency_ms", "latency_p90_ms", "speedup", "size_mb", "summary", "key")
+
+
+def trial_row(trial: FrozenTrial, metric_name: str, baseline_latency: float | None) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    latency = trial.values[1]
+    return {
+        "trial": trial.number,
+        metric_name: trial.values[0],
+        "latency_ms": latency,
+        "latency_p90_ms": attrs.get("latency_p90_ms"),
+        "speedup": (baseline_latency / latency) if baseline_latency else None,
+        "size_mb": attrs.get("size_mb"),
+        "summary": attrs.get("summary", ""),
+        "key": attrs.get("key", ""),
+        "mlflow_run_id": attrs.get("mlflow_run_id"),
+    }
+
+
+def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """Feasible Pareto-optimal trials, fastest first (Optuna computes the front and the constraints)."""
+    metric = study.user_attrs.get("metric_name", "metric")
+    baseline = study.user_attrs.get("baseline_latency_ms")
+    rows = [trial_row(t, metric, baseline) for t in study.best_trials]
+    return sorted(rows, key=lambda r: r["latency_ms"])
+
+
+def completed_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    metric = study.user_attrs.get("metric_name", "metric")
+    baseline = study.user_attrs.get("baseline_latency_ms")
+    return [trial_row(t, metric, baseline) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+
+
+def format_table(rows: Sequence[dict[str, Any]], metric_name: str) -> str:
+    header = f"{'trial':>5}  {metric_name:>10}  {'latency_ms':>10}  {'p90_ms':>8}  {'speedup':>7}  {'size_mb':>7}  choices"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        speedup = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
+        lines.append(f"{r['trial']:>5}  {r[metric_name]:>10.4f}  {r['latency_ms']:>10.3f}  "
+                     f"{(r['latency_p90_ms'] or 0):>8.3f}  {speedup:>7}  {(r['size_mb'] or 0):>7.3f}  {r['summary']}")
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path, metric_name: str) -> None:
+    fields = ["trial", metric_name, "latency_ms", "latency_p90_ms", "speedup", "size_mb", "summary", "key",
+              "mlflow_run_id"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_front(all_rows: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]], metric_name: str,
+               path: str | Path, references: dict[str, dict[str, Any]] | None = None) -> None:
+    """Scatter of every completed trial, the front as a step line, and labelled reference trials."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ax.scatter([r["latency_ms"] for r in all_rows], [r[metric_name] for r in all_rows], s=14, color="#9aa5b1",
+               label="trials")
+    ax.step([r["latency_ms"] for r in front], [r[metric_name] for r in front], where="post", color="#d9480f")
+    ax.scatter([r["latency_ms"] for r in front], [r[metric_name] for r in front], s=30, color="#d9480f",
+               label="Pareto front", zorder=3)
+    for label, row in (references or {}).items():
+        ax.scatter([row["latency_ms"]], [row[metric_name]], marker="x", s=60, color="black", zorder=4)
+        ax.annotate(label, (row["latency_ms"], row[metric_name]), textcoords="offset points", xytext=(5, -12))
+    ax.set_xlabel("latency (ms, median, ONNX Runtime CPU)")
+    ax.set_ylabel(metric_name)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,277 @@
+"""The ask/tell loop: Optuna proposes, Ray evaluates, the driver tells Optuna and records to MLflow.
+
+Only the driver writes the Optuna storage (a journal file in the run directory) and MLflow, so running
+the same experiment again continues the same study.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from tuner.build.prune import pruning_groups
+from tuner.candidate import Candidate
+from tuner.experiment import Experiment
+from tuner.pareto import completed_rows, front_rows, plot_front, write_csv
+from tuner.space import SearchSpace, load_space_file, quantizable_layers
+from tuner.tracking import MlflowRecorder
+
+
+class StudyError(RuntimeError):
+    """The study cannot go on (for example: the fp32 model itself does not build)."""
+
+
+@dataclass
+class StudyResult:
+    name: str
+    run_dir: Path
+    front: list[dict[str, Any]]
+    n_complete: int
+    n_failed: int
+    wall_s: float
+    baseline: dict[str, float]
+    tracking_uri: str
+    timings: list[dict[str, float]] = field(default_factory=list)
+
+
+def open_study(run_dir: Path, name: str, sampler: optuna.samplers.BaseSampler | None = None,
+               directions: list[str] | None = None) -> optuna.Study:
+    storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
+    if directions is None:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    return optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=directions,
+                               load_if_exists=True)
+
+
+def load_finished_study(name: str, output_dir: str | Path = "tuner-runs") -> optuna.Study:
+    run_dir = Path(output_dir) / name
+    if not (run_dir / "optuna.journal").is_file():
+        raise FileNotFoundError(f"no study {name!r}: {run_dir / 'optuna.journal'} does not exist "
+                                "(run `tuner run EXPERIMENT` first, or pass --output-dir).")
+    return open_study(run_dir, name)
+
+
+def make_sampler(kind: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    """Samplers read the metric-drop constraint that the loop sets on each trial (`Trial.set_constraint`)."""
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"sampler must be 'tpe', 'nsga2' or 'random', but got {kind!r}.")
+
+
+def prepare(experiment: Experiment):
+    """Load the task and resolve the space in the driver: every config error surfaces before any trial."""
+    task = experiment.task_ref().load()
+    space_file = load_space_file(experiment.space_path)
+    groups = pruning_groups(task.model, task.example_inputs, task.output_layers)
+    space = SearchSpace(space_file, quantizable_layers(task.model), groups, experiment.round_to)
+    return task, space
+
+
+class _Progress:
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="trial", dynamic_ncols=True)
+
+    def update(self, n: int, failed: int, front: int, best: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"failed={failed} front={front} {best}")
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_study(experiment: Experiment, trials: int | None = None, workers: int | None = None,
+              address: str | None = None, tracking_uri: str | None = None, progress: bool = True,
+              log: Callable[[str], None] = print) -> StudyResult:
+    started = time.perf_counter()
+    budget = trials if trials is not None else experiment.trials
+    workers = workers or os.cpu_count() or 1
+    run_dir = experiment.run_dir
+    task, space = prepare(experiment)
+    metric_name = task.evaluation.metric_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for src in (experiment.source, experiment.space_path):
+        if src:
+            shutil.copy(src, run_dir / Path(src).name)
+
+    directions = [task.evaluation.direction, "minimize"]
+    # A resumed study gets a sampler seeded past the trials it has, or it would replay the first run's draws.
+    n_before = len(open_study(run_dir, experiment.name, optuna.samplers.RandomSampler(), directions).trials)
+    seed = None if experiment.seed is None else experiment.seed + n_before
+    study = open_study(run_dir, experiment.name, make_sampler(experiment.sampler, seed), directions)
+    space_signature = json.dumps({k: repr(v) for k, v in sorted(space.distributions().items())})
+    if study.user_attrs.get("space_signature", space_signature) != space_signature:
+        raise StudyError(f"study {experiment.name!r} in {run_dir} was created with a different search space; "
+                         "give the experiment a new name or remove that run directory.")
+    study.set_user_attr("space_signature", space_signature)
+    study.set_user_attr("metric_name", metric_name)
+    study.set_user_attr("task", experiment.task)
+    study.set_user_attr("opt_levels", list(space.opt_levels))
+
+    _fail_interrupted(study, log)
+    finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+                if not t.user_attrs.get("interrupted")]
+    if len(finished) >= budget:
+        log(f"study {experiment.name!r} already has {len(finished)}/{budget} trials; pass --trials N to add more.")
+    recorder = MlflowRecorder(tracking_uri, experiment.name, metric_name)
+    recorder.log_study_inputs(
+        [p for p in (experiment.source, experiment.space_path) if p],
+        {"task": experiment.task, "sampler": experiment.sampler, "max_metric_drop": experiment.max_metric_drop,
+         "threads": experiment.latency.threads, "batch_size": experiment.latency.batch_size,
+         "layers": len(space.layers), "searched_params": len(space.distributions())})
+    trial_runs = recorder.existing_trial_runs()
+
+    from tuner.executors import RayExecutor  # Ray is imported only when a study really runs
+
+    executor = RayExecutor(experiment.task_ref(), experiment.eval_settings(), run_dir / "artifacts", workers,
+                           address)
+    timings: list[dict[str, float]] = []
+    status = "FAILED"
+    try:
+        if "baseline_metric" not in study.user_attrs:
+            _measure_baseline(study, space, executor, experiment, log)
+            # The front always contains or dominates the references, since they are trials too.
+            study.enqueue_trial(space.uniform_params(32), user_attrs={"reference": "fp32"})
+            study.enqueue_trial(space.uniform_params(8), user_attrs={"reference": "uniform int8"})
+        _loop(study, space, executor, recorder, trial_runs, budget, len(finished), experiment, timings, progress)
+        status = "FINISHED"
+    finally:
+        executor.shutdown()
+        front = _finish(study, recorder, trial_runs, run_dir, metric_name)
+        recorder.close(status)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return StudyResult(experiment.name, run_dir, front, states.count(TrialState.COMPLETE),
+                       states.count(TrialState.FAIL), time.perf_counter() - started,
+                       {"metric": study.user_attrs["baseline_metric"],
+                        "latency_ms": study.user_attrs["baseline_latency_ms"]},
+                       recorder.tracking_uri, timings)
+
+
+def _fail_interrupted(study: optuna.Study, log: Callable[[str], None]) -> None:
+    """Trials left RUNNING by a driver that died: record them FAIL and queue their parameters again."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        running = optuna.trial.Trial(study, trial._trial_id)
+        running.set_user_attr("fail_reason", "interrupted: the driver stopped")
+        running.set_user_attr("interrupted", True)
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={k: v for k, v in trial.user_attrs.items()
+                                                      if k == "reference"})
+        log(f"trial {trial.number} was interrupted; it will run again.")
+
+
+def _measure_baseline(study, space: SearchSpace, executor, experiment: Experiment, log) -> None:
+    reference = Candidate(bits=tuple((n, 32) for n in space.bits_choices), opt_level="all")
+    log("measuring the fp32 baseline ...")
+    executor.submit("baseline", reference.to_dict())
+    results = []
+    while not results:
+        results = executor.results(timeout=5.0)
+    outcome = results[0][1]
+    if outcome["state"] != "COMPLETE":
+        raise StudyError(f"the fp32 baseline of task {experiment.task!r} does not build or run: {outcome['error']}")
+    study.set_user_attr("baseline_metric", outcome["metric"])
+    study.set_user_attr("baseline_latency_ms", outcome["latency"]["median_ms"])
+    log(f"fp32 baseline: {study.user_attrs['metric_name']}={outcome['metric']:.4f}, "
+        f"latency={outcome['latency']['median_ms']:.3f} ms")
+
+
+def _loop(study, space, executor, recorder, trial_runs, budget, done, experiment, timings, progress) -> None:
+    dists = space.distributions()
+    baseline = study.user_attrs["baseline_metric"]
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    metric_name = study.user_attrs["metric_name"]
+    bar = _Progress(budget, min(done, budget), progress)
+    failed = len([t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                  if not t.user_attrs.get("interrupted")])
+    in_flight: dict[int, tuple[optuna.Trial, Candidate, float]] = {}
+    try:
+        while done < budget or in_flight:
+            while executor.idle and done + len(in_flight) < budget:
+                trial = study.ask(fixed_distributions=dists)
+                candidate = space.decode(trial.params)
+                trial.set_user_attr("summary", candidate.summary())
+                in_flight[trial.number] = (trial, candidate, time.perf_counter())
+                executor.submit(trial.number, candidate.to_dict())
+            for number, outcome in executor.results(timeout=1.0):
+                trial, candidate, submitted = in_flight.pop(number)
+                tell_start = time.perf_counter()
+                if number not in trial_runs:
+                    trial_runs[number] = recorder.log_trial(number, outcome, candidate.summary())
+                    trial.set_user_attr("mlflow_run_id", trial_runs[number])
+                if outcome["state"] == "COMPLETE":
+                    drop = (baseline - outcome["metric"]) if maximize else (outcome["metric"] - baseline)
+                    if experiment.max_metric_drop is not None:  # <= 0 is feasible
+                        trial.set_constraint("metric_drop", drop - experiment.max_metric_drop)
+                    for key, value in {"key": outcome["key"], "metric_drop": drop,
+                                       "latency_p90_ms": outcome["latency"]["p90_ms"],
+                                       "latency_cv": outcome["latency"]["cv"], "size_mb": outcome["size_mb"],
+                                       "timings": outcome["timings"]}.items():
+                        trial.set_user_attr(key, value)
+                    study.tell(trial, [outcome["metric"], outcome["latency"]["median_ms"]])
+                else:
+                    failed += 1
+                    trial.set_user_attr("fail_reason", outcome.get("error"))
+                    study.tell(trial, state=TrialState.FAIL)
+                row = dict(outcome.get("timings", {}))
+                row["orchestration"] = row.get("wall", 0.0) - row.get("worker_total", 0.0) + (
+                    time.perf_counter() - tell_start)
+                timings.append(row)
+                done += 1
+                front = study.best_trials
+                best = ""
+                if front:
+                    fastest = min(front, key=lambda t: t.values[1])
+                    best = f"fastest={fastest.values[1]:.3f}ms@{metric_name}={fastest.values[0]:.4f}"
+                bar.update(1, failed, len(front), best)
+    finally:
+        bar.close()
+        for number, (trial, _, _) in in_flight.items():  # stopped early: leave nothing RUNNING
+            trial.set_user_attr("fail_reason", "interrupted: the study stopped")
+            trial.set_user_attr("interrupted", True)
+            study.enqueue_trial(trial.params, user_attrs={k: v for k, v in trial.user_attrs.items()
+                                                          if k == "reference"})
+            study.tell(trial, state=TrialState.FAIL)
+
+
+def _finish(study, recorder: MlflowRecorder, trial_runs: dict[int, str], run_dir: Path, metric_name: str):
+    if "baseline_latency_ms" not in study.user_attrs:
+        return []
+    front = front_rows(study)
+    rows = completed_rows(study)
+    by_trial = {r["trial"]: r for r in rows}
+    write_csv(front, run_dir / "pareto.csv", metric_name)
+    references = {t.user_attrs["reference"]: by_trial[t.number] for t in study.get_trials(deepcopy=False)
+                  if "reference" in t.user_attrs and t.number in by_trial}
+    plot_front(rows, front, metric_name, run_dir / "pareto.png", references)
+    models = {}
+    for r in front:
+        path = run_dir / "artifacts" / r["key"] / "model.onnx"
+        if path.is_file():
+            models[r["trial"]] = path
+    recorder.mark_front(trial_runs, {r["trial"] for r in front}, models)
+    summary = {"front_size": len(front), "baseline_" + metric_name: study.user_attrs["baseline_metric"],
+               "baseline_latency_ms": study.user_attrs["baseline_latency_ms"]}
+    if front:
+        summary["best_speedup"] = max(r["speedup"] for r in front)
+    recorder.log_front(run_dir / "pareto.csv", run_dir / "pareto.png", summary)
+    return front
+

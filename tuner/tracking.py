@@ -1,0 +1,98 @@
+"""MLflow recorder: one parent run per study, one nested run per trial, front tags and artifacts."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+ROLE = "tuner.role"
+
+
+class MlflowRecorder:
+    def __init__(self, tracking_uri: str | None, study_name: str, metric_name: str):
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = self.client.tracking_uri
+        self.study_name = study_name
+        self.metric_name = metric_name
+        experiment = self.client.get_experiment_by_name(study_name)
+        self.experiment_id = (experiment.experiment_id if experiment is not None
+                              else self.client.create_experiment(study_name))
+        self.parent_run_id = self._find_or_create_parent()
+
+    def _find_or_create_parent(self) -> str:
+        runs = self.client.search_runs([self.experiment_id], f"tags.`{ROLE}` = 'study'", max_results=1)
+        if runs:  # a resumed study keeps its parent run
+            run_id = runs[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=self.study_name,
+                                     tags={ROLE: "study", "tuner.study": self.study_name})
+        return run.info.run_id
+
+    def log_study_inputs(self, files: Sequence[str | Path], params: dict[str, Any]) -> None:
+        for path in files:
+            self.client.log_artifact(self.parent_run_id, str(path), artifact_path="inputs")
+        existing = self.client.get_run(self.parent_run_id).data.params
+        new = [Param(k, str(v)[:500]) for k, v in params.items() if k not in existing]
+        if new:
+            self.client.log_batch(self.parent_run_id, params=new)
+
+    def existing_trial_runs(self) -> dict[int, str]:
+        runs = self.client.search_runs([self.experiment_id], f"tags.`{ROLE}` = 'trial'", max_results=50000)
+        return {int(r.data.tags["tuner.trial_number"]): r.info.run_id for r in runs}
+
+    def log_trial(self, number: int, outcome: dict[str, Any], summary: str) -> str:
+        """One nested run for a finished trial (COMPLETE or FAIL)."""
+        failed = outcome["state"] != "COMPLETE"
+        tags = {"mlflow.parentRunId": self.parent_run_id, ROLE: "trial", "tuner.trial_number": str(number),
+                "tuner.study": self.study_name, "tuner.state": outcome["state"],
+                "tuner.artifact_key": outcome.get("key") or "", "tuner.pareto": "false"}
+        if failed:
+            tags["tuner.fail_reason"] = (outcome.get("error") or "unknown")[:5000]
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number:04d}", tags=tags)
+        run_id = run.info.run_id
+        candidate = outcome.get("candidate") or {}
+        params = [Param("summary", summary[:500]), Param("opt_level", str(candidate.get("opt_level")))]
+        metrics = []
+        if not failed:
+            lat = outcome["latency"]
+            values = {self.metric_name: outcome["metric"], "latency_ms": lat["median_ms"],
+                      "latency_p90_ms": lat["p90_ms"], "latency_cv": lat["cv"], "size_mb": outcome["size_mb"]}
+            values.update({f"time_{k}_s": v for k, v in outcome.get("timings", {}).items()})
+            metrics = [Metric(k, float(v), 0, 0) for k, v in values.items()]
+        self.client.log_batch(run_id, metrics=metrics, params=params)
+        self.client.log_dict(run_id, {"trial": number, "key": outcome.get("key"), "candidate": candidate},
+                             "candidate.json")
+        if failed and outcome.get("traceback"):
+            self.client.log_text(run_id, outcome["traceback"], "error.txt")
+        self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+        return run_id
+
+    def mark_front(self, trial_runs: dict[int, str], front_trials: set[int], models: dict[int, Path]) -> None:
+        """Tag every trial run with ``tuner.pareto`` and attach ``model.onnx`` to front members."""
+        for number, run_id in trial_runs.items():
+            on_front = number in front_trials
+            self.client.set_tag(run_id, "tuner.pareto", "true" if on_front else "false")
+            if on_front and number in models:
+                names = {f.path for f in self.client.list_artifacts(run_id)}
+                if "model.onnx" not in names:
+                    self.client.log_artifact(run_id, str(models[number]))
+
+    def log_front(self, csv_path: Path, plot_path: Path, summary: dict[str, Any]) -> None:
+        self.client.log_artifact(self.parent_run_id, str(csv_path))
+        self.client.log_artifact(self.parent_run_id, str(plot_path))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "study_summary.json"
+            path.write_text(json.dumps(summary, indent=2, default=str))
+            self.client.log_artifact(self.parent_run_id, str(path))
+        metrics = [Metric(k, float(v), 0, 0) for k, v in summary.items() if isinstance(v, (int, float))]
+        if metrics:
+            self.client.log_batch(self.parent_run_id, metrics=metrics)
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.parent_run_id, status)
