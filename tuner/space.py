@@ -40,6 +40,9 @@ class PruneRange:
     high: float
     step: float
 
+    def __str__(self) -> str:
+        return f"{self.low}" if self.low == self.high else f"{self.low}..{self.high} step {self.step}"
+
     def values(self) -> list[float]:
         n = round((self.high - self.low) / self.step)
         return [round(self.low + i * self.step, 6) for i in range(n + 1)]
@@ -206,7 +209,7 @@ class SearchSpace:
             if all(v is None for v in ranges.values()):
                 continue
             if len(set(ranges.values())) > 1:
-                detail = "; ".join(f"{m}: {rules[m].label if rules[m] else 'no rule'} -> prune {ranges[m]}"
+                detail = "; ".join(f"{m}: {rules[m].label if rules[m] else 'no rule'} -> prune {ranges[m] or 'none'}"
                                    for m in group.members)
                 raise SpaceError(f"{self.file.path}: layers {', '.join(group.members)} are coupled by pruning "
                                  f"(they must keep the same channel count), but their rules disagree ({detail}). "

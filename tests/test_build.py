@@ -1,0 +1,139 @@
+"""The artifact is what the candidate asked for, checked in the graph ORT really runs."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from tuner.build.export import export_onnx, layer_nodes
+from tuner.build.prune import prune, pruning_groups, recalibrate_batchnorm, remaining_channels
+from tuner.build.quantize import quantize_int8
+from tuner.candidate import Candidate
+from tuner.evaluate import EvalSettings, Evaluator
+from tuner.measure.quality import score
+from tuner.runtime import create_session
+from tuner.space import quantizable_layers
+from tuner.task import TaskRef
+
+from conftest import SMALL_TASK_ARGS
+
+FP32_LAYERS = {"layer1.0.conv1", "layer2.conv2", "fc"}
+
+
+def optimized_graph(model_path, level, tmp_path):
+    out = tmp_path / f"optimized_{level}.onnx"
+    create_session(model_path, level, optimized_model_path=str(out))
+    return onnx.load(str(out)).graph
+
+
+@pytest.fixture(scope="module")
+def mixed_artifact(small_task, tmp_path_factory):
+    """int8 everywhere except FP32_LAYERS, quantized exactly as the evaluator does it."""
+    tmp = tmp_path_factory.mktemp("mixed")
+    export_onnx(small_task.model, small_task.example_inputs, tmp / "fp32.onnx")
+    layers = quantizable_layers(small_task.model)
+    nodes = layer_nodes(onnx.load(str(tmp / "fp32.onnx")), layers)
+    calibration = [[t.numpy() for t in batch] for batch in small_task.calibration_inputs]
+    quantize_int8(tmp / "fp32.onnx", tmp / "model.onnx", calibration, [nodes[n] for n in FP32_LAYERS])
+    return tmp, layers
+
+
+def test_every_layer_maps_to_one_onnx_node(mixed_artifact):
+    tmp, layers = mixed_artifact
+    nodes = layer_nodes(onnx.load(str(tmp / "fp32.onnx")), layers)
+    assert set(nodes) == set(layers)
+    assert len(set(nodes.values())) == len(layers)
+
+
+def test_int8_layers_run_as_qlinear_and_fp32_layers_as_float(mixed_artifact, tmp_path):
+    tmp, layers = mixed_artifact
+    graph = optimized_graph(tmp / "model.onnx", "extended", tmp_path)
+    int8_weights = {n.input[3] for n in graph.node if n.op_type in ("QLinearConv", "QGemm")}
+    float_weights = {n.input[1] for n in graph.node if n.op_type in ("Conv", "Gemm", "FusedConv", "FusedGemm")}
+    for layer in layers:
+        if layer in FP32_LAYERS:
+            assert f"{layer}.weight" in float_weights, f"{layer} should run as a float op"
+        else:
+            assert f"{layer}.weight_quantized" in int8_weights, f"{layer} should run as QLinearConv/QGemm"
+
+
+def test_kernel_counts_at_level_all(mixed_artifact, tmp_path):
+    tmp, layers = mixed_artifact
+    graph = optimized_graph(tmp / "model.onnx", "all", tmp_path)
+    ops = [n.op_type for n in graph.node]
+    n_conv_fp32 = len([layer for layer in FP32_LAYERS if layer != "fc"])
+    assert ops.count("QLinearConv") == len(layers) - len(FP32_LAYERS)
+    assert ops.count("Conv") == n_conv_fp32  # NCHWc float convs keep the Conv op type
+    assert "QGemm" not in ops
+
+
+def test_without_the_float_input_rewrite_ort_would_quantize_fp32_layers(small_task, tmp_path):
+    """Guards the reason `keep_float_inputs` exists: ORT's WeightBiasQuantization."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from tuner.build.quantize import _BatchReader
+
+    export_onnx(small_task.model, small_task.example_inputs, tmp_path / "fp32.onnx")
+    nodes = layer_nodes(onnx.load(str(tmp_path / "fp32.onnx")), quantizable_layers(small_task.model))
+    calibration = [[t.numpy() for t in batch] for batch in small_task.calibration_inputs]
+    quantize_static(str(tmp_path / "fp32.onnx"), str(tmp_path / "plain.onnx"), _BatchReader(["x"], calibration),
+                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    per_channel=True, nodes_to_exclude=[nodes["layer1.0.conv1"]])
+    graph = optimized_graph(tmp_path / "plain.onnx", "extended", tmp_path)
+    float_weights = {n.input[1] for n in graph.node if n.op_type == "Conv"}
+    assert "layer1.0.conv1.weight" not in float_weights  # ORT turned the excluded layer into int8
+
+
+def test_pruned_layers_have_expected_channels_and_still_score(small_task, tmp_path):
+    groups = {g.name: g for g in pruning_groups(small_task.model, small_task.example_inputs, ["fc"])}
+    ratios = {"layer2.conv2+layer2.shortcut.0": 0.25, "layer3.conv1": 0.5}
+    model = prune(small_task.model, small_task.example_inputs, ratios, ["fc"], round_to=8)
+    modules = dict(model.named_modules())
+    for name, group in groups.items():
+        expected = remaining_channels(group.channels, ratios.get(name, 0.0), 8)
+        for member in group.members:
+            assert modules[member].out_channels == expected, member
+    assert modules["layer2.shortcut.0"].out_channels == 24 and modules["layer3.conv1"].out_channels == 32
+    assert modules["layer3.conv1"].in_channels == 24  # consumers shrink with their producers
+    assert modules["layer3.conv2"].in_channels == 32
+    assert dict(small_task.model.named_modules())["layer3.conv1"].out_channels == 64  # original untouched
+
+    x = torch.from_numpy(small_task.evaluation.inputs[0])
+    with torch.no_grad():
+        before = small_task.evaluation.metric(model(x).numpy())
+        recalibrate_batchnorm(model, small_task.calibration_inputs)
+        after = small_task.evaluation.metric(model(x).numpy())
+    assert after > before
+    assert after > 0.9
+
+    export_onnx(model, small_task.example_inputs, tmp_path / "pruned.onnx")
+    inits = {i.name: tuple(i.dims) for i in onnx.load(str(tmp_path / "pruned.onnx")).graph.initializer}
+    assert inits["layer2.conv2.weight"][0] == 24 and inits["layer3.conv1.weight"][:2] == (32, 24)
+
+
+def test_evaluator_builds_cached_artifact_and_reproduces_metric(small_task, tmp_path):
+    ref = TaskRef("tuner.tasks.digits_cnn:make_task", SMALL_TASK_ARGS)
+    evaluator = Evaluator(ref, EvalSettings(repeats=5, warmup=1), tmp_path)
+    layers = quantizable_layers(small_task.model)
+    cand = Candidate(bits=tuple((n, 8) for n in layers), prune=(("layer3.conv1", 0.25),), opt_level="all")
+    first = evaluator.evaluate(cand)
+    assert first.state == "COMPLETE", first.error
+    assert not first.cached_build and first.timings["export"] > 0
+    second = evaluator.evaluate(cand.to_dict())
+    assert second.cached_build and "export" not in second.timings
+    assert second.key == first.key and second.metric == first.metric
+    assert first.latency["median_ms"] > 0 and first.latency["p90_ms"] >= first.latency["median_ms"]
+    # a fresh session on the file alone gives the same metric, bit for bit
+    model_path = tmp_path / first.key / "model.onnx"
+    props = {p.key: p.value for p in onnx.load(str(model_path)).metadata_props}
+    session = create_session(model_path, props["tuner.opt_level"])
+    assert score(session, small_task.evaluation) == first.metric
+
+
+def test_a_candidate_that_cannot_build_is_a_fail_with_reason(tmp_path):
+    ref = TaskRef("tuner.tasks.digits_cnn:make_task", SMALL_TASK_ARGS)
+    evaluator = Evaluator(ref, EvalSettings(repeats=5, warmup=1), tmp_path)
+    outcome = evaluator.evaluate(Candidate(prune=(("no.such.group", 0.5),)))
+    assert outcome.state == "FAIL"
+    assert "build failed" in outcome.error and "no.such.group" in outcome.error
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no half-written artifact left
