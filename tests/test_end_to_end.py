@@ -1,0 +1,145 @@
+"""`tuner run` / `tuner front` / `tuner pick` for real: local Ray, Optuna journal, MLflow sqlite store."""
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tuner.cli import main
+from tuner.measure.quality import score
+from tuner.runtime import create_session
+
+from conftest import SMALL_TASK_ARGS
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_experiment(tmp_path, name, trials, task="tuner.tasks.digits_cnn:make_task",
+                     space=str(REPO / "search_spaces" / "cnn_int8_prune.yaml"), task_args=SMALL_TASK_ARGS):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: {name}
+        task: {task}
+        task_args: {json.dumps(task_args)}
+        search_space: {space}
+        trials: {trials}
+        seed: 1
+        max_metric_drop: 0.02
+        latency: {{threads: 1, batch_size: 1, warmup: 2, repeats: 10}}
+    """))
+    return path
+
+
+def runs_by_role(client, experiment_name):
+    exp = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return ([r for r in runs if r.data.tags.get("tuner.role") == "study"],
+            [r for r in runs if r.data.tags.get("tuner.role") == "trial"])
+
+
+def test_run_resume_front_pick(tmp_path, monkeypatch, capsys, small_task):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = write_experiment(tmp_path, "e2e", trials=6)
+    assert main(["run", str(config), "--workers", "2", "--tracking-uri", uri, "--no-progress"]) == 0
+
+    client = MlflowClient(uri)
+    parents, trials = runs_by_role(client, "e2e")
+    assert len(parents) == 1 and len(trials) == 6
+    parent = parents[0]
+    parent_files = {f.path for f in client.list_artifacts(parent.info.run_id)}
+    assert {"pareto.csv", "pareto.png", "inputs"} <= parent_files
+    assert {f.path for f in client.list_artifacts(parent.info.run_id, "inputs")} == {
+        "inputs/e2e.yaml", "inputs/cnn_int8_prune.yaml"}
+    assert sorted(int(r.data.tags["tuner.trial_number"]) for r in trials) == list(range(6))
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        files = {f.path for f in client.list_artifacts(run.info.run_id)}
+        assert "candidate.json" in files
+        if run.data.tags["tuner.state"] == "COMPLETE":
+            assert {"accuracy", "latency_ms", "latency_p90_ms", "latency_cv", "size_mb"} <= set(run.data.metrics)
+        on_front = run.data.tags["tuner.pareto"] == "true"
+        assert ("model.onnx" in files) == on_front
+
+    front_runs = [r for r in trials if r.data.tags["tuner.pareto"] == "true"]
+    assert front_runs
+    # fp32 (trial 0) and uniform int8 (trial 1) are trials, so the front contains or dominates them.
+    by_number = {int(r.data.tags["tuner.trial_number"]): r for r in trials}
+    for ref in (0, 1):
+        m = by_number[ref].data.metrics
+        assert any(f.data.metrics["accuracy"] >= m["accuracy"] and f.data.metrics["latency_ms"] <= m["latency_ms"]
+                   for f in front_runs)
+    csv_rows = (tmp_path / "tuner-runs" / "e2e" / "pareto.csv").read_text().strip().splitlines()
+    assert len(csv_rows) == 1 + len(front_runs)
+
+    # Running the same experiment again continues the study: more trials, same parent, no duplicates.
+    assert main(["run", str(config), "--trials", "8", "--workers", "2", "--tracking-uri", uri,
+                 "--no-progress"]) == 0
+    parents, trials = runs_by_role(client, "e2e")
+    assert len(parents) == 1 and len(trials) == 8
+    assert sorted(int(r.data.tags["tuner.trial_number"]) for r in trials) == list(range(8))
+
+    capsys.readouterr()
+    assert main(["front", "e2e"]) == 0
+    assert "latency_ms" in capsys.readouterr().out
+
+    out = tmp_path / "picked"
+    assert main(["pick", "e2e", "--min-accuracy", "0.5", "--out", str(out), "--tracking-uri", uri]) == 0
+    record = json.loads((out / "candidate.json").read_text())
+    level = record["runtime"]["graph_optimization_level"]
+    session = create_session(out / "model.onnx", level)
+    assert score(session, small_task.evaluation) == record["metrics"]["accuracy"]  # exactly, not approximately
+    props = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert json.loads(props["tuner.candidate"]) == record["candidate"]
+    version = client.get_registered_model("e2e").latest_versions[0]
+    assert version.run_id == record["mlflow_run_id"]
+    # the fastest front member that meets the constraint was picked
+    fastest = min((r for r in runs_by_role(client, "e2e")[1] if r.data.tags["tuner.pareto"] == "true"),
+                  key=lambda r: r.data.metrics["latency_ms"])
+    assert record["trial"] == int(fastest.data.tags["tuner.trial_number"])
+
+
+def test_failing_candidates_are_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fragile_task.py").write_text(textwrap.dedent(f"""
+        import numpy as np, torch
+        from tuner import Evaluation, Task
+        from tuner.tasks.digits_cnn import make_task
+
+        def build():
+            task = make_task(**{SMALL_TASK_ARGS!r})
+            x = task.evaluation.inputs[0]
+            with torch.no_grad():
+                reference = task.model(torch.from_numpy(x)).numpy()
+
+            def metric(logits):  # fails for any model that is not numerically the fp32 one
+                if np.abs(logits - reference).max() > 1e-3:
+                    raise ValueError("synthetic failure: outputs drifted from fp32")
+                return float((logits.argmax(1) == reference.argmax(1)).mean())
+
+            return Task(task.model, task.example_inputs, task.calibration_inputs,
+                        Evaluation(inputs=(x,), metric=metric), output_layers=("fc",))
+    """))
+    (tmp_path / "space.yaml").write_text("layers:\n  - match: 're:.*'\n    bits: [8, 32]\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = write_experiment(tmp_path, "fragile", trials=5, task="fragile_task.py:build", space="space.yaml",
+                              task_args={})
+    assert main(["run", str(config), "--workers", "2", "--tracking-uri", uri, "--no-progress"]) == 0
+    _, trials = runs_by_role(MlflowClient(uri), "fragile")
+    assert len(trials) == 5
+    failed = [r for r in trials if r.data.tags["tuner.state"] == "FAIL"]
+    assert failed and len(failed) < 5  # the fp32 trial completes; uniform int8 fails
+    for run in failed:
+        assert run.info.status == "FAILED"
+        assert "synthetic failure" in run.data.tags["tuner.fail_reason"]
+    from tuner.study import load_finished_study
+
+    study = load_finished_study("fragile")
+    states = {t.state.name for t in study.trials}
+    assert states <= {"COMPLETE", "FAIL"}  # never PRUNED
+    assert study.trials[1].state.name == "FAIL" and "synthetic" in study.trials[1].user_attrs["fail_reason"]

@@ -1,0 +1,67 @@
+import textwrap
+
+import pytest
+
+from tuner.experiment import ExperimentError, load_experiment
+from tuner.task import TaskRef
+
+
+def write(tmp_path, text, space=True):
+    if space:
+        (tmp_path / "space.yaml").write_text("layers:\n  - match: fc\n    bits: [8, 32]\n")
+    path = tmp_path / "exp.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_valid_file_resolves_paths_relative_to_itself(tmp_path):
+    exp = load_experiment(write(tmp_path, """
+        name: demo
+        task: tuner.tasks.digits_cnn:make_task
+        search_space: space.yaml
+        latency: {threads: 2, batch_size: 4}
+    """))
+    assert exp.space_path == tmp_path / "space.yaml"
+    assert exp.eval_settings().threads == 2 and exp.eval_settings().batch_size == 4
+    assert exp.trials == 60 and exp.sampler == "tpe"
+
+
+@pytest.mark.parametrize("body, message", [
+    ("name: demo\ntask: m:f\nsearch_space: space.yaml\nsampler: cmaes\n", r"field 'sampler'.*got 'cmaes'"),
+    ("name: demo\ntask: m:f\nsearch_space: space.yaml\nlatency: {threads: 0}\n", r"field 'latency.threads'.*got 0"),
+    ("name: demo\ntask: m:f\nsearch_space: space.yaml\ntrails: 5\n", r"field 'trails'.*not permitted"),
+    ("task: m:f\nsearch_space: space.yaml\n", r"field 'name': required but missing"),
+    ("name: demo\ntask: m:f\nsearch_space: other.yaml\n", r"field 'search_space': file .*other.yaml does not exist"),
+])
+def test_errors_name_file_field_and_value(tmp_path, body, message):
+    path = write(tmp_path, body)
+    with pytest.raises(ExperimentError, match=message) as err:
+        load_experiment(path)
+    assert str(path) in str(err.value)
+
+
+def test_task_from_a_file_path(tmp_path):
+    (tmp_path / "my_task.py").write_text(textwrap.dedent("""
+        import numpy as np, torch
+        from tuner import Evaluation, Task
+
+        def build(hidden=8):
+            model = torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 2))
+            x = np.zeros((10, 4), np.float32)
+            return Task(model=model, example_inputs=(torch.zeros(1, 4),), calibration_inputs=[(torch.zeros(2, 4),)],
+                        evaluation=Evaluation(inputs=(x,), metric=lambda out: float(out.shape[1])))
+    """))
+    task = TaskRef("my_task.py:build", {"hidden": 16}, str(tmp_path)).load()
+    assert task.output_layers == ("2",)  # default: the last Linear
+    assert task.model[0].out_features == 16
+
+
+@pytest.mark.parametrize("spec, error, message", [
+    ("no_colon", ValueError, "must look like"),
+    ("missing.py:f", FileNotFoundError, "does not exist"),
+    ("tuner.tasks.digits_cnn:nope", AttributeError, "has no function 'nope'"),
+    ("no_such_package_xyz:f", ImportError, "cannot import module"),
+])
+def test_bad_task_specs(tmp_path, spec, error, message):
+    with pytest.raises(error, match=message):
+        TaskRef(spec, {}, str(tmp_path)).load()
