@@ -22,7 +22,7 @@ def _run(args: argparse.Namespace) -> int:
           f"{args.trials or experiment.trials} trials, {args.workers or os.cpu_count()} workers")
     result = run_study(experiment, trials=args.trials, workers=args.workers, address=args.address,
                        tracking_uri=args.tracking_uri, progress=not args.no_progress)
-    metric = optuna_metric_name(result)
+    metric = result.metric_name
     print(f"\n{result.n_complete} complete, {result.n_failed} failed trials in {result.wall_s:.1f} s; "
           f"fp32 baseline {metric}={result.baseline['metric']:.4f}, {result.baseline['latency_ms']:.3f} ms")
     print(f"Pareto front ({len(result.front)} models):")
@@ -34,12 +34,6 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\nrun directory: {result.run_dir}\nMLflow: {result.tracking_uri} (experiment {result.name!r}); "
           f"browse with `mlflow ui`\npick with: tuner pick {result.name} --min-{metric} X")
     return 0
-
-
-def optuna_metric_name(result) -> str:
-    return next((k for k in result.front[0] if k not in {"trial", "latency_ms", "latency_p90_ms", "speedup",
-                                                          "size_mb", "summary", "key", "mlflow_run_id"}),
-                "metric") if result.front else "metric"
 
 
 def _front(args: argparse.Namespace) -> int:

@@ -4,5 +4,6 @@ from tuner.experiment import ExperimentError
 from tuner.pick import PickError
 from tuner.space import SpaceError
 from tuner.study import StudyError
+from tuner.task import TaskError
 
-USER_ERRORS = (ExperimentError, SpaceError, StudyError, PickError, FileNotFoundError)
+USER_ERRORS = (ExperimentError, SpaceError, StudyError, PickError, TaskError, FileNotFoundError)

@@ -34,6 +34,7 @@ class StudyError(RuntimeError):
 @dataclass
 class StudyResult:
     name: str
+    metric_name: str
     run_dir: Path
     front: list[dict[str, Any]]
     n_complete: int
@@ -74,8 +75,8 @@ def make_sampler(kind: str, seed: int | None) -> optuna.samplers.BaseSampler:
 
 def prepare(experiment: Experiment):
     """Load the task and resolve the space in the driver: every config error surfaces before any trial."""
+    space_file = load_space_file(experiment.space_path)  # cheap checks first: the task may train a model
     task = experiment.task_ref().load()
-    space_file = load_space_file(experiment.space_path)
     groups = pruning_groups(task.model, task.example_inputs, task.output_layers)
     space = SearchSpace(space_file, quantizable_layers(task.model), groups, experiment.round_to)
     return task, space
@@ -159,7 +160,7 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
         front = _finish(study, recorder, trial_runs, run_dir, metric_name)
         recorder.close(status)
     states = [t.state for t in study.get_trials(deepcopy=False)]
-    return StudyResult(experiment.name, run_dir, front, states.count(TrialState.COMPLETE),
+    return StudyResult(experiment.name, metric_name, run_dir, front, states.count(TrialState.COMPLETE),
                        states.count(TrialState.FAIL), time.perf_counter() - started,
                        {"metric": study.user_attrs["baseline_metric"],
                         "latency_ms": study.user_attrs["baseline_latency_ms"]},

@@ -19,6 +19,10 @@ import numpy as np
 import torch
 
 
+class TaskError(ValueError):
+    """A task reference that cannot be loaded; the message names the spec and what is wrong."""
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """Held-out data and the metric computed on the outputs of the candidate's ORT session.
@@ -91,7 +95,7 @@ class TaskRef:
         fn = resolve_task_function(self.spec, self.base_dir)
         task = fn(**self.args)
         if not isinstance(task, Task):
-            raise TypeError(f"task function {self.spec!r} must return tuner.Task, but returned {type(task).__name__}.")
+            raise TaskError(f"task function {self.spec!r} must return tuner.Task, but returned {type(task).__name__}.")
         return task
 
 
@@ -99,13 +103,13 @@ def resolve_task_function(spec: str, base_dir: str = ".") -> Callable[..., Task]
     """Import ``package.module:function`` or ``path/to/file.py:function``."""
     module_part, sep, func_name = spec.rpartition(":")
     if not sep or not module_part or not func_name:
-        raise ValueError(f"task {spec!r} must look like 'package.module:function' or 'path/to/file.py:function'.")
+        raise TaskError(f"task {spec!r} must look like 'package.module:function' or 'path/to/file.py:function'.")
     if module_part.endswith(".py"):
         path = Path(module_part)
         if not path.is_absolute():
             path = Path(base_dir) / path
         if not path.is_file():
-            raise FileNotFoundError(f"task {spec!r}: file {path} does not exist.")
+            raise TaskError(f"task {spec!r}: file {path} does not exist.")
         mod_name = f"tuner_user_task_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
         module = sys.modules.get(mod_name)
         if module is None:
@@ -117,8 +121,8 @@ def resolve_task_function(spec: str, base_dir: str = ".") -> Callable[..., Task]
         try:
             module = importlib.import_module(module_part)
         except ImportError as exc:
-            raise ImportError(f"task {spec!r}: cannot import module {module_part!r}: {exc}") from exc
+            raise TaskError(f"task {spec!r}: cannot import module {module_part!r}: {exc}") from exc
     fn = getattr(module, func_name, None)
     if not callable(fn):
-        raise AttributeError(f"task {spec!r}: {module_part!r} has no function {func_name!r}.")
+        raise TaskError(f"task {spec!r}: {module_part!r} has no function {func_name!r}.")
     return fn
