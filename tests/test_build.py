@@ -137,3 +137,16 @@ def test_a_candidate_that_cannot_build_is_a_fail_with_reason(tmp_path):
     assert outcome.state == "FAIL"
     assert "build failed" in outcome.error and "no.such.group" in outcome.error
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no half-written artifact left
+
+
+def test_latency_is_measured_at_the_configured_batch_size(small_task, mixed_artifact):
+    from tuner.evaluate import latency_feeds
+    from tuner.measure.latency import measure_latency
+
+    feeds = latency_feeds(small_task, ["x"], 4)
+    assert feeds["x"].shape == (4, 1, 32, 32)
+    tmp, _ = mixed_artifact
+    stats = measure_latency(create_session(tmp / "model.onnx", "all"), feeds, warmup=1, repeats=7)
+    assert stats.repeats == 7 and 0 < stats.median_ms <= stats.p90_ms and stats.cv >= 0
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        measure_latency(create_session(tmp / "model.onnx", "all"), feeds, repeats=0)

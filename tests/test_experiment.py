@@ -83,3 +83,17 @@ def test_cli_reports_config_errors_before_any_trial(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "space.yaml" in err
     assert not (tmp_path / "tuner-runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("kind, cls", [("tpe", "TPESampler"), ("nsga2", "NSGAIISampler"), ("random", "RandomSampler")])
+def test_sampler_from_config(kind, cls):
+    from tuner.study import make_sampler
+
+    assert type(make_sampler(kind, 0)).__name__ == cls
+
+
+def test_unknown_sampler_is_rejected():
+    from tuner.study import make_sampler
+
+    with pytest.raises(ValueError, match="got 'cmaes'"):
+        make_sampler("cmaes", 0)
