@@ -18,11 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuner.evaluate import EvalSettings
 from tuner.task import TaskRef
+from tuner.yamlfile import read_mapping
 
 
 class ExperimentError(ValueError):
@@ -77,15 +77,7 @@ class Experiment(BaseModel):
 
 def load_experiment(path: str | Path) -> Experiment:
     path = str(path)
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ExperimentError(f"{path}: experiment file not found.") from None
-    except yaml.YAMLError as exc:
-        raise ExperimentError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ExperimentError(f"{path}: must be a mapping of fields, got {type(data).__name__}.")
+    data = read_mapping(path, "experiment", ExperimentError)
     try:
         experiment = Experiment.model_validate({**data, "source": path})
     except ValidationError as exc:

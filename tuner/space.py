@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from tuner.build.prune import PruningGroup, remaining_channels
 from tuner.candidate import BITS, OPT_LEVELS, Candidate
+from tuner.yamlfile import read_mapping
 
 
 class SpaceError(ValueError):
@@ -81,15 +81,7 @@ MAX_PRUNE_RATIO = 0.9
 def load_space_file(path: str | Path) -> SpaceFile:
     """Parse and validate a space file (everything that can be checked without the model)."""
     path = str(path)
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise SpaceError(f"{path}: search-space file not found.") from None
-    except yaml.YAMLError as exc:
-        raise SpaceError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise SpaceError(f"{path}: must be a mapping with keys 'layers' and 'fusion', got {type(data).__name__}.")
+    data = read_mapping(path, "search-space", SpaceError)
     unknown = set(data) - {"layers", "fusion"}
     if unknown:
         raise SpaceError(f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: ['fusion', 'layers'].")
