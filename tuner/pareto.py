@@ -62,8 +62,9 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path, metric_name: str
 
 
 def plot_front(all_rows: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]], metric_name: str,
-               path: str | Path, references: dict[str, dict[str, Any]] | None = None) -> None:
-    """Scatter of every completed trial, the front as a step line, and labelled reference trials."""
+               path: str | Path, references: dict[str, dict[str, Any]] | None = None,
+               threshold: float | None = None) -> None:
+    """Scatter of every completed trial, the front as a step line, labelled references, the feasibility line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,6 +79,8 @@ def plot_front(all_rows: Sequence[dict[str, Any]], front: Sequence[dict[str, Any
     for label, row in (references or {}).items():
         ax.scatter([row["latency_ms"]], [row[metric_name]], marker="x", s=60, color="black", zorder=4)
         ax.annotate(label, (row["latency_ms"], row[metric_name]), textcoords="offset points", xytext=(5, -12))
+    if threshold is not None:
+        ax.axhline(threshold, color="#d9480f", linestyle=":", linewidth=1, label="metric constraint")
     ax.set_xlabel("latency (ms, median, ONNX Runtime CPU)")
     ax.set_ylabel(metric_name)
     ax.grid(alpha=0.3)

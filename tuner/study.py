@@ -127,6 +127,7 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
     study.set_user_attr("metric_name", metric_name)
     study.set_user_attr("task", experiment.task)
     study.set_user_attr("opt_levels", list(space.opt_levels))
+    study.set_user_attr("max_metric_drop", experiment.max_metric_drop)
 
     _fail_interrupted(study, log)
     finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
@@ -262,7 +263,12 @@ def _finish(study, recorder: MlflowRecorder, trial_runs: dict[int, str], run_dir
     write_csv(front, run_dir / "pareto.csv", metric_name)
     references = {t.user_attrs["reference"]: by_trial[t.number] for t in study.get_trials(deepcopy=False)
                   if "reference" in t.user_attrs and t.number in by_trial}
-    plot_front(rows, front, metric_name, run_dir / "pareto.png", references)
+    drop = study.user_attrs.get("max_metric_drop")
+    threshold = None
+    if drop is not None:
+        maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+        threshold = study.user_attrs["baseline_metric"] + (-drop if maximize else drop)
+    plot_front(rows, front, metric_name, run_dir / "pareto.png", references, threshold)
     models = {}
     for r in front:
         path = run_dir / "artifacts" / r["key"] / "model.onnx"
