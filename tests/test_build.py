@@ -1,6 +1,5 @@
 """The artifact is what the candidate asked for, checked in the graph ORT really runs."""
 
-import numpy as np
 import onnx
 import pytest
 import torch

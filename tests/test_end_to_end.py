@@ -4,7 +4,6 @@ import json
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 from mlflow.tracking import MlflowClient

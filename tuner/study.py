@@ -246,7 +246,7 @@ def _loop(study, space, executor, recorder, trial_runs, budget, done, experiment
                 bar.update(1, failed, len(front), best)
     finally:
         bar.close()
-        for number, (trial, _, _) in in_flight.items():  # stopped early: leave nothing RUNNING
+        for trial, _, _ in in_flight.values():  # stopped early: leave nothing RUNNING
             trial.set_user_attr("fail_reason", "interrupted: the study stopped")
             trial.set_user_attr("interrupted", True)
             study.enqueue_trial(trial.params, user_attrs={k: v for k, v in trial.user_attrs.items()

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 ROLE = "tuner.role"
