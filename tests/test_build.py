@@ -1,16 +1,19 @@
 """The artifact is what the candidate asked for, checked in the graph ORT really runs."""
 
+import json
+
 import onnx
 import pytest
 import torch
 
-from tuner.build.export import export_onnx, layer_nodes
+from tuner.build.export import export_onnx, layer_weights, map_layers
+from tuner.build.kernels import layer_kernels, mismatches
 from tuner.build.prune import prune, pruning_groups, recalibrate_batchnorm, remaining_channels
-from tuner.build.quantize import quantize_int8
+from tuner.build.quantize import apply_precisions
 from tuner.candidate import Candidate
 from tuner.evaluate import EvalSettings, Evaluator
 from tuner.measure.quality import score
-from tuner.runtime import create_session
+from tuner.runtime import RuntimeConfig, create_session, load_artifact
 from tuner.space import quantizable_layers
 from tuner.task import TaskRef
 
@@ -31,17 +34,35 @@ def mixed_artifact(small_task, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mixed")
     export_onnx(small_task.model, small_task.example_inputs, tmp / "fp32.onnx")
     layers = quantizable_layers(small_task.model)
-    nodes = layer_nodes(onnx.load(str(tmp / "fp32.onnx")), layers)
+    nodes = map_layers(onnx.load(str(tmp / "fp32.onnx")), layer_weights(small_task.model, layers))
     calibration = [[t.numpy() for t in batch] for batch in small_task.calibration_inputs]
-    quantize_int8(tmp / "fp32.onnx", tmp / "model.onnx", calibration, [nodes[n] for n in FP32_LAYERS])
+    apply_precisions(tmp / "fp32.onnx", tmp / "model.onnx",
+                     {nodes[n].name: ("fp32" if n in FP32_LAYERS else "int8") for n in layers}, calibration)
     return tmp, layers
 
 
-def test_every_layer_maps_to_one_onnx_node(mixed_artifact):
+def test_every_layer_maps_to_one_onnx_node(mixed_artifact, small_task):
     tmp, layers = mixed_artifact
-    nodes = layer_nodes(onnx.load(str(tmp / "fp32.onnx")), layers)
+    nodes = map_layers(onnx.load(str(tmp / "fp32.onnx")), layer_weights(small_task.model, layers))
     assert set(nodes) == set(layers)
-    assert len(set(nodes.values())) == len(layers)
+    assert len({n.name for n in nodes.values()}) == len(layers)
+    assert nodes["fc"].op_type == "Gemm" and nodes["stem.0"].op_type == "Conv"
+    # BatchNorm is folded into the convolutions at export: quantization sees the folded weights.
+    assert not [n for n in onnx.load(str(tmp / "fp32.onnx")).graph.node if n.op_type == "BatchNormalization"]
+
+
+def test_layer_kernels_read_from_the_optimized_graph(mixed_artifact, small_task, tmp_path):
+    tmp, layers = mixed_artifact
+    nodes = map_layers(onnx.load(str(tmp / "fp32.onnx")), layer_weights(small_task.model, layers))
+    graph = optimized_graph(tmp / "model.onnx", "extended", tmp_path)
+    kernels = layer_kernels(onnx.ModelProto(graph=graph), {n: nodes[n].weight for n in layers})
+    precision = {n: ("fp32" if n in FP32_LAYERS else "int8") for n in layers}
+    assert {kernels[n] for n in FP32_LAYERS} <= {"Conv", "FusedConv", "Gemm", "FusedGemm"}
+    assert {kernels[n] for n in layers if n not in FP32_LAYERS} == {"QLinearConv"}
+    assert mismatches(kernels, precision) == []
+    # the same graph contradicts a candidate that wanted the fp32 layers in int8
+    wrong = mismatches(kernels, {n: "int8" for n in layers})
+    assert len(wrong) == len(FP32_LAYERS) and "layer2.conv2 asked for int8 but ORT runs it as" in " ".join(wrong)
 
 
 def test_int8_layers_run_as_qlinear_and_fp32_layers_as_float(mixed_artifact, tmp_path):
@@ -73,7 +94,9 @@ def test_without_the_float_input_rewrite_ort_would_quantize_fp32_layers(small_ta
     from tuner.build.quantize import _BatchReader
 
     export_onnx(small_task.model, small_task.example_inputs, tmp_path / "fp32.onnx")
-    nodes = layer_nodes(onnx.load(str(tmp_path / "fp32.onnx")), quantizable_layers(small_task.model))
+    layers = quantizable_layers(small_task.model)
+    nodes = {k: v.name for k, v in map_layers(onnx.load(str(tmp_path / "fp32.onnx")),
+                                              layer_weights(small_task.model, layers)).items()}
     calibration = [[t.numpy() for t in batch] for batch in small_task.calibration_inputs]
     quantize_static(str(tmp_path / "fp32.onnx"), str(tmp_path / "plain.onnx"), _BatchReader(["x"], calibration),
                     quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -114,19 +137,24 @@ def test_evaluator_builds_cached_artifact_and_reproduces_metric(small_task, tmp_
     ref = TaskRef("tuner.tasks.digits_cnn:make_task", SMALL_TASK_ARGS)
     evaluator = Evaluator(ref, EvalSettings(repeats=5, warmup=1), tmp_path)
     layers = quantizable_layers(small_task.model)
-    cand = Candidate(bits=tuple((n, 8) for n in layers), prune=(("layer3.conv1", 0.25),), opt_level="all")
+    cand = Candidate(precision=tuple((n, "int8") for n in layers), prune=(("layer3.conv1", 0.25),),
+                     opt_level="all", disabled_optimizers=("ConvActivationFusion",))
     first = evaluator.evaluate(cand)
     assert first.state == "COMPLETE", first.error
-    assert not first.cached_build and first.timings["export"] > 0
+    assert not first.cached_build and not first.cached_export and first.timings["export"] > 0
     second = evaluator.evaluate(cand.to_dict())
     assert second.cached_build and "export" not in second.timings
     assert second.key == first.key and second.metric == first.metric
     assert first.latency["median_ms"] > 0 and first.latency["p90_ms"] >= first.latency["median_ms"]
-    # a fresh session on the file alone gives the same metric, bit for bit
+    # same pruning, other precision: the pruned export is reused
+    third = evaluator.evaluate(Candidate(precision=(("fc", "int8"),), prune=(("layer3.conv1", 0.25),)))
+    assert third.state == "COMPLETE" and third.cached_export and "export" not in third.timings
+    # a fresh session on the file alone, configured from its metadata, gives the same metric, bit for bit
     model_path = tmp_path / first.key / "model.onnx"
-    props = {p.key: p.value for p in onnx.load(str(model_path)).metadata_props}
-    session = create_session(model_path, props["tuner.opt_level"])
-    assert score(session, small_task.evaluation) == first.metric
+    assert RuntimeConfig.of_file(model_path) == RuntimeConfig("all", ("ConvActivationFusion",))
+    assert score(load_artifact(model_path), small_task.evaluation) == first.metric
+    record = json.loads((tmp_path / first.key / "candidate.json").read_text())
+    assert set(record["kernels"].values()) == {"QLinearConv", "QGemm"}
 
 
 def test_a_candidate_that_cannot_build_is_a_fail_with_reason(tmp_path):

@@ -4,35 +4,55 @@ from tuner.candidate import Candidate
 
 
 def test_key_is_stable_and_independent_of_order():
-    a = Candidate(bits=(("b", 8), ("a", 32)), prune=(("g", 0.25),), opt_level="all")
-    b = Candidate.from_dict({"bits": {"a": 32, "b": 8}, "prune": {"g": 0.25}, "opt_level": "all"})
+    a = Candidate(precision=(("b", "int8"), ("a", "fp32")), prune=(("g", 0.25),), opt_level="all")
+    b = Candidate.from_dict({"precision": {"a": "fp32", "b": "int8"}, "prune": {"g": 0.25}, "opt_level": "all"})
     assert a == b
     assert a.key("task1") == b.key("task1")
     assert len(a.key("task1")) == 16
 
 
 @pytest.mark.parametrize("change", [
-    {"bits": {"a": 8, "b": 8}, "prune": {"g": 0.25}, "opt_level": "all"},
-    {"bits": {"a": 32, "b": 8}, "prune": {"g": 0.5}, "opt_level": "all"},
-    {"bits": {"a": 32, "b": 8}, "prune": {"g": 0.25}, "opt_level": "basic"},
+    {"precision": {"a": "int8", "b": "int8"}, "prune": {"g": 0.25}, "opt_level": "all"},
+    {"precision": {"a": "fp32", "b": "int4-b32"}, "prune": {"g": 0.25}, "opt_level": "all"},
+    {"precision": {"a": "fp32", "b": "int8"}, "prune": {"g": 0.5}, "opt_level": "all"},
+    {"precision": {"a": "fp32", "b": "int8"}, "prune": {"g": 0.25}, "opt_level": "basic"},
+    {"precision": {"a": "fp32", "b": "int8"}, "prune": {"g": 0.25}, "opt_level": "all", "fusions": ["bias_gelu"]},
+    {"precision": {"a": "fp32", "b": "int8"}, "prune": {"g": 0.25}, "opt_level": "all",
+     "disabled_optimizers": ["NchwcTransformer"]},
 ])
 def test_key_changes_with_any_choice(change):
-    base = Candidate.from_dict({"bits": {"a": 32, "b": 8}, "prune": {"g": 0.25}, "opt_level": "all"})
+    base = Candidate.from_dict({"precision": {"a": "fp32", "b": "int8"}, "prune": {"g": 0.25}, "opt_level": "all"})
     assert Candidate.from_dict(change).key("t") != base.key("t")
 
 
 def test_key_changes_with_task():
-    c = Candidate(bits=(("a", 8),))
+    c = Candidate(precision=(("a", "int8"),))
     assert c.key("task1") != c.key("task2")
 
 
 def test_round_trip_through_dict():
-    c = Candidate(bits=(("x", 8), ("y", 32)), prune=(("x+y", 0.125),), opt_level="extended")
+    c = Candidate(precision=(("x", "int8-dynamic"), ("y", "int4-b128")), prune=(("x+y", 0.125),),
+                  opt_level="extended", fusions=("skip_layer_norm",), disabled_optimizers=("GeluFusionL2",))
     assert Candidate.from_dict(c.to_dict()) == c
 
 
+def test_prune_key_is_shared_by_candidates_that_prune_alike():
+    a = Candidate(precision=(("x", "int8"),), prune=(("g", 0.25),))
+    b = Candidate(precision=(("x", "fp32"),), prune=(("g", 0.25),), opt_level="basic", fusions=("gelu",))
+    c = Candidate(precision=(("x", "int8"),), prune=(("g", 0.5),))
+    assert a.prune_key("t") == b.prune_key("t") != c.prune_key("t")
+
+
+def test_summary_counts_precision_families():
+    c = Candidate(precision=(("a", "int4-b32"), ("b", "int4-b128"), ("c", "int8"), ("d", "fp32")),
+                  fusions=("bias_gelu",))
+    assert c.precision_counts() == {"int4": 2, "int8": 1, "fp32": 1}
+    assert c.summary() == "int4 2, int8 1, fp32 1; unpruned; opt=all; fused bias_gelu"
+
+
 @pytest.mark.parametrize("kwargs, message", [
-    ({"bits": (("a", 4),)}, "bits of layer 'a'"),
+    ({"precision": (("a", "int4"),)}, "layer 'a': precision 'int4' cannot be built"),
+    ({"precision": (("a", "int4-b48"),)}, "block size N in"),
     ({"prune": (("g", 1.0),)}, "pruning ratio of group 'g'"),
     ({"opt_level": "max"}, "opt_level must be one of"),
 ])

@@ -90,8 +90,9 @@ def test_run_resume_front_pick(tmp_path, monkeypatch, capsys, small_task):
     out = tmp_path / "picked"
     assert main(["pick", "e2e", "--min-accuracy", "0.5", "--out", str(out), "--tracking-uri", uri]) == 0
     record = json.loads((out / "candidate.json").read_text())
-    level = record["runtime"]["graph_optimization_level"]
-    session = create_session(out / "model.onnx", level)
+    runtime = record["runtime"]
+    session = create_session(out / "model.onnx", runtime["opt_level"],
+                             disabled_optimizers=tuple(runtime["disabled_optimizers"]))
     assert score(session, small_task.evaluation) == record["metrics"]["accuracy"]  # exactly, not approximately
     props = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
     assert json.loads(props["tuner.candidate"]) == record["candidate"]
@@ -124,7 +125,7 @@ def test_failing_candidates_are_recorded_and_the_study_goes_on(tmp_path, monkeyp
             return Task(task.model, task.example_inputs, task.calibration_inputs,
                         Evaluation(inputs=(x,), metric=metric), output_layers=("fc",))
     """))
-    (tmp_path / "space.yaml").write_text("layers:\n  - match: 're:.*'\n    bits: [8, 32]\n")
+    (tmp_path / "space.yaml").write_text("layers:\n  - match: 're:.*'\n    precision: [fp32, int8]\n")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = write_experiment(tmp_path, "fragile", trials=5, task="fragile_task.py:build", space="space.yaml",
                               task_args={})

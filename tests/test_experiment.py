@@ -8,7 +8,7 @@ from tuner.task import TaskError, TaskRef
 
 def write(tmp_path, text, space=True):
     if space:
-        (tmp_path / "space.yaml").write_text("layers:\n  - match: fc\n    bits: [8, 32]\n")
+        (tmp_path / "space.yaml").write_text("layers:\n  - match: fc\n    precision: [fp32, int8]\n")
     path = tmp_path / "exp.yaml"
     path.write_text(textwrap.dedent(text))
     return path
@@ -68,8 +68,10 @@ def test_bad_task_specs(tmp_path, spec, message):
 
 
 @pytest.mark.parametrize("space, message", [
-    ("layers:\n  - match: fc\n    bits: [4]\n", "layers[0] (match 'fc'): bits value 4 cannot be built"),
-    ("layers:\n  - match: head\n    bits: [8, 32]\n", "layers[0] (match 'head'): matches no layer"),
+    ("layers:\n  - match: fc\n    precision: [int4]\n", "layers[0] (match 'fc'): precision 'int4' cannot be built"),
+    ("layers:\n  - match: fc\n    precision: [int4-b32]\n",
+     "layers[0] (match 'fc'): precision 'int4-b32' runs on MatMul nodes only, but its layers became Gemm nodes"),
+    ("layers:\n  - match: head\n    precision: [fp32, int8]\n", "layers[0] (match 'head'): matches no layer"),
 ])
 def test_cli_reports_config_errors_before_any_trial(tmp_path, monkeypatch, capsys, space, message):
     from conftest import SMALL_TASK_ARGS

@@ -2,10 +2,10 @@ import textwrap
 
 import pytest
 import torch
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from tuner.build.prune import pruning_groups
-from tuner.space import SearchSpace, SpaceError, load_space_file, quantizable_layers
+from tuner.space import SearchSpace, SpaceError, layer_op_types, load_space_file, quantizable_layers
 from tuner.tasks.digits_cnn import DigitsResNet
 
 
@@ -20,14 +20,28 @@ def groups(model):
     return pruning_groups(model, (torch.randn(1, 1, 32, 32),), ["fc"])
 
 
+@pytest.fixture(scope="module")
+def layer_ops(model):
+    return layer_op_types(model, (torch.randn(2, 1, 32, 32),))
+
+
 def write(tmp_path, text):
     path = tmp_path / "space.yaml"
     path.write_text(textwrap.dedent(text))
     return path
 
 
-def resolve(tmp_path, model, groups, text):
-    return SearchSpace(load_space_file(write(tmp_path, text)), quantizable_layers(model), groups)
+@pytest.fixture
+def resolve(tmp_path, layer_ops, groups):
+    def resolve(text):
+        return SearchSpace(load_space_file(write(tmp_path, text)), layer_ops, groups)
+    return resolve
+
+
+def test_layers_map_to_their_onnx_op_types(model, layer_ops):
+    assert list(layer_ops) == quantizable_layers(model)
+    assert layer_ops["fc"] == "Gemm"
+    assert {op for name, op in layer_ops.items() if name != "fc"} == {"Conv"}
 
 
 def test_residual_layers_are_coupled_into_one_named_group(groups):
@@ -37,22 +51,22 @@ def test_residual_layers_are_coupled_into_one_named_group(groups):
     assert all("fc" not in g.members for g in groups)  # the output layer is never pruned
 
 
-def test_first_match_wins_skip_and_distributions(tmp_path, model, groups):
-    space = resolve(tmp_path, model, groups, """
+def test_first_match_wins_skip_and_distributions(resolve):
+    space = resolve("""
         layers:
           - match: fc
-            bits: [8, 32]
+            precision: [fp32, int8]
           - match: layer2.conv1
             skip: true
           - match: "re:.*"
-            bits: [8, 32]
+            precision: [fp32, int8]
             prune: {low: 0.0, high: 0.5, step: 0.25}
         fusion:
           opt_level: [extended, all]
     """)
     dists = space.distributions()
-    assert dists["bits.fc"] == IntDistribution(8, 32, step=24)
-    assert "bits.layer2.conv1" not in dists and "prune.layer2.conv1" not in dists
+    assert dists["precision.fc"] == CategoricalDistribution(["fp32", "int8"])
+    assert "precision.layer2.conv1" not in dists and "prune.layer2.conv1" not in dists
     assert dists["prune.stem.0+layer1.0.conv2+layer1.1.conv2"] == FloatDistribution(0.0, 0.5, step=0.25)
     assert dists["prune.layer3.conv1"] == FloatDistribution(0.0, 0.5, step=0.25)
     assert dists["opt_level"] == CategoricalDistribution(["extended", "all"])
@@ -63,44 +77,83 @@ def coupled_ok_text():
     return """
         layers:
           - match: fc
-            bits: [8, 32]
+            precision: [fp32, int8]
           - match: "re:.*"
-            bits: [8, 32]
+            precision: [fp32, int8]
             prune: {low: 0.0, high: 0.5, step: 0.25}
     """
 
 
-def test_decode_and_uniform_params(tmp_path, model, groups, coupled_ok_text):
-    space = resolve(tmp_path, model, groups, coupled_ok_text)
-    params = space.uniform_params(8)
+def test_decode_and_uniform_params(resolve, model, coupled_ok_text):
+    space = resolve(coupled_ok_text)
+    params = space.uniform_params("int8")
     cand = space.decode(params)
-    assert set(cand.int8_layers) == set(quantizable_layers(model))
+    assert set(cand.quantized_layers) == set(quantizable_layers(model))
     assert not cand.is_pruned
     params["prune.stem.0+layer1.0.conv2+layer1.1.conv2"] = 0.25
-    params["bits.fc"] = 32
+    params["precision.fc"] = "fp32"
     cand = space.decode(params)
     assert dict(cand.prune)["stem.0+layer1.0.conv2+layer1.1.conv2"] == 0.25
-    assert dict(cand.bits)["fc"] == 32
+    assert dict(cand.precision)["fc"] == "fp32"
     assert cand.opt_level == "all"  # the default fusion choice when the file gives none
 
 
-def test_single_value_choices_are_fixed_not_searched(tmp_path, model, groups):
-    space = resolve(tmp_path, model, groups, """
+def test_single_value_choices_are_fixed_not_searched(resolve, model):
+    space = resolve("""
         layers:
           - match: "re:.*"
-            bits: 8
+            precision: int8
     """)
     assert space.distributions() == {}
-    assert set(space.decode({}).int8_layers) == set(quantizable_layers(model))
+    assert set(space.decode({}).quantized_layers) == set(quantizable_layers(model))
+
+
+def test_references_are_fp32_and_one_uniform_candidate_per_precision(resolve):
+    space = resolve("""
+        layers:
+          - match: "re:.*"
+            precision: [fp32, int8]
+        fusion:
+          opt_level: [basic, all]
+          disable: [NchwcTransformer]
+    """)
+    refs = dict(space.references())
+    assert list(refs) == ["fp32", "uniform int8"]
+    fp32, int8 = space.decode(refs["fp32"]), space.decode(refs["uniform int8"])
+    assert fp32.quantized_layers == {} and set(int8.precision_counts()) == {"int8"}
+    assert fp32.opt_level == int8.opt_level == "all" and not int8.disabled_optimizers
+
+
+def test_fusion_choices_become_boolean_dimensions(resolve):
+    space = resolve("""
+        layers:
+          - match: "re:.*"
+            precision: int8
+        fusion:
+          transformer_fusions: [bias_gelu, skip_layer_norm]
+          disable: [NchwcTransformer, ConvActivationFusion]
+    """)
+    dists = space.distributions()
+    for name in ("fuse.bias_gelu", "fuse.skip_layer_norm", "disable.NchwcTransformer",
+                 "disable.ConvActivationFusion"):
+        assert dists[name] == CategoricalDistribution([False, True])
+    cand = space.decode({"fuse.bias_gelu": True, "disable.NchwcTransformer": True})
+    assert cand.fusions == ("bias_gelu",) and cand.disabled_optimizers == ("NchwcTransformer",)
 
 
 @pytest.mark.parametrize("text, message", [
     ("layers: []\nextra: 1\n", r"unknown top-level key\(s\) \['extra'\]"),
     ("layers:\n  - match: fc\n    bitz: [8]\n", r"layers\[0\]: unknown key\(s\) \['bitz'\]"),
-    ("layers:\n  - match: fc\n    bits: [4, 8]\n", r"layers\[0\] \(match 'fc'\): bits value 4 cannot be built"),
+    ("layers:\n  - match: fc\n    precision: [int4, int8]\n",
+     r"layers\[0\] \(match 'fc'\): precision 'int4' cannot be built; choose from"),
+    ("layers:\n  - match: fc\n    precision: [int4-b7]\n", r"precision 'int4-b7' cannot be built"),
+    ("fusion:\n  disable: [NchwcTransformr]\n",
+     r"fusion.disable value 'NchwcTransformr' is not a graph transformer of the installed onnxruntime .*NchwcTransformer"),
+    ("fusion:\n  transformer_fusions: [attention]\n", r"'attention' merges query/key/value into one Attention node"),
+    ("fusion:\n  transformer_fusions: [bias_gleu]\n", r"'bias_gleu' is not a transformer fusion"),
     ("layers:\n  - match: 're:(['\n", r"layers\[0\] \(match 're:\(\['\): invalid regex"),
     ("layers:\n  - match: fc\n    prune: {low: 0.5, high: 0.2}\n", r"prune.low <= prune.high"),
-    ("layers:\n  - match: fc\n    skip: true\n    bits: [8]\n", r"a 'skip' rule leaves its layers alone"),
+    ("layers:\n  - match: fc\n    skip: true\n    precision: [int8]\n", r"a 'skip' rule leaves its layers alone"),
     ("fusion:\n  opt_level: [max]\n", r"fusion.opt_level value 'max' is not an ORT optimization level"),
     ("fusion:\n  disabled: [x]\n", r"fusion: unknown key\(s\) \['disabled'\]"),
 ])
@@ -112,18 +165,22 @@ def test_file_errors_name_file_rule_and_value(tmp_path, text, message):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("layers:\n  - match: head\n    bits: [8, 32]\n", r"layers\[0\] \(match 'head'\): matches no layer"),
-    ("layers:\n  - match: 're:.*'\n    bits: [8]\n  - match: fc\n    bits: [32]\n",
+    ("layers:\n  - match: head\n    precision: [fp32, int8]\n", r"layers\[0\] \(match 'head'\): matches no layer"),
+    ("layers:\n  - match: 're:.*'\n    precision: [int8]\n  - match: fc\n    precision: [fp32]\n",
      r"layers\[1\] \(match 'fc'\): every layer it matches is taken by an earlier rule"),
     ("layers:\n  - match: fc\n    prune: {low: 0.0, high: 0.5, step: 0.25}\n", r"none of its layers can be pruned"),
     ("layers:\n  - match: stem.0\n    skip: true\n  - match: 're:.*'\n    prune: {low: 0.0, high: 0.5, step: 0.25}\n",
      r"coupled by pruning .*stem.0: layers\[0\] \(match 'stem.0'\) -> prune none; layer1.0.conv2: layers\[1\]"),
     ("layers:\n  - match: layer1.0.conv1\n    prune: {low: 0.0, high: 0.75, step: 0.25}\n",
      r"prune ratio 0.75 leaves no channels in layer1.0.conv1 \(16 channels"),
+    ("layers:\n  - match: 're:.*'\n    precision: [int8, int4-b32]\n",
+     r"precision 'int4-b32' runs on MatMul nodes only, but its layers became Conv/Gemm nodes"),
+    ("layers:\n  - match: fc\n    precision: [fp32, int8-dynamic]\n",
+     r"precision 'int8-dynamic' runs on MatMul nodes only, but its layers became Gemm nodes"),
 ])
-def test_model_errors_name_rule_and_value(tmp_path, model, groups, text, message):
+def test_model_errors_name_rule_and_value(resolve, text, message):
     with pytest.raises(SpaceError, match=message):
-        resolve(tmp_path, model, groups, text)
+        resolve(text)
 
 
 def test_missing_file_is_a_clear_error(tmp_path):

@@ -4,32 +4,43 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from tuner.precision import FP32, PrecisionError, check_precision, kind
+
 OPT_LEVELS = ("disable", "basic", "extended", "all")
-BITS = (8, 32)
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """Per-layer bit-widths, per-group pruning ratios and the ORT graph-optimization level.
+    """Per-layer precision, per-group pruning ratios and fusion choices.
 
-    bits: layer name -> 8 (static int8 QDQ) or 32 (fp32). Layers not listed stay fp32.
+    precision: layer name -> precision choice (:mod:`tuner.precision`). Layers not listed stay fp32.
     prune: pruning-group name -> ratio of output channels removed (0 leaves the group alone).
     opt_level: ORT graph-optimization level the artifact is built and run with.
+    fusions: transformer fusions applied to the ONNX file before quantization.
+    disabled_optimizers: ORT session graph transformers turned off when the artifact is run.
     """
 
-    bits: tuple[tuple[str, int], ...] = ()
+    precision: tuple[tuple[str, str], ...] = ()
     prune: tuple[tuple[str, float], ...] = ()
     opt_level: str = "all"
+    fusions: tuple[str, ...] = ()
+    disabled_optimizers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "bits", tuple(sorted((str(k), int(v)) for k, v in dict(self.bits).items())))
-        object.__setattr__(self, "prune", tuple(sorted((str(k), float(v)) for k, v in dict(self.prune).items())))
-        for name, b in self.bits:
-            if b not in BITS:
-                raise ValueError(f"bits of layer {name!r} must be one of {BITS}, but got {b}.")
+        set_ = object.__setattr__
+        set_(self, "precision", tuple(sorted((str(k), str(v)) for k, v in dict(self.precision).items())))
+        set_(self, "prune", tuple(sorted((str(k), float(v)) for k, v in dict(self.prune).items())))
+        set_(self, "fusions", tuple(sorted(set(self.fusions))))
+        set_(self, "disabled_optimizers", tuple(sorted(set(self.disabled_optimizers))))
+        for name, choice in self.precision:
+            try:
+                check_precision(choice)
+            except PrecisionError as exc:
+                raise ValueError(f"layer {name!r}: {exc}") from None
         for name, r in self.prune:
             if not 0.0 <= r < 1.0:
                 raise ValueError(f"pruning ratio of group {name!r} must be in [0, 1), but got {r}.")
@@ -37,29 +48,47 @@ class Candidate:
             raise ValueError(f"opt_level must be one of {OPT_LEVELS}, but got {self.opt_level!r}.")
 
     @property
-    def int8_layers(self) -> list[str]:
-        return [name for name, b in self.bits if b == 8]
+    def quantized_layers(self) -> dict[str, str]:
+        return {name: choice for name, choice in self.precision if choice != FP32}
 
     @property
     def is_pruned(self) -> bool:
         return any(r > 0 for _, r in self.prune)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bits": dict(self.bits), "prune": dict(self.prune), "opt_level": self.opt_level}
+        return {"precision": dict(self.precision), "prune": dict(self.prune), "opt_level": self.opt_level,
+                "fusions": list(self.fusions), "disabled_optimizers": list(self.disabled_optimizers)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Candidate":
-        return cls(bits=tuple(data.get("bits", {}).items()), prune=tuple(data.get("prune", {}).items()),
-                   opt_level=data.get("opt_level", "all"))
+        return cls(precision=tuple(data.get("precision", {}).items()), prune=tuple(data.get("prune", {}).items()),
+                   opt_level=data.get("opt_level", "all"), fusions=tuple(data.get("fusions", ())),
+                   disabled_optimizers=tuple(data.get("disabled_optimizers", ())))
 
     def key(self, task_fingerprint: str) -> str:
         """Stable artifact key: the same task and candidate always give the same key."""
         payload = json.dumps({"task": task_fingerprint, "candidate": self.to_dict()}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
+    def prune_key(self, task_fingerprint: str) -> str:
+        """Key of the pruned fp32 model, shared by every candidate with the same pruning."""
+        payload = json.dumps({"task": task_fingerprint, "prune": dict(self.prune)}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def precision_counts(self) -> dict[str, int]:
+        """Layers per precision family, e.g. ``{"fp32": 3, "int8": 30, "int4": 3}``."""
+        return dict(Counter(kind(choice) for _, choice in self.precision))
+
     def summary(self) -> str:
-        """A short human-readable description, e.g. ``int8 9/12, pruned 2 groups, opt=all``."""
-        n8 = len(self.int8_layers)
+        """A short human-readable description, e.g. ``int8 30, int4 3, fp32 3; pruned 2 groups; opt=all``."""
+        counts = self.precision_counts()
+        order = ["int4", "int8-dynamic", "int8", FP32]
+        prec = ", ".join(f"{k} {counts[k]}" for k in order if counts.get(k)) or "fp32"
         pruned = [r for _, r in self.prune if r > 0]
         prune_txt = f"pruned {len(pruned)} groups (max {max(pruned):.0%})" if pruned else "unpruned"
-        return f"int8 {n8}/{len(self.bits)}, {prune_txt}, opt={self.opt_level}"
+        parts = [prec, prune_txt, f"opt={self.opt_level}"]
+        if self.fusions:
+            parts.append("fused " + "+".join(self.fusions))
+        if self.disabled_optimizers:
+            parts.append("off " + "+".join(self.disabled_optimizers))
+        return "; ".join(parts)

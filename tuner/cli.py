@@ -71,9 +71,11 @@ def _pick(args: argparse.Namespace, extra: list[str]) -> int:
     if "registered_model" in record:
         reg = record["registered_model"]
         print(f"registered in MLflow as {reg['name']!r} version {reg['version']}")
-    level = record["runtime"]["graph_optimization_level"]
-    print(f"load it with: onnxruntime.InferenceSession('model.onnx', sess_options) with graph optimization "
-          f"level {level!r} (tuner.runtime.create_session('model.onnx', {level!r}))")
+    runtime = record["runtime"]
+    off = runtime.get("disabled_optimizers") or []
+    print(f"load it with tuner.runtime.load_artifact('model.onnx'), or in plain onnxruntime with graph optimization "
+          f"level {runtime['opt_level']!r}" + (f" and disabled_optimizers={off}" if off else "")
+          + " (both are stored in the file's metadata as tuner.runtime)")
     return 0
 
 

@@ -17,13 +17,16 @@ import numpy as np
 import onnx
 import torch
 
-from tuner.build.export import export_onnx, layer_nodes
+from tuner.build.export import export_onnx, layer_weights, map_layers
+from tuner.build.fusion import apply_transformer_fusions
+from tuner.build.kernels import layer_kernels, mismatches
 from tuner.build.prune import prune, recalibrate_batchnorm
-from tuner.build.quantize import quantize_int8
+from tuner.build.quantize import apply_precisions
 from tuner.candidate import Candidate
 from tuner.measure.latency import measure_latency
-from tuner.measure.quality import score
-from tuner.runtime import create_session
+from tuner.measure.quality import score_all
+from tuner.precision import FP32
+from tuner.runtime import RuntimeConfig, load_artifact
 from tuner.space import quantizable_layers
 from tuner.task import Task, TaskRef
 
@@ -49,11 +52,13 @@ class Outcome:
     error: str | None = None
     traceback: str | None = None
     metric: float | None = None
+    extra_metrics: dict[str, float] = field(default_factory=dict)
     latency: dict[str, float] = field(default_factory=dict)
     size_mb: float | None = None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     artifact_dir: str | None = None
     cached_build: bool = False
+    cached_export: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,13 +97,13 @@ class Evaluator:
             if (artifact / "model.onnx").is_file():
                 outcome.cached_build = True
             else:
-                self.build(candidate, artifact, outcome.timings)
+                outcome.cached_export = self.build(candidate, artifact, outcome.timings)
             model_path = artifact / "model.onnx"
             outcome.size_mb = model_path.stat().st_size / 1e6
             stage = "accuracy"
             with _timed(outcome.timings, "accuracy"):
-                session = create_session(model_path, candidate.opt_level, self.settings.threads)
-                outcome.metric = score(session, self.task.evaluation)
+                session = load_artifact(model_path, self.settings.threads)  # exactly as deployed
+                outcome.metric, outcome.extra_metrics = score_all(session, self.task.evaluation)
             stage = "latency"
             with _timed(outcome.timings, "latency"):
                 names = [i.name for i in session.get_inputs()]
@@ -111,10 +116,56 @@ class Evaluator:
             outcome.traceback = traceback.format_exc(limit=8)
         return outcome
 
-    def build(self, candidate: Candidate, artifact: Path, timings: dict[str, float]) -> None:
-        """prune -> BN recalibration -> ONNX -> int8 QDQ (fp32 layers excluded), written atomically."""
+    def build(self, candidate: Candidate, artifact: Path, timings: dict[str, float]) -> bool:
+        """(cached) prune + export -> transformer fusions -> per-layer precision, written atomically.
+
+        Returns whether the pruned fp32 export came from the per-study cache.
+        """
         self.artifact_root.mkdir(parents=True, exist_ok=True)
+        export_dir, cached = self._pruned_export(candidate, timings)
         tmp = Path(tempfile.mkdtemp(prefix=f".{artifact.name}.", dir=self.artifact_root))
+        try:
+            nodes = json.loads((export_dir / "layers.json").read_text())
+            source = export_dir / "fp32.onnx"
+            fused: dict[str, int] = {}
+            if candidate.fusions:
+                with _timed(timings, "fuse"):
+                    fused = apply_transformer_fusions(source, tmp / "fused.onnx", list(candidate.fusions))
+                    source = tmp / "fused.onnx"
+                    _check_nodes_survived(source, nodes, candidate.fusions)
+            with _timed(timings, "quantize"):
+                choices = dict(candidate.precision)
+                node_precision = {node: choices.get(layer, FP32) for layer, (node, _, _) in nodes.items()}
+                if any(c != FP32 for c in node_precision.values()):
+                    calibration = [[t.numpy() for t in batch] for batch in self.task.calibration_inputs]
+                    apply_precisions(source, tmp / "model.onnx", node_precision, calibration)
+                else:
+                    shutil.copy(source, tmp / "model.onnx")
+                (tmp / "fused.onnx").unlink(missing_ok=True)
+                _stamp(tmp / "model.onnx", candidate, self.fingerprint)
+            with _timed(timings, "verify_kernels"):
+                kernels = self._check_kernels(tmp, candidate, {layer: v[2] for layer, v in nodes.items()})
+            record = {"key": candidate.key(self.fingerprint), "task": self.task_ref.spec,
+                      "task_fingerprint": self.fingerprint, "candidate": candidate.to_dict(),
+                      "fused_operators": fused, "kernels": kernels,
+                      "layer_nodes": {layer: v[0] for layer, v in nodes.items()}}
+            (tmp / "candidate.json").write_text(json.dumps(record, indent=2))
+            try:
+                os.rename(tmp, artifact)
+            except OSError:  # another worker built the same key first; theirs is identical
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cached
+
+    def _pruned_export(self, candidate: Candidate, timings: dict[str, float]) -> tuple[Path, bool]:
+        """The pruned fp32 ONNX model and its layer->node map, built once per pruning configuration."""
+        export_dir = self.artifact_root / "_exports" / candidate.prune_key(self.fingerprint)
+        if (export_dir / "layers.json").is_file():
+            return export_dir, True
+        export_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.", dir=export_dir.parent))
         try:
             task = self.task
             with _timed(timings, "prune"):
@@ -124,33 +175,46 @@ class Evaluator:
                     recalibrate_batchnorm(model, task.calibration_inputs)
             with _timed(timings, "export"), torch.no_grad():
                 export_onnx(model, task.example_inputs, tmp / "fp32.onnx")
-            with _timed(timings, "quantize"):
-                if candidate.int8_layers:
-                    graph = onnx.load(str(tmp / "fp32.onnx"))
-                    nodes = layer_nodes(graph, self.layers)
-                    fp32_nodes = [nodes[n] for n in self.layers if n not in set(candidate.int8_layers)]
-                    calibration = [[t.numpy() for t in batch] for batch in task.calibration_inputs]
-                    quantize_int8(tmp / "fp32.onnx", tmp / "model.onnx", calibration, fp32_nodes)
-                    (tmp / "fp32.onnx").unlink()
-                else:
-                    (tmp / "fp32.onnx").rename(tmp / "model.onnx")
-                _stamp(tmp / "model.onnx", candidate, self.fingerprint)
-            record = {"key": candidate.key(self.fingerprint), "task": self.task_ref.spec,
-                      "task_fingerprint": self.fingerprint, "candidate": candidate.to_dict()}
-            (tmp / "candidate.json").write_text(json.dumps(record, indent=2))
+                nodes = map_layers(onnx.load(str(tmp / "fp32.onnx")), layer_weights(model, self.layers))
+            (tmp / "layers.json").write_text(json.dumps({k: [v.name, v.op_type, v.weight] for k, v in nodes.items()}))
             try:
-                os.rename(tmp, artifact)
-            except OSError:  # another worker built the same key first; theirs is identical
+                os.rename(tmp, export_dir)
+            except OSError:
                 shutil.rmtree(tmp, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        return export_dir, False
+
+    def _check_kernels(self, build_dir: Path, candidate: Candidate, weights: dict[str, str]) -> dict[str, str | None]:
+        """Open the artifact as it will run and check every layer got the kernel its precision asks for."""
+        optimized = build_dir / "optimized.onnx"
+        load_artifact(build_dir / "model.onnx", self.settings.threads, str(optimized))
+        try:
+            kernels = layer_kernels(onnx.load(str(optimized)), weights)
+        finally:
+            optimized.unlink(missing_ok=True)
+        wrong = mismatches(kernels, dict(candidate.precision))
+        if wrong:
+            raise RuntimeError(f"ORT does not run {len(wrong)} layer(s) as asked: " + "; ".join(wrong[:5]))
+        return kernels
+
+
+def _check_nodes_survived(path: Path, nodes: dict[str, list[str]], fusions: tuple[str, ...]) -> None:
+    graph = onnx.load(str(path))
+    present = {(n.name, n.op_type) for n in graph.graph.node}
+    lost = [layer for layer, (node, op, _) in nodes.items() if (node, op) not in present]
+    if lost:
+        raise RuntimeError(f"transformer fusions {list(fusions)} removed the nodes of layers {lost[:5]}; "
+                           "their precision can no longer be set.")
 
 
 def _stamp(path: Path, candidate: Candidate, fingerprint: str) -> None:
     """Record in the ONNX file how it must be run, so the file alone tells a deployment."""
     model = onnx.load(str(path))
+    runtime = RuntimeConfig(candidate.opt_level, candidate.disabled_optimizers)
     onnx.helper.set_model_props(model, {
+        "tuner.runtime": runtime.to_json(),
         "tuner.opt_level": candidate.opt_level,
         "tuner.candidate": json.dumps(candidate.to_dict(), sort_keys=True),
         "tuner.task_fingerprint": fingerprint,

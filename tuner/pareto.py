@@ -22,6 +22,8 @@ def trial_row(trial: FrozenTrial, metric_name: str, baseline_latency: float | No
         "latency_p90_ms": attrs.get("latency_p90_ms"),
         "speedup": (baseline_latency / latency) if baseline_latency else None,
         "size_mb": attrs.get("size_mb"),
+        **attrs.get("extra_metrics", {}),
+        "reference": attrs.get("reference", ""),
         "summary": attrs.get("summary", ""),
         "key": attrs.get("key", ""),
         "mlflow_run_id": attrs.get("mlflow_run_id"),
@@ -52,9 +54,14 @@ def format_table(rows: Sequence[dict[str, Any]], metric_name: str) -> str:
     return "\n".join(lines)
 
 
+_BASE_FIELDS = {"trial", "latency_ms", "latency_p90_ms", "speedup", "size_mb", "reference", "summary", "key",
+                "mlflow_run_id"}
+
+
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path, metric_name: str) -> None:
-    fields = ["trial", metric_name, "latency_ms", "latency_p90_ms", "speedup", "size_mb", "summary", "key",
-              "mlflow_run_id"]
+    extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in _BASE_FIELDS and k != metric_name]
+    fields = ["trial", metric_name, *extra, "latency_ms", "latency_p90_ms", "speedup", "size_mb", "reference",
+              "summary", "key", "mlflow_run_id"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()

@@ -63,7 +63,8 @@ def export_pick(study: optuna.Study, row: dict[str, Any], out_dir: str | Path, t
         "key": row["key"],
         "metrics": {metric_name: row[metric_name], "latency_ms": row["latency_ms"],
                     "latency_p90_ms": row["latency_p90_ms"], "size_mb": row["size_mb"], "speedup": row["speedup"]},
-        "runtime": {"graph_optimization_level": props.get("tuner.opt_level"), "provider": "CPUExecutionProvider"},
+        "runtime": {**json.loads(props.get("tuner.runtime", json.dumps({"opt_level": props.get("tuner.opt_level")}))),
+                    "provider": "CPUExecutionProvider"},
         "candidate": json.loads(props["tuner.candidate"]),
         "params": trial.params,
     }

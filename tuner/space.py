@@ -4,16 +4,20 @@ A space file looks like::
 
     layers:                       # ordered; the first rule whose `match` fits a layer wins
       - match: fc                 # exact module name ...
-        bits: [8, 32]
+        precision: [fp32, int8]
       - match: "re:layer1\\..*"   # ... or a regex after `re:` (full match)
         skip: true                # leave these layers alone: fp32, unpruned
       - match: "re:.*"
-        bits: [8, 32]             # 8 = static int8 QDQ, 32 = fp32
+        precision: [fp32, int8, int8-dynamic, int4-b32]   # see tuner.precision
         prune: {low: 0.0, high: 0.5, step: 0.125}
     fusion:
       opt_level: [extended, all]  # ORT graph-optimization levels to try
+      transformer_fusions: [skip_layer_norm, bias_gelu]   # each one searched on/off, before quantization
+      disable: [NchwcTransformer] # ORT session optimizers, each one searched on/off
 
-Layers that no rule matches are left alone too.
+Layers that no rule matches are left alone too. A precision choice is offered to a layer only where its
+ONNX op type can run it (int4 and int8-dynamic: MatMul only); a choice that fits none of a rule's layers
+is an error.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from typing import Any, Mapping, Sequence
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from tuner.build.fusion import MERGING_FUSIONS, TRANSFORMER_FUSIONS, session_optimizer_names
 from tuner.build.prune import PruningGroup, remaining_channels
-from tuner.candidate import BITS, OPT_LEVELS, Candidate
+from tuner.candidate import OPT_LEVELS, Candidate
+from tuner.precision import FP32, PrecisionError, applies_to, check_precision, op_types_for
 from tuner.yamlfile import read_mapping
 
 
@@ -53,7 +59,7 @@ class Rule:
     index: int
     match: str
     skip: bool = False
-    bits: tuple[int, ...] = (32,)
+    precision: tuple[str, ...] = (FP32,)
     prune: PruneRange | None = None
 
     @property
@@ -67,13 +73,20 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Fusion:
+    opt_levels: tuple[str, ...] = ("all",)
+    transformer_fusions: tuple[str, ...] = ()
+    disable: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SpaceFile:
     path: str
     rules: tuple[Rule, ...]
-    opt_levels: tuple[str, ...]
+    fusion: Fusion
 
 
-_RULE_KEYS = {"match", "skip", "bits", "prune"}
+_RULE_KEYS = {"match", "skip", "precision", "prune"}
 _PRUNE_KEYS = {"low", "high", "step"}
 MAX_PRUNE_RATIO = 0.9
 
@@ -115,15 +128,16 @@ def _parse_rule(path: str, index: int, raw: Any) -> Rule:
         if set(raw) - {"match", "skip"}:
             raise SpaceError(f"{where}: a 'skip' rule leaves its layers alone; remove {sorted(set(raw) - {'match', 'skip'})}.")
         return Rule(index, match, skip=True)
-    bits = raw.get("bits", [32])
-    bits = [bits] if isinstance(bits, int) and not isinstance(bits, bool) else bits
-    if not isinstance(bits, list) or not bits:
-        raise SpaceError(f"{where}: 'bits' must be a bit-width or a list of them, got {raw.get('bits')!r}.")
-    for b in bits:
-        if b not in BITS or isinstance(b, bool):
-            raise SpaceError(f"{where}: bits value {b!r} cannot be built; choose from {list(BITS)} "
-                             "(8 = static int8, 32 = fp32).")
-    return Rule(index, match, bits=tuple(sorted(set(bits))), prune=_parse_prune(where, raw.get("prune")))
+    choices = raw.get("precision", [FP32])
+    choices = [choices] if isinstance(choices, str) else choices
+    if not isinstance(choices, list) or not choices:
+        raise SpaceError(f"{where}: 'precision' must be a choice or a list of them, got {raw.get('precision')!r}.")
+    for choice in choices:
+        try:
+            check_precision(choice)
+        except PrecisionError as exc:
+            raise SpaceError(f"{where}: {exc}") from None
+    return Rule(index, match, precision=tuple(dict.fromkeys(choices)), prune=_parse_prune(where, raw.get("prune")))
 
 
 def _parse_prune(where: str, raw: Any) -> PruneRange | None:
@@ -147,36 +161,66 @@ def _parse_prune(where: str, raw: Any) -> PruneRange | None:
     return PruneRange(float(low), float(high), float(step) if low < high else 1.0)
 
 
-def _parse_fusion(path: str, raw: Any) -> tuple[str, ...]:
+def _name_list(path: str, key: str, raw: Any) -> list[str]:
+    raw = [raw] if isinstance(raw, str) else raw
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+        raise SpaceError(f"{path}: fusion.{key} must be a name or a list of names, got {raw!r}.")
+    return raw
+
+
+def _parse_fusion(path: str, raw: Any) -> Fusion:
     if not isinstance(raw, dict):
         raise SpaceError(f"{path}: 'fusion' must be a mapping, got {raw!r}.")
-    unknown = set(raw) - {"opt_level"}
+    allowed = ["disable", "opt_level", "transformer_fusions"]
+    unknown = set(raw) - set(allowed)
     if unknown:
-        raise SpaceError(f"{path}: fusion: unknown key(s) {sorted(unknown)}; allowed: ['opt_level'].")
-    levels = raw.get("opt_level", ["all"])
-    levels = [levels] if isinstance(levels, str) else levels
-    if not isinstance(levels, list) or not levels:
-        raise SpaceError(f"{path}: fusion.opt_level must be a level or a list of levels, got {levels!r}.")
+        raise SpaceError(f"{path}: fusion: unknown key(s) {sorted(unknown)}; allowed: {allowed}.")
+    levels = _name_list(path, "opt_level", raw.get("opt_level", ["all"]))
+    if not levels:
+        raise SpaceError(f"{path}: fusion.opt_level must name at least one level.")
     for level in levels:
         if level not in OPT_LEVELS:
             raise SpaceError(f"{path}: fusion.opt_level value {level!r} is not an ORT optimization level; "
                              f"choose from {list(OPT_LEVELS)}.")
-    return tuple(sorted(set(levels), key=OPT_LEVELS.index))
+    fusions = _name_list(path, "transformer_fusions", raw.get("transformer_fusions", []))
+    for name in fusions:
+        if name in MERGING_FUSIONS:
+            raise SpaceError(f"{path}: fusion.transformer_fusions value {name!r} {MERGING_FUSIONS[name]}, so "
+                             f"per-layer precision could not be honoured; choose from {list(TRANSFORMER_FUSIONS)}.")
+        if name not in TRANSFORMER_FUSIONS:
+            raise SpaceError(f"{path}: fusion.transformer_fusions value {name!r} is not a transformer fusion "
+                             f"`tuner` can apply; choose from {list(TRANSFORMER_FUSIONS)}.")
+    disable = _name_list(path, "disable", raw.get("disable", []))
+    if disable:
+        known = session_optimizer_names()
+        for name in disable:
+            if name not in known:
+                close = [k for k in sorted(known) if name.lower()[:4] in k.lower()]
+                raise SpaceError(f"{path}: fusion.disable value {name!r} is not a graph transformer of the installed "
+                                 f"onnxruntime (which would silently ignore it)"
+                                 + (f"; did you mean one of {close}?" if close else f"; known: {sorted(known)}."))
+    return Fusion(tuple(sorted(set(levels), key=OPT_LEVELS.index)), tuple(dict.fromkeys(fusions)),
+                  tuple(dict.fromkeys(disable)))
 
 
 class SearchSpace:
-    """A space file resolved against one model: the Optuna distributions and how to decode them."""
+    """A space file resolved against one model: the Optuna distributions and how to decode them.
 
-    def __init__(self, space: SpaceFile, layers: Sequence[str], groups: Sequence[PruningGroup], round_to: int = 8):
+    layer_ops: ONNX op type each layer became (Conv, Gemm or MatMul), which decides its precision choices.
+    """
+
+    def __init__(self, space: SpaceFile, layer_ops: Mapping[str, str], groups: Sequence[PruningGroup],
+                 round_to: int = 8):
         self.file = space
-        self.layers = list(layers)
+        self.layer_ops = dict(layer_ops)
+        self.layers = list(layer_ops)
         self.rule_of: dict[str, Rule | None] = {name: self._first_match(name) for name in self.layers}
         self._check_rules_used()
-        self.bits_choices = {
-            name: rule.bits for name, rule in self.rule_of.items() if rule is not None and not rule.skip
-        }
+        self.precision_choices = self._resolve_precision()
         self.prune_choices = self._resolve_groups(groups, round_to)
-        self.opt_levels = space.opt_levels
+        self.opt_levels = space.fusion.opt_levels
+        self.transformer_fusions = space.fusion.transformer_fusions
+        self.disable = space.fusion.disable
 
     def _first_match(self, name: str) -> Rule | None:
         return next((rule for rule in self.file.rules if rule.matches(name)), None)
@@ -191,6 +235,27 @@ class SearchSpace:
                                  "rule (first match wins); remove it or move it up.")
             raise SpaceError(f"{self.file.path}: {rule.label}: matches no layer. The model's layers are: "
                              f"{', '.join(self.layers)}.")
+
+    def _resolve_precision(self) -> dict[str, tuple[str, ...]]:
+        """Each layer gets the choices of its rule that its op type can run; a choice fitting none is an error."""
+        choices: dict[str, tuple[str, ...]] = {}
+        for rule in self.file.rules:
+            if rule.skip:
+                continue
+            members = [n for n, r in self.rule_of.items() if r is rule]
+            ops = sorted({self.layer_ops[n] for n in members})
+            for choice in rule.precision:
+                if not any(applies_to(choice, self.layer_ops[n]) for n in members):
+                    raise SpaceError(f"{self.file.path}: {rule.label}: precision {choice!r} runs on "
+                                     f"{'/'.join(op_types_for(choice))} nodes only, but its layers became "
+                                     f"{'/'.join(ops)} nodes in the exported graph; remove it from this rule.")
+            for name in members:
+                usable = tuple(c for c in rule.precision if applies_to(c, self.layer_ops[name]))
+                if not usable:
+                    raise SpaceError(f"{self.file.path}: {rule.label}: layer {name!r} became a "
+                                     f"{self.layer_ops[name]} node and none of {list(rule.precision)} applies to it.")
+                choices[name] = usable
+        return choices
 
     def _resolve_groups(self, groups: Sequence[PruningGroup], round_to: int) -> dict[str, tuple[float, ...]]:
         choices: dict[str, tuple[float, ...]] = {}
@@ -224,33 +289,50 @@ class SearchSpace:
     def distributions(self) -> dict[str, BaseDistribution]:
         """Only real choices become parameters; a single allowed value is fixed, not sampled."""
         dists: dict[str, BaseDistribution] = {}
-        for name, bits in self.bits_choices.items():
-            if len(bits) > 1:  # {8, 32}: an ordered integer with one step keeps the order for the sampler
-                dists[f"bits.{name}"] = IntDistribution(bits[0], bits[-1], step=bits[1] - bits[0])
+        for name, choices in self.precision_choices.items():
+            if len(choices) > 1:
+                dists[f"precision.{name}"] = CategoricalDistribution(list(choices))
         for name, values in self.prune_choices.items():
             if len(values) > 1:
                 dists[f"prune.{name}"] = FloatDistribution(values[0], values[-1], step=values[1] - values[0])
         if len(self.opt_levels) > 1:
             dists["opt_level"] = CategoricalDistribution(list(self.opt_levels))
+        for name in self.transformer_fusions:
+            dists[f"fuse.{name}"] = CategoricalDistribution([False, True])
+        for name in self.disable:
+            dists[f"disable.{name}"] = CategoricalDistribution([False, True])
         return dists
 
     def decode(self, params: Mapping[str, Any]) -> Candidate:
-        bits = {n: int(params.get(f"bits.{n}", choices[0])) for n, choices in self.bits_choices.items()}
+        precision = {n: params.get(f"precision.{n}", choices[0]) for n, choices in self.precision_choices.items()}
         prune = {n: float(params.get(f"prune.{n}", choices[0])) for n, choices in self.prune_choices.items()}
-        return Candidate(bits=tuple(bits.items()), prune=tuple(prune.items()),
-                         opt_level=params.get("opt_level", self.opt_levels[-1]))
+        return Candidate(precision=tuple(precision.items()), prune=tuple(prune.items()),
+                         opt_level=params.get("opt_level", self.opt_levels[-1]),
+                         fusions=tuple(f for f in self.transformer_fusions if params.get(f"fuse.{f}", False)),
+                         disabled_optimizers=tuple(d for d in self.disable if params.get(f"disable.{d}", False)))
 
-    def uniform_params(self, bits: int) -> dict[str, Any]:
-        """Params of the unpruned candidate with every searched layer at ``bits`` where allowed, best opt level."""
+    def uniform_params(self, choice: str) -> dict[str, Any]:
+        """Params of the unpruned, unfused candidate with every searched layer at ``choice`` where it is allowed
+        (fp32 elsewhere, if allowed), at the highest opt level."""
         params: dict[str, Any] = {}
         for name, dist in self.distributions().items():
-            if name.startswith("bits."):
-                params[name] = bits if bits in self.bits_choices[name[5:]] else dist.low
+            if name.startswith("precision."):
+                layer_choices = dist.choices
+                params[name] = choice if choice in layer_choices else (FP32 if FP32 in layer_choices
+                                                                       else layer_choices[0])
             elif name.startswith("prune."):
                 params[name] = dist.low
-            else:
+            elif name == "opt_level":
                 params[name] = self.opt_levels[-1]
+            else:
+                params[name] = False
         return params
+
+    def references(self) -> list[tuple[str, dict[str, Any]]]:
+        """fp32 and one uniform candidate per precision choice in the space: the baselines a front must beat."""
+        offered = dict.fromkeys(c for choices in self.precision_choices.values() for c in choices)
+        labels = [FP32] + [c for c in offered if c != FP32]
+        return [(label if label == FP32 else f"uniform {label}", self.uniform_params(label)) for label in labels]
 
 
 def quantizable_layers(model) -> list[str]:
@@ -258,3 +340,18 @@ def quantizable_layers(model) -> list[str]:
     from tuner.build.prune import PRUNABLE_TYPES
 
     return [name for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+
+
+def layer_op_types(model, example_inputs) -> dict[str, str]:
+    """Export ``model`` once and return the ONNX op type each quantizable layer became."""
+    import tempfile
+
+    import onnx
+
+    from tuner.build.export import export_onnx, layer_weights, map_layers
+
+    layers = quantizable_layers(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_onnx(model, example_inputs, f"{tmp}/model.onnx")
+        nodes = map_layers(onnx.load(f"{tmp}/model.onnx"), layer_weights(model, layers))
+    return {layer: nodes[layer].op_type for layer in layers}

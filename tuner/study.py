@@ -23,7 +23,7 @@ from tuner.build.prune import pruning_groups
 from tuner.candidate import Candidate
 from tuner.experiment import Experiment
 from tuner.pareto import completed_rows, front_rows, plot_front, write_csv
-from tuner.space import SearchSpace, load_space_file, quantizable_layers
+from tuner.space import SearchSpace, layer_op_types, load_space_file
 from tuner.tracking import MlflowRecorder
 
 
@@ -77,8 +77,10 @@ def prepare(experiment: Experiment):
     """Load the task and resolve the space in the driver: every config error surfaces before any trial."""
     space_file = load_space_file(experiment.space_path)  # cheap checks first: the task may train a model
     task = experiment.task_ref().load()
-    groups = pruning_groups(task.model, task.example_inputs, task.output_layers)
-    space = SearchSpace(space_file, quantizable_layers(task.model), groups, experiment.round_to)
+    layer_ops = layer_op_types(task.model, task.example_inputs)
+    wants_pruning = any(rule.prune is not None for rule in space_file.rules)
+    groups = pruning_groups(task.model, task.example_inputs, task.output_layers) if wants_pruning else []
+    space = SearchSpace(space_file, layer_ops, groups, experiment.round_to)
     return task, space
 
 
@@ -152,8 +154,8 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
         if "baseline_metric" not in study.user_attrs:
             _measure_baseline(study, space, executor, experiment, log)
             # The front always contains or dominates the references, since they are trials too.
-            study.enqueue_trial(space.uniform_params(32), user_attrs={"reference": "fp32"})
-            study.enqueue_trial(space.uniform_params(8), user_attrs={"reference": "uniform int8"})
+            for label, params in space.references():
+                study.enqueue_trial(params, user_attrs={"reference": label})
         _loop(study, space, executor, recorder, trial_runs, budget, len(finished), experiment, timings, progress)
         status = "FINISHED"
     finally:
@@ -181,7 +183,7 @@ def _fail_interrupted(study: optuna.Study, log: Callable[[str], None]) -> None:
 
 
 def _measure_baseline(study, space: SearchSpace, executor, experiment: Experiment, log) -> None:
-    reference = Candidate(bits=tuple((n, 32) for n in space.bits_choices), opt_level="all")
+    reference = Candidate(opt_level="all")  # every layer fp32, unpruned, unfused
     log("measuring the fp32 baseline ...")
     executor.submit("baseline", reference.to_dict())
     results = []
@@ -226,6 +228,7 @@ def _loop(study, space, executor, recorder, trial_runs, budget, done, experiment
                     for key, value in {"key": outcome["key"], "metric_drop": drop,
                                        "latency_p90_ms": outcome["latency"]["p90_ms"],
                                        "latency_cv": outcome["latency"]["cv"], "size_mb": outcome["size_mb"],
+                                       "extra_metrics": outcome.get("extra_metrics", {}),
                                        "timings": outcome["timings"]}.items():
                         trial.set_user_attr(key, value)
                     study.tell(trial, [outcome["metric"], outcome["latency"]["median_ms"]])
@@ -268,6 +271,7 @@ def _finish(study, recorder: MlflowRecorder, trial_runs: dict[int, str], run_dir
     if drop is not None:
         maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
         threshold = study.user_attrs["baseline_metric"] + (-drop if maximize else drop)
+    write_csv(list(references.values()), run_dir / "references.csv", metric_name)
     plot_front(rows, front, metric_name, run_dir / "pareto.png", references, threshold)
     models = {}
     for r in front:

@@ -13,7 +13,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ class Evaluation:
 
     ``inputs`` holds one array per model input (first axis: samples). ``metric`` receives the
     session's first output for all samples, concatenated along the first axis, and returns a float.
+    ``extra_metrics`` are computed on the same outputs and recorded beside it (not optimized).
     """
 
     inputs: tuple[np.ndarray, ...]
@@ -36,6 +37,7 @@ class Evaluation:
     metric_name: str = "accuracy"
     direction: Literal["maximize", "minimize"] = "maximize"
     batch_size: int = 64
+    extra_metrics: Mapping[str, Callable[[np.ndarray], float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.direction not in ("maximize", "minimize"):

@@ -57,12 +57,15 @@ class MlflowRecorder:
         run = self.client.create_run(self.experiment_id, run_name=f"trial-{number:04d}", tags=tags)
         run_id = run.info.run_id
         candidate = outcome.get("candidate") or {}
-        params = [Param("summary", summary[:500]), Param("opt_level", str(candidate.get("opt_level")))]
+        params = [Param("summary", summary[:500]), Param("opt_level", str(candidate.get("opt_level"))),
+                  Param("fusions", "+".join(candidate.get("fusions", ())) or "none"),
+                  Param("disabled_optimizers", "+".join(candidate.get("disabled_optimizers", ()))[:500] or "none")]
         metrics = []
         if not failed:
             lat = outcome["latency"]
             values = {self.metric_name: outcome["metric"], "latency_ms": lat["median_ms"],
                       "latency_p90_ms": lat["p90_ms"], "latency_cv": lat["cv"], "size_mb": outcome["size_mb"]}
+            values.update(outcome.get("extra_metrics", {}))
             values.update({f"time_{k}_s": v for k, v in outcome.get("timings", {}).items()})
             metrics = [Metric(k, float(v), 0, 0) for k, v in values.items()]
         self.client.log_batch(run_id, metrics=metrics, params=params)

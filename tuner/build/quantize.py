@@ -1,15 +1,21 @@
-"""ONNX Runtime static int8 quantization (QDQ) with per-layer fp32 exclusions that stay fp32 at run time."""
+"""Per-layer precision in ONNX Runtime: 4-bit weight-only, static int8 QDQ, dynamic int8 and fp32 in one model."""
 
 from __future__ import annotations
 
 import logging
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+from tuner.build.export import WEIGHTED_OPS
+from tuner.precision import FP32, INT8, INT8_DYNAMIC, int4_block_size
 
 
 class _BatchReader(CalibrationDataReader):
@@ -20,40 +26,71 @@ class _BatchReader(CalibrationDataReader):
         return next(self._feeds, None)
 
 
-def quantize_int8(
-    fp32_path: str | Path,
-    out_path: str | Path,
+def apply_precisions(
+    src: str | Path,
+    dst: str | Path,
+    node_precision: Mapping[str, str],
     calibration: Sequence[Sequence[np.ndarray]],
-    fp32_nodes: Sequence[str],
 ) -> None:
-    """Static int8 QDQ: uint8 activations, int8 per-channel weights; ``fp32_nodes`` keep fp32 compute."""
-    model = onnx.load(str(fp32_path))
+    """Give every listed node its precision (see :mod:`tuner.precision`); unlisted nodes stay fp32.
+
+    Order matters: 4-bit weight-only first (it only rewrites float MatMuls with constant weights), then
+    static QDQ (calibrated on the model as it will run, 4-bit layers included), then dynamic int8.
+    Layers that must stay float are cut off from upstream DequantizeLinear (see `keep_float_inputs`).
+    """
+    by_kind: dict[str, list[str]] = {}
+    for node, choice in node_precision.items():
+        by_kind.setdefault(choice, []).append(node)
+    model = onnx.load(str(src))
     input_names = [i.name for i in model.graph.input]
-    root_level = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer warns through the root logger
+    with _quiet_root_logger():
+        for choice in sorted(by_kind):
+            block_size = int4_block_size(choice)
+            if block_size:
+                # nodes_to_include only *adds* to the op types it quantizes: exclude everything else instead.
+                others = [n.name for n in model.graph.node if n.name not in set(by_kind[choice])]
+                quantizer = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=True, accuracy_level=4,
+                                                 nodes_to_exclude=others)
+                quantizer.process()
+                model = quantizer.model.model
+        float_nodes = [n for n, c in node_precision.items() if c in (FP32, INT8_DYNAMIC)]
+        if by_kind.get(INT8):
+            with tempfile.TemporaryDirectory() as tmp:
+                onnx.save(model, f"{tmp}/in.onnx")
+                quantize_static(f"{tmp}/in.onnx", f"{tmp}/out.onnx", _BatchReader(input_names, calibration),
+                                quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=by_kind[INT8],
+                                op_types_to_quantize=list(WEIGHTED_OPS))
+                model = onnx.load(f"{tmp}/out.onnx")
+            keep_float_inputs(model, float_nodes)
+        if by_kind.get(INT8_DYNAMIC):
+            with tempfile.TemporaryDirectory() as tmp:
+                onnx.save(model, f"{tmp}/in.onnx")
+                # DefaultTensorType: ORT's contrib ops (SkipLayerNormalization, ...) carry no type inference.
+                quantize_dynamic(f"{tmp}/in.onnx", f"{tmp}/out.onnx", weight_type=QuantType.QInt8,
+                                 nodes_to_quantize=by_kind[INT8_DYNAMIC], op_types_to_quantize=["MatMul"],
+                                 extra_options={"DefaultTensorType": TensorProto.FLOAT})
+                model = onnx.load(f"{tmp}/out.onnx")
+    onnx.save(model, str(dst))
+
+
+@contextmanager
+def _quiet_root_logger():
+    """ORT's quantizers log advice and per-node INFO lines through the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
     try:
-        quantize_static(
-            str(fp32_path),
-            str(out_path),
-            _BatchReader(input_names, calibration),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            nodes_to_exclude=list(fp32_nodes),
-        )
+        yield
     finally:
-        logging.getLogger().setLevel(root_level)
-    quantized = onnx.load(str(out_path))
-    keep_float_inputs(quantized, fp32_nodes)
-    onnx.save(quantized, str(out_path))
+        root.setLevel(level)
 
 
 def keep_float_inputs(model: onnx.ModelProto, fp32_nodes: Iterable[str]) -> None:
-    """Make excluded Conv/Gemm nodes read their activation through Cast/Sub/Mul instead of DequantizeLinear.
+    """Make float Conv/Gemm/MatMul nodes read their activation through Cast/Sub/Mul instead of DequantizeLinear.
 
     ORT's WeightBiasQuantization transformer (optimization level >= basic) quantizes the float weights of
-    any Conv/Gemm whose input comes straight from a DequantizeLinear, so an "excluded" layer would silently
+    any Conv/Gemm whose input comes straight from a DequantizeLinear, so a layer left float would silently
     run in int8. The arithmetic here is the same as DequantizeLinear's, so results do not change; only
     the pattern ORT rewrites is gone, in every session that loads the file.
     """
@@ -64,20 +101,23 @@ def keep_float_inputs(model: onnx.ModelProto, fp32_nodes: Iterable[str]) -> None
     for node in model.graph.node:
         dq = producer.get(node.input[0]) if node.name in fp32_nodes and node.input else None
         if dq is not None and dq.op_type == "DequantizeLinear":
-            prefix = f"{node.name}_float_input"
+            # Names must not collide with what later quantizers derive from the input name
+            # (quantize_dynamic adds "<input>_scale" and "<input>_zero_point").
+            base = f"{node.name}/tuner_float"
             scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
             zero_point = numpy_helper.to_array(inits[dq.input[2]]) if len(dq.input) > 2 and dq.input[2] else 0
             model.graph.initializer.extend([
-                numpy_helper.from_array(np.asarray(scale, np.float32), f"{prefix}_scale"),
-                numpy_helper.from_array(np.asarray(zero_point, np.float32), f"{prefix}_zero_point"),
+                numpy_helper.from_array(np.asarray(scale, np.float32), f"{base}/dq_scale"),
+                numpy_helper.from_array(np.asarray(zero_point, np.float32), f"{base}/dq_zero_point"),
             ])
             new_nodes += [
-                helper.make_node("Cast", [dq.input[0]], [f"{prefix}_cast"], name=f"{prefix}_cast", to=TensorProto.FLOAT),
-                helper.make_node("Sub", [f"{prefix}_cast", f"{prefix}_zero_point"], [f"{prefix}_centered"],
-                                 name=f"{prefix}_sub"),
-                helper.make_node("Mul", [f"{prefix}_centered", f"{prefix}_scale"], [prefix], name=f"{prefix}_mul"),
+                helper.make_node("Cast", [dq.input[0]], [f"{base}/cast"], name=f"{base}/cast", to=TensorProto.FLOAT),
+                helper.make_node("Sub", [f"{base}/cast", f"{base}/dq_zero_point"], [f"{base}/centered"],
+                                 name=f"{base}/sub"),
+                helper.make_node("Mul", [f"{base}/centered", f"{base}/dq_scale"], [f"{base}/input"],
+                                 name=f"{base}/mul"),
             ]
-            node.input[0] = prefix
+            node.input[0] = f"{base}/input"
         new_nodes.append(node)
     # Drop DequantizeLinear nodes nobody reads any more.
     consumed = {i for n in new_nodes for i in n.input} | {o.name for o in model.graph.output}

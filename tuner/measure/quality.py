@@ -21,7 +21,13 @@ def session_outputs(session: ort.InferenceSession, inputs: tuple[np.ndarray, ...
 
 
 def score(session: ort.InferenceSession, evaluation: Evaluation) -> float:
-    value = float(evaluation.metric(session_outputs(session, evaluation.inputs, evaluation.batch_size)))
+    return score_all(session, evaluation)[0]
+
+
+def score_all(session: ort.InferenceSession, evaluation: Evaluation) -> tuple[float, dict[str, float]]:
+    """The task's metric and its extra metrics, all on one pass of outputs."""
+    outputs = session_outputs(session, evaluation.inputs, evaluation.batch_size)
+    value = float(evaluation.metric(outputs))
     if not np.isfinite(value):
         raise ValueError(f"metric {evaluation.metric_name!r} returned {value}.")
-    return value
+    return value, {name: float(fn(outputs)) for name, fn in evaluation.extra_metrics.items()}

@@ -1,0 +1,54 @@
+"""Which ORT kernel each layer really runs, read from the graph ORT optimized, and whether that matches the ask.
+
+A layer is found in the optimized graph through its weight initializer: quantizers derive their names
+from it (``<w>_quantized`` for int8, ``<w>_Q4`` for MatMulNBits), and float ops read ``<w>`` itself.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import onnx
+
+from tuner.precision import kind
+
+KERNELS = {
+    "fp32": {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"},
+    "int8": {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat"},
+    "int8-dynamic": {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger"},
+    "int4": {"MatMulNBits"},
+}
+_COMPUTE = set().union(*KERNELS.values())
+_SUFFIXES = ("_quantized", "_Q4")
+
+
+def layer_kernels(optimized: onnx.ModelProto, weight_names: Mapping[str, str]) -> dict[str, str | None]:
+    """Op type of the compute node that reads each layer's weight (None: no such node, e.g. NCHWc-reordered)."""
+    by_weight = {w: layer for layer, w in weight_names.items()}
+    kernels: dict[str, str | None] = {layer: None for layer in weight_names}
+    for node in optimized.graph.node:
+        if node.op_type not in _COMPUTE:
+            continue
+        for name in node.input:
+            for suffix in _SUFFIXES:
+                name = name.removesuffix(suffix)
+            if name in by_weight:
+                kernels[by_weight[name]] = node.op_type
+    return kernels
+
+
+def mismatches(kernels: Mapping[str, str | None], precision: Mapping[str, str]) -> list[str]:
+    """Layers whose kernel contradicts their precision choice.
+
+    A quantized layer must be read by a quantized kernel. A float layer may also be found by no compute
+    node: at level ``all`` NCHWc reorders float Conv weights into new initializers.
+    """
+    wrong = []
+    for layer, op in kernels.items():
+        choice = precision.get(layer, "fp32")
+        want = kind(choice)
+        if op is None and want != "fp32":
+            wrong.append(f"{layer} asked for {choice} but no quantized kernel reads its weight")
+        elif op is not None and op not in KERNELS[want]:
+            wrong.append(f"{layer} asked for {choice} but ORT runs it as {op}")
+    return wrong

