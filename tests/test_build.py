@@ -5,10 +5,16 @@ import json
 import onnx
 import pytest
 import torch
+from conftest import SMALL_TASK_ARGS
 
 from tuner.build.export import export_onnx, layer_weights, map_layers
 from tuner.build.kernels import layer_kernels, mismatches
-from tuner.build.prune import prune, pruning_groups, recalibrate_batchnorm, remaining_channels
+from tuner.build.prune import (
+    prune,
+    pruning_groups,
+    recalibrate_batchnorm,
+    remaining_channels,
+)
 from tuner.build.quantize import apply_precisions
 from tuner.candidate import Candidate
 from tuner.evaluate import EvalSettings, Evaluator
@@ -16,8 +22,6 @@ from tuner.measure.quality import score
 from tuner.runtime import RuntimeConfig, create_session, load_artifact
 from tuner.space import quantizable_layers
 from tuner.task import TaskRef
-
-from conftest import SMALL_TASK_ARGS
 
 FP32_LAYERS = {"layer1.0.conv1", "layer2.conv2", "fc"}
 

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import onnx
 import pytest
+from conftest import SMALL_TASK_ARGS
 from mlflow.tracking import MlflowClient
 
 from tuner.cli import main
 from tuner.measure.quality import score
 from tuner.runtime import create_session
-
-from conftest import SMALL_TASK_ARGS
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

@@ -75,6 +75,7 @@ def test_bad_task_specs(tmp_path, spec, message):
 ])
 def test_cli_reports_config_errors_before_any_trial(tmp_path, monkeypatch, capsys, space, message):
     from conftest import SMALL_TASK_ARGS
+
     from tuner.cli import main
 
     monkeypatch.chdir(tmp_path)

@@ -5,7 +5,13 @@ import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from tuner.build.prune import pruning_groups
-from tuner.space import SearchSpace, SpaceError, layer_op_types, load_space_file, quantizable_layers
+from tuner.space import (
+    SearchSpace,
+    SpaceError,
+    layer_op_types,
+    load_space_file,
+    quantizable_layers,
+)
 from tuner.tasks.digits_cnn import DigitsResNet
 
 

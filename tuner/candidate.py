@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from tuner.precision import FP32, PrecisionError, check_precision, kind
 
@@ -60,7 +61,7 @@ class Candidate:
                 "fusions": list(self.fusions), "disabled_optimizers": list(self.disabled_optimizers)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Candidate":
+    def from_dict(cls, data: Mapping[str, Any]) -> Candidate:
         return cls(precision=tuple(data.get("precision", {}).items()), prune=tuple(data.get("prune", {}).items()),
                    opt_level=data.get("opt_level", "all"), fusions=tuple(data.get("fusions", ())),
                    disabled_optimizers=tuple(data.get("disabled_optimizers", ())))

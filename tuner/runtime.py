@@ -28,7 +28,7 @@ class RuntimeConfig:
         return json.dumps({"opt_level": self.opt_level, "disabled_optimizers": list(self.disabled_optimizers)})
 
     @classmethod
-    def of_file(cls, model_path: str | Path) -> "RuntimeConfig":
+    def of_file(cls, model_path: str | Path) -> RuntimeConfig:
         """Read the config stamped into an artifact; files without one run at the ORT default (all)."""
         model = onnx.load(str(model_path), load_external_data=False)
         props = {p.key: p.value for p in model.metadata_props}

@@ -23,16 +23,31 @@ is an error.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+)
 
-from tuner.build.fusion import MERGING_FUSIONS, TRANSFORMER_FUSIONS, session_optimizer_names
+from tuner.build.fusion import (
+    MERGING_FUSIONS,
+    TRANSFORMER_FUSIONS,
+    session_optimizer_names,
+)
 from tuner.build.prune import PruningGroup, remaining_channels
 from tuner.candidate import OPT_LEVELS, Candidate
-from tuner.precision import FP32, PrecisionError, applies_to, check_precision, op_types_for
+from tuner.precision import (
+    FP32,
+    PrecisionError,
+    applies_to,
+    check_precision,
+    op_types_for,
+)
 from tuner.yamlfile import read_mapping
 
 

@@ -10,9 +10,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from optuna.storages import JournalStorage
@@ -144,7 +145,9 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
          "layers": len(space.layers), "searched_params": len(space.distributions())})
     trial_runs = recorder.existing_trial_runs()
 
-    from tuner.executors import RayExecutor  # Ray is imported only when a study really runs
+    from tuner.executors import (
+        RayExecutor,  # Ray is imported only when a study really runs
+    )
 
     executor = RayExecutor(experiment.task_ref(), experiment.eval_settings(), run_dir / "artifacts", workers,
                            address)

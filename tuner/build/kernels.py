@@ -6,7 +6,7 @@ from it (``<w>_quantized`` for int8, ``<w>_Q4`` for MatMulNBits), and float ops 
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import onnx
 

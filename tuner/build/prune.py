@@ -7,8 +7,8 @@ form one group and share one ratio. A group is named after its member layers, jo
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 import torch_pruning as tp
