@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tuner.precision import FP32, PrecisionError, check_precision, kind
+from tuner.precision import FP32, PrecisionError, check_precision, int4_block_size
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -78,12 +78,12 @@ class Candidate:
 
     def precision_counts(self) -> dict[str, int]:
         """Layers per precision family, e.g. ``{"fp32": 3, "int8": 30, "int4": 3}``."""
-        return dict(Counter(kind(choice) for _, choice in self.precision))
+        return dict(Counter("int4" if int4_block_size(choice) else choice for _, choice in self.precision))
 
     def summary(self) -> str:
         """A short human-readable description, e.g. ``int8 30, int4 3, fp32 3; pruned 2 groups; opt=all``."""
         counts = self.precision_counts()
-        order = ["int4", "int8-dynamic", "int8", FP32]
+        order = ["int4", "int8-dynamic-pc", "int8-dynamic", "int8", FP32]
         prec = ", ".join(f"{k} {counts[k]}" for k in order if counts.get(k)) or "fp32"
         pruned = [r for _, r in self.prune if r > 0]
         prune_txt = f"pruned {len(pruned)} groups (max {max(pruned):.0%})" if pruned else "unpruned"

@@ -27,10 +27,16 @@ def _run(args: argparse.Namespace) -> int:
           f"fp32 baseline {metric}={result.baseline['metric']:.4f}, {result.baseline['latency_ms']:.3f} ms")
     print(f"Pareto front ({len(result.front)} models):")
     print(format_table(result.front, metric))
+    if result.references:
+        print("References (measured in this run):")
+        print(format_table(result.references, metric))
     if result.timings:
-        keys = ("prune", "export", "quantize", "accuracy", "latency", "orchestration")
+        keys = ("prune", "export", "fuse", "quantize", "verify_kernels", "accuracy", "latency", "orchestration")
         print("median seconds per trial: " + ", ".join(
-            f"{k} {median(t.get(k, 0.0) for t in result.timings):.3f}" for k in keys))
+            f"{k} {median(t.get(k, 0.0) for t in result.timings):.3f}" for k in keys
+            if any(k in t for t in result.timings)))
+        cached = sum(1 for t in result.timings if "export" not in t)
+        print(f"pruned fp32 exports reused from the study's cache: {cached}/{len(result.timings)} trials")
     print(f"\nrun directory: {result.run_dir}\nMLflow: {result.tracking_uri} (experiment {result.name!r}); "
           f"browse with `mlflow ui`\npick with: tuner pick {result.name} --min-{metric} X")
     return 0

@@ -175,7 +175,8 @@ class Evaluator:
                     recalibrate_batchnorm(model, task.calibration_inputs)
             with _timed(timings, "export"), torch.no_grad():
                 export_onnx(model, task.example_inputs, tmp / "fp32.onnx")
-                nodes = map_layers(onnx.load(str(tmp / "fp32.onnx")), layer_weights(model, self.layers))
+                nodes = map_layers(onnx.load(str(tmp / "fp32.onnx")), layer_weights(model, self.layers),
+                                   allow_missing=True)
             (tmp / "layers.json").write_text(json.dumps({k: [v.name, v.op_type, v.weight] for k, v in nodes.items()}))
             try:
                 os.rename(tmp, export_dir)

@@ -358,7 +358,10 @@ def quantizable_layers(model) -> list[str]:
 
 
 def layer_op_types(model, example_inputs) -> dict[str, str]:
-    """Export ``model`` once and return the ONNX op type each quantizable layer became."""
+    """Export ``model`` once and return the ONNX op type each quantizable layer became.
+
+    Layers the exporter dropped (their output is never used) are left out: there is nothing to tune.
+    """
     import tempfile
 
     import onnx
@@ -368,5 +371,5 @@ def layer_op_types(model, example_inputs) -> dict[str, str]:
     layers = quantizable_layers(model)
     with tempfile.TemporaryDirectory() as tmp:
         export_onnx(model, example_inputs, f"{tmp}/model.onnx")
-        nodes = map_layers(onnx.load(f"{tmp}/model.onnx"), layer_weights(model, layers))
-    return {layer: nodes[layer].op_type for layer in layers}
+        nodes = map_layers(onnx.load(f"{tmp}/model.onnx"), layer_weights(model, layers), allow_missing=True)
+    return {layer: nodes[layer].op_type for layer in layers if layer in nodes}

@@ -24,7 +24,7 @@ from tuner.build.prune import pruning_groups
 from tuner.candidate import Candidate
 from tuner.experiment import Experiment
 from tuner.pareto import completed_rows, front_rows, plot_front, write_csv
-from tuner.space import SearchSpace, layer_op_types, load_space_file
+from tuner.space import SearchSpace, layer_op_types, load_space_file, quantizable_layers
 from tuner.tracking import MlflowRecorder
 
 
@@ -44,6 +44,7 @@ class StudyResult:
     baseline: dict[str, float]
     tracking_uri: str
     timings: list[dict[str, float]] = field(default_factory=list)
+    references: list[dict[str, Any]] = field(default_factory=list)  # fp32 and uniform-precision trials
 
 
 def open_study(run_dir: Path, name: str, sampler: optuna.samplers.BaseSampler | None = None,
@@ -79,6 +80,9 @@ def prepare(experiment: Experiment):
     space_file = load_space_file(experiment.space_path)  # cheap checks first: the task may train a model
     task = experiment.task_ref().load()
     layer_ops = layer_op_types(task.model, task.example_inputs)
+    unused = [name for name in quantizable_layers(task.model) if name not in layer_ops]
+    if unused:
+        print(f"not in the exported graph (output unused), not tuned: {', '.join(unused)}")
     wants_pruning = any(rule.prune is not None for rule in space_file.rules)
     groups = pruning_groups(task.model, task.example_inputs, task.output_layers) if wants_pruning else []
     space = SearchSpace(space_file, layer_ops, groups, experiment.round_to)
@@ -163,14 +167,14 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
         status = "FINISHED"
     finally:
         executor.shutdown()
-        front = _finish(study, recorder, trial_runs, run_dir, metric_name)
+        front, references = _finish(study, recorder, trial_runs, run_dir, metric_name)
         recorder.close(status)
     states = [t.state for t in study.get_trials(deepcopy=False)]
     return StudyResult(experiment.name, metric_name, run_dir, front, states.count(TrialState.COMPLETE),
                        states.count(TrialState.FAIL), time.perf_counter() - started,
                        {"metric": study.user_attrs["baseline_metric"],
                         "latency_ms": study.user_attrs["baseline_latency_ms"]},
-                       recorder.tracking_uri, timings)
+                       recorder.tracking_uri, timings, references)
 
 
 def _fail_interrupted(study: optuna.Study, log: Callable[[str], None]) -> None:
@@ -262,7 +266,7 @@ def _loop(study, space, executor, recorder, trial_runs, budget, done, experiment
 
 def _finish(study, recorder: MlflowRecorder, trial_runs: dict[int, str], run_dir: Path, metric_name: str):
     if "baseline_latency_ms" not in study.user_attrs:
-        return []
+        return [], []
     front = front_rows(study)
     rows = completed_rows(study)
     by_trial = {r["trial"]: r for r in rows}
@@ -286,6 +290,6 @@ def _finish(study, recorder: MlflowRecorder, trial_runs: dict[int, str], run_dir
                "baseline_latency_ms": study.user_attrs["baseline_latency_ms"]}
     if front:
         summary["best_speedup"] = max(r["speedup"] for r in front)
-    recorder.log_front(run_dir / "pareto.csv", run_dir / "pareto.png", summary)
-    return front
+    recorder.log_front([run_dir / "pareto.csv", run_dir / "references.csv", run_dir / "pareto.png"], summary)
+    return front, list(references.values())
 

@@ -87,9 +87,9 @@ class MlflowRecorder:
                 if "model.onnx" not in names:
                     self.client.log_artifact(run_id, str(models[number]))
 
-    def log_front(self, csv_path: Path, plot_path: Path, summary: dict[str, Any]) -> None:
-        self.client.log_artifact(self.parent_run_id, str(csv_path))
-        self.client.log_artifact(self.parent_run_id, str(plot_path))
+    def log_front(self, files: list[Path], summary: dict[str, Any]) -> None:
+        for path in files:
+            self.client.log_artifact(self.parent_run_id, str(path))
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "study_summary.json"
             path.write_text(json.dumps(summary, indent=2, default=str))

@@ -68,13 +68,17 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha1(str(array.shape).encode() + array.tobytes()).hexdigest()
 
 
-def map_layers(graph: onnx.ModelProto, weights: Mapping[str, np.ndarray]) -> dict[str, LayerNode]:
+def map_layers(graph: onnx.ModelProto, weights: Mapping[str, np.ndarray], allow_missing: bool = False
+               ) -> dict[str, LayerNode]:
     """Find each layer's Conv/Gemm/MatMul node through its weight: by state-dict name, else by value.
 
     Exporters rename, fold and transpose weights. The dynamo exporter keeps ``<layer>.weight`` where the
     weight is used as is (also when an eval-mode BatchNorm was folded into it), but turns a Linear's
     weight on 3-D inputs into a transposed constant called ``val_57``; the TorchScript exporter names it
     ``onnx::MatMul_123``. Values, as is or transposed, identify those exactly.
+
+    ``allow_missing``: leave out layers no node uses (the exporter drops modules whose output is unused,
+    like a Hugging Face pooler under mean pooling) instead of raising.
     """
     inits = {init.name: init for init in graph.graph.initializer}
     by_name: dict[str, list[onnx.NodeProto]] = {}
@@ -87,6 +91,8 @@ def map_layers(graph: onnx.ModelProto, weights: Mapping[str, np.ndarray]) -> dic
     for layer, weight in weights.items():
         found = by_name.get(f"{layer}.weight") or (
             by_digest.get(_digest(weight), []) + (by_digest.get(_digest(weight.T), []) if weight.ndim == 2 else []))
+        if not found and allow_missing:
+            continue
         if not found:
             raise RuntimeError(f"layer {layer!r}: no Conv/Gemm/MatMul node in the exported graph uses its weight "
                                f"(shape {tuple(weight.shape)}); cannot control its precision.")

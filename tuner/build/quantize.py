@@ -21,7 +21,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
 from tuner.build.export import WEIGHTED_OPS
-from tuner.precision import FP32, INT8, INT8_DYNAMIC, int4_block_size
+from tuner.precision import FP32, INT8, INT8_DYNAMIC, INT8_DYNAMIC_PER_CHANNEL, int4_block_size
 
 
 class _BatchReader(CalibrationDataReader):
@@ -41,7 +41,8 @@ def apply_precisions(
     """Give every listed node its precision (see :mod:`tuner.precision`); unlisted nodes stay fp32.
 
     Order matters: 4-bit weight-only first (it only rewrites float MatMuls with constant weights), then
-    static QDQ (calibrated on the model as it will run, 4-bit layers included), then dynamic int8.
+    static QDQ (calibrated on the model as it will run, 4-bit layers included), then dynamic int8
+    (per-tensor, then per-channel weight scales).
     Layers that must stay float are cut off from upstream DequantizeLinear (see `keep_float_inputs`).
     """
     by_kind: dict[str, list[str]] = {}
@@ -59,7 +60,7 @@ def apply_precisions(
                                                  nodes_to_exclude=others)
                 quantizer.process()
                 model = quantizer.model.model
-        float_nodes = [n for n, c in node_precision.items() if c in (FP32, INT8_DYNAMIC)]
+        float_nodes = [n for n, c in node_precision.items() if c in (FP32, INT8_DYNAMIC, INT8_DYNAMIC_PER_CHANNEL)]
         if by_kind.get(INT8):
             with tempfile.TemporaryDirectory() as tmp:
                 onnx.save(model, f"{tmp}/in.onnx")
@@ -69,12 +70,15 @@ def apply_precisions(
                                 op_types_to_quantize=list(WEIGHTED_OPS))
                 model = onnx.load(f"{tmp}/out.onnx")
             keep_float_inputs(model, float_nodes)
-        if by_kind.get(INT8_DYNAMIC):
+        for choice, per_channel in ((INT8_DYNAMIC, False), (INT8_DYNAMIC_PER_CHANNEL, True)):
+            if not by_kind.get(choice):
+                continue
             with tempfile.TemporaryDirectory() as tmp:
                 onnx.save(model, f"{tmp}/in.onnx")
                 # DefaultTensorType: ORT's contrib ops (SkipLayerNormalization, ...) carry no type inference.
                 quantize_dynamic(f"{tmp}/in.onnx", f"{tmp}/out.onnx", weight_type=QuantType.QInt8,
-                                 nodes_to_quantize=by_kind[INT8_DYNAMIC], op_types_to_quantize=["MatMul"],
+                                 per_channel=per_channel, nodes_to_quantize=by_kind[choice],
+                                 op_types_to_quantize=["MatMul"],
                                  extra_options={"DefaultTensorType": TensorProto.FLOAT})
                 model = onnx.load(f"{tmp}/out.onnx")
     onnx.save(model, str(dst))

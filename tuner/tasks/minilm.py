@@ -75,7 +75,7 @@ def make_task(seq_len: int = 128, n_eval: int = 256, calibration_batches: int = 
     hf_logging.disable_progress_bar()
     path = model_dir()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    encoder = AutoModel.from_pretrained(path).eval()
+    encoder = AutoModel.from_pretrained(path, add_pooling_layer=False).eval()  # mean pooling instead
     texts = stdlib_docstrings()
     n_needed = n_eval + calibration_batches * calibration_batch_size
     if len(texts) < n_needed:

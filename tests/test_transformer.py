@@ -1,0 +1,154 @@
+"""Transformer encoders: layer names -> ONNX nodes, every precision kind in one model, fusions that compose."""
+
+import collections
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from tuner.build.export import export_onnx, layer_weights, map_layers
+from tuner.build.fusion import session_optimizer_names
+from tuner.candidate import Candidate
+from tuner.evaluate import EvalSettings, Evaluator
+from tuner.runtime import load_artifact
+from tuner.space import SearchSpace, layer_op_types, load_space_file, quantizable_layers
+from tuner.task import TaskRef
+
+import tiny_bert
+from conftest import SMALL_TASK_ARGS
+
+TESTS = str(Path(__file__).parent)
+KINDS = ("fp32", "int8", "int8-dynamic", "int4-b16", "int8-dynamic-pc")
+
+
+@pytest.fixture(scope="module")
+def task():
+    return tiny_bert.make_task()
+
+
+@pytest.fixture(scope="module")
+def layers(task):
+    return quantizable_layers(task.model)
+
+
+@pytest.fixture(scope="module")
+def evaluator(tmp_path_factory):
+    ref = TaskRef("tiny_bert.py:make_task", {}, TESTS)
+    return Evaluator(ref, EvalSettings(repeats=3, warmup=1), tmp_path_factory.mktemp("bert-artifacts"))
+
+
+def mixed(layers, **kwargs) -> Candidate:
+    """Every precision kind in one model, each on two or three of the twelve layers."""
+    return Candidate(precision=tuple((name, KINDS[i % len(KINDS)]) for i, name in enumerate(layers)), **kwargs)
+
+
+def test_hf_module_names_map_to_matmul_nodes_with_either_exporter(task, layers, tmp_path):
+    assert len(layers) == 12 and layers[0] == "encoder.encoder.layer.0.attention.self.query"
+    weights = layer_weights(task.model, layers)
+    export_onnx(task.model, task.example_inputs, tmp_path / "dynamo.onnx")
+    with torch.no_grad():
+        torch.onnx.export(task.model, task.example_inputs, str(tmp_path / "torchscript.onnx"), dynamo=False,
+                          input_names=["input_ids", "attention_mask", "token_type_ids"])
+    for path in ("dynamo.onnx", "torchscript.onnx"):
+        graph = onnx.load(str(tmp_path / path))
+        nodes = map_layers(graph, weights)
+        assert set(nodes) == set(layers), path
+        assert {n.op_type for n in nodes.values()} == {"MatMul"}, path
+        assert len({n.name for n in nodes.values()}) == 12, path  # one distinct node per layer
+        inits = {i.name for i in graph.graph.initializer}
+        # the dynamo exporter renames the transposed weights: names alone could not have found them
+        if path == "dynamo.onnx":
+            assert not any(f"{layer}.weight" in inits for layer in layers)
+
+
+def test_unused_modules_are_left_out_not_an_error(task, tmp_path):
+    weights = layer_weights(task.model, quantizable_layers(task.model))
+    weights["unused.pooler"] = torch.randn(8, 64).numpy()
+    export_onnx(task.model, task.example_inputs, tmp_path / "m.onnx")
+    with pytest.raises(RuntimeError, match="layer 'unused.pooler': no Conv/Gemm/MatMul node"):
+        map_layers(onnx.load(str(tmp_path / "m.onnx")), weights)
+    assert "unused.pooler" not in map_layers(onnx.load(str(tmp_path / "m.onnx")), weights, allow_missing=True)
+
+
+def test_rules_address_ffn_outputs_and_one_layers_attention(task, tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(textwrap.dedent(r"""
+        layers:
+          - match: 're:.*layer\.\d+\.output\.dense'          # every FFN output layer
+            precision: [fp32, int4-b32]
+          - match: 're:.*layer\.1\.attention\..*'            # layer 1's attention
+            precision: [int8-dynamic, int8]
+          - match: 're:.*'
+            precision: [fp32, int8]
+    """))
+    space = SearchSpace(load_space_file(path), layer_op_types(task.model, task.example_inputs), [])
+    ffn_out = [n for n, c in space.precision_choices.items() if c == ("fp32", "int4-b32")]
+    assert ffn_out == ["encoder.encoder.layer.0.output.dense", "encoder.encoder.layer.1.output.dense"]
+    attention_1 = [n for n, c in space.precision_choices.items() if c == ("int8-dynamic", "int8")]
+    assert attention_1 == [f"encoder.encoder.layer.1.attention.{p}" for p in
+                           ("self.query", "self.key", "self.value", "output.dense")]
+    assert [label for label, _ in space.references()] == ["fp32", "uniform int4-b32", "uniform int8-dynamic",
+                                                         "uniform int8"]
+
+
+@pytest.mark.parametrize("level", ["extended", "all"])
+def test_every_precision_kind_in_one_model_runs_the_kernel_it_asked_for(evaluator, layers, level, tmp_path):
+    candidate = mixed(layers, opt_level=level)
+    outcome = evaluator.evaluate(candidate)
+    assert outcome.state == "COMPLETE", outcome.error
+    kernels = json.loads((evaluator.artifact_root / outcome.key / "candidate.json").read_text())["kernels"]
+    expected = {"fp32": {"MatMul", "FusedMatMul", "Gemm"}, "int8": {"QLinearMatMul", "MatMulIntegerToFloat"},
+                "int8-dynamic": {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}, "int4-b16": {"MatMulNBits"}}
+    expected["int8-dynamic-pc"] = expected["int8-dynamic"]
+    for layer, choice in candidate.precision:
+        assert kernels[layer] in expected[choice], (layer, choice, kernels[layer])
+    # read the graph ORT really runs, independently of the evaluator's own check
+    load_artifact(evaluator.artifact_root / outcome.key / "model.onnx", optimized_model_path=str(tmp_path / "o.onnx"))
+    nodes = onnx.load(str(tmp_path / "o.onnx")).graph.node
+    ops = collections.Counter(n.op_type for n in nodes)
+    assert ops["MatMulNBits"] == 2 and ops["DynamicQuantizeMatMul"] == 4 and ops["QLinearMatMul"] == 3
+    # per-channel dynamic layers carry one weight scale per output column, per-tensor ones a single scale
+    inits = {i.name: i for i in onnx.load(str(tmp_path / "o.onnx")).graph.initializer}
+    scale_sizes = sorted(int(np.prod(inits[n.input[2]].dims)) for n in nodes if n.op_type == "DynamicQuantizeMatMul")
+    assert scale_sizes[:2] == [1, 1] and min(scale_sizes[2:]) > 1
+    block_sizes = {a.i for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "block_size"}
+    accuracy_levels = {a.i for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute
+                       if a.name == "accuracy_level"}
+    assert block_sizes == {16} and accuracy_levels == {4}
+    assert outcome.metric > 0.9  # cosine to the fp32 embeddings
+
+
+def test_transformer_fusions_are_applied_before_quantization_and_compose(evaluator, layers):
+    plain = evaluator.evaluate(mixed(layers))
+    fused = evaluator.evaluate(mixed(layers, fusions=("skip_layer_norm", "bias_gelu")))
+    assert fused.state == "COMPLETE", fused.error
+    assert fused.cached_export  # the fp32 export is shared; only fusion and quantization are redone
+    record = json.loads((evaluator.artifact_root / fused.key / "candidate.json").read_text())
+    assert record["fused_operators"]["SkipLayerNormalization"] == 4 and record["fused_operators"]["BiasGelu"] == 2
+    graph = onnx.load(str(evaluator.artifact_root / fused.key / "model.onnx")).graph
+    assert {"SkipLayerNormalization", "BiasGelu", "MatMulNBits", "DynamicQuantizeLinear"} <= {n.op_type for n in graph.node}
+    assert abs(fused.metric - plain.metric) < 2e-3  # same arithmetic, fused
+
+
+def test_session_optimizer_names_come_from_the_installed_ort():
+    names = session_optimizer_names()
+    assert {"NchwcTransformer", "ConstantFolding", "MatMulNBitsFusion", "WeightBiasQuantization"} <= names
+    assert "NoSuchFusion" not in names
+
+
+def test_a_disabled_optimizer_is_really_off_in_the_session(small_task, tmp_path):
+    ref = TaskRef("tuner.tasks.digits_cnn:make_task", SMALL_TASK_ARGS)
+    evaluator = Evaluator(ref, EvalSettings(repeats=3, warmup=1), tmp_path)
+    domains = {}
+    for disabled in ((), ("NchwcTransformer",)):
+        outcome = evaluator.evaluate(Candidate(opt_level="all", disabled_optimizers=disabled))
+        assert outcome.state == "COMPLETE", outcome.error
+        out = tmp_path / f"opt{len(disabled)}.onnx"
+        load_artifact(tmp_path / outcome.key / "model.onnx", optimized_model_path=str(out))
+        domains[disabled] = {n.domain for n in onnx.load(str(out)).graph.node}
+    assert "com.microsoft.nchwc" in domains[()]
+    assert "com.microsoft.nchwc" not in domains[("NchwcTransformer",)]
