@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +132,8 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
         raise StudyError(f"study {experiment.name!r} in {run_dir} was created with a different search space; "
                          "give the experiment a new name or remove that run directory.")
     study.set_user_attr("space_signature", space_signature)
+    if "uid" not in study.user_attrs:  # tells this study's MLflow runs from an older study of the same name
+        study.set_user_attr("uid", uuid.uuid4().hex)
     study.set_user_attr("metric_name", metric_name)
     study.set_user_attr("task", experiment.task)
     study.set_user_attr("opt_levels", list(space.opt_levels))
@@ -141,7 +144,7 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
                 if not t.user_attrs.get("interrupted")]
     if len(finished) >= budget:
         log(f"study {experiment.name!r} already has {len(finished)}/{budget} trials; pass --trials N to add more.")
-    recorder = MlflowRecorder(tracking_uri, experiment.name, metric_name)
+    recorder = MlflowRecorder(tracking_uri, experiment.name, metric_name, study.user_attrs["uid"])
     recorder.log_study_inputs(
         [p for p in (experiment.source, experiment.space_path) if p],
         {"task": experiment.task, "sampler": experiment.sampler, "max_metric_drop": experiment.max_metric_drop,

@@ -15,10 +15,17 @@ ROLE = "tuner.role"
 
 
 class MlflowRecorder:
-    def __init__(self, tracking_uri: str | None, study_name: str, metric_name: str):
+    """Runs of one study, told apart from other studies of the same name by ``study_uid``.
+
+    A study's run directory can be deleted and the experiment run again under the same name: that is a new
+    study (new uid, new parent run), not a continuation of the old runs in the same MLflow experiment.
+    """
+
+    def __init__(self, tracking_uri: str | None, study_name: str, metric_name: str, study_uid: str):
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = self.client.tracking_uri
         self.study_name = study_name
+        self.study_uid = study_uid
         self.metric_name = metric_name
         experiment = self.client.get_experiment_by_name(study_name)
         self.experiment_id = (experiment.experiment_id if experiment is not None
@@ -26,13 +33,16 @@ class MlflowRecorder:
         self.parent_run_id = self._find_or_create_parent()
 
     def _find_or_create_parent(self) -> str:
-        runs = self.client.search_runs([self.experiment_id], f"tags.`{ROLE}` = 'study'", max_results=1)
+        runs = self.client.search_runs(
+            [self.experiment_id], f"tags.`{ROLE}` = 'study' and tags.`tuner.study_uid` = '{self.study_uid}'",
+            max_results=1)
         if runs:  # a resumed study keeps its parent run
             run_id = runs[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=self.study_name,
-                                     tags={ROLE: "study", "tuner.study": self.study_name})
+                                     tags={ROLE: "study", "tuner.study": self.study_name,
+                                           "tuner.study_uid": self.study_uid})
         return run.info.run_id
 
     def log_study_inputs(self, files: Sequence[str | Path], params: dict[str, Any]) -> None:
@@ -44,7 +54,9 @@ class MlflowRecorder:
             self.client.log_batch(self.parent_run_id, params=new)
 
     def existing_trial_runs(self) -> dict[int, str]:
-        runs = self.client.search_runs([self.experiment_id], f"tags.`{ROLE}` = 'trial'", max_results=50000)
+        runs = self.client.search_runs(
+            [self.experiment_id], f"tags.`{ROLE}` = 'trial' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            max_results=50000)
         return {int(r.data.tags["tuner.trial_number"]): r.info.run_id for r in runs}
 
     def log_trial(self, number: int, outcome: dict[str, Any], summary: str) -> str:
