@@ -51,7 +51,7 @@ def test_run_resume_front_pick(tmp_path, monkeypatch, capsys, small_task):
     assert len(parents) == 1 and len(trials) == 6
     parent = parents[0]
     parent_files = {f.path for f in client.list_artifacts(parent.info.run_id)}
-    assert {"pareto.csv", "pareto.png", "inputs"} <= parent_files
+    assert {"pareto.csv", "references.csv", "pareto.png", "inputs"} <= parent_files
     assert {f.path for f in client.list_artifacts(parent.info.run_id, "inputs")} == {
         "inputs/e2e.yaml", "inputs/cnn_int8_prune.yaml"}
     assert sorted(int(r.data.tags["tuner.trial_number"]) for r in trials) == list(range(6))
@@ -142,3 +142,16 @@ def test_failing_candidates_are_recorded_and_the_study_goes_on(tmp_path, monkeyp
     states = {t.state.name for t in study.trials}
     assert states <= {"COMPLETE", "FAIL"}  # never PRUNED
     assert study.trials[1].state.name == "FAIL" and "synthetic" in study.trials[1].user_attrs["fail_reason"]
+
+    # The run directory removed and the experiment run again: a new study with its own parent run in the
+    # same MLflow experiment; the old study's runs stay as they were and are not adopted.
+    import shutil
+
+    shutil.rmtree(tmp_path / "tuner-runs" / "fragile")
+    assert main(["run", str(config), "--trials", "3", "--workers", "2", "--tracking-uri", uri,
+                 "--no-progress"]) == 0
+    parents, trials = runs_by_role(MlflowClient(uri), "fragile")
+    assert len(parents) == 2 and parents[0].data.tags["tuner.study_uid"] != parents[1].data.tags["tuner.study_uid"]
+    per_parent = {p.info.run_id: sorted(int(r.data.tags["tuner.trial_number"]) for r in trials
+                                        if r.data.tags["mlflow.parentRunId"] == p.info.run_id) for p in parents}
+    assert sorted(per_parent.values()) == [[0, 1, 2], [0, 1, 2, 3, 4]]

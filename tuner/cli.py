@@ -43,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _front(args: argparse.Namespace) -> int:
-    from tuner.pareto import format_table, front_rows
+    from tuner.pareto import completed_rows, format_table, front_rows
     from tuner.study import load_finished_study
 
     study = load_finished_study(args.study, args.output_dir)
@@ -53,6 +53,10 @@ def _front(args: argparse.Namespace) -> int:
     print(f"study {args.study!r}: {len(study.trials)} trials; fp32 baseline "
           f"{metric}={study.user_attrs.get('baseline_metric', float('nan')):.4f}, {base or float('nan'):.3f} ms")
     print(format_table(rows, metric))
+    references = [r for r in completed_rows(study) if r["reference"]]
+    if references:
+        print("References:")
+        print(format_table(references, metric))
     return 0
 
 
