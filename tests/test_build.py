@@ -181,3 +181,25 @@ def test_latency_is_measured_at_the_configured_batch_size(small_task, mixed_arti
     assert stats.repeats == 7 and 0 < stats.median_ms <= stats.p90_ms and stats.cv >= 0
     with pytest.raises(ValueError, match="repeats >= 1"):
         measure_latency(create_session(tmp / "model.onnx", "all"), feeds, repeats=0)
+
+
+def test_static_int8_below_extended_level_is_refused_before_building(tmp_path):
+    ref = TaskRef("tuner.tasks.digits_cnn:make_task", SMALL_TASK_ARGS)
+    evaluator = Evaluator(ref, EvalSettings(repeats=3, warmup=1), tmp_path)
+    outcome = evaluator.evaluate(Candidate(precision=(("fc", "int8"),), opt_level="basic"))
+    assert outcome.state == "FAIL" and "static int8 needs opt_level 'extended' or 'all'" in outcome.error
+    assert outcome.timings == {} and not (tmp_path / outcome.key).exists()  # nothing was built
+    assert evaluator.evaluate(Candidate(opt_level="basic")).state == "COMPLETE"  # fp32 at basic is fine
+
+
+def test_the_kernel_check_fails_a_layer_ort_runs_in_float(tmp_path, monkeypatch):
+    """With the early refusal bypassed, the kernel check itself catches static int8 at level basic."""
+    import tuner.evaluate
+
+    monkeypatch.setattr(tuner.evaluate, "check_runnable", lambda candidate: None)
+    ref = TaskRef("tuner.tasks.digits_cnn:make_task", SMALL_TASK_ARGS)
+    evaluator = Evaluator(ref, EvalSettings(repeats=3, warmup=1), tmp_path)
+    outcome = evaluator.evaluate(Candidate(precision=(("fc", "int8"), ("stem.0", "int8")), opt_level="basic"))
+    assert outcome.state == "FAIL"
+    assert "ORT does not run 2 layer(s) as asked" in outcome.error
+    assert "fc asked for int8 but no quantized kernel reads its weight" in outcome.error

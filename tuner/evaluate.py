@@ -25,7 +25,7 @@ from tuner.build.quantize import apply_precisions
 from tuner.candidate import Candidate
 from tuner.measure.latency import measure_latency
 from tuner.measure.quality import score_all
-from tuner.precision import FP32
+from tuner.precision import FP32, INT8
 from tuner.runtime import RuntimeConfig, load_artifact
 from tuner.space import quantizable_layers
 from tuner.task import Task, TaskRef
@@ -92,6 +92,7 @@ class Evaluator:
         outcome = Outcome(key=key, candidate=candidate.to_dict())
         stage = "build"
         try:
+            check_runnable(candidate)
             artifact = self.artifact_root / key
             outcome.artifact_dir = str(artifact)
             if (artifact / "model.onnx").is_file():
@@ -199,6 +200,15 @@ class Evaluator:
         if wrong:
             raise RuntimeError(f"ORT does not run {len(wrong)} layer(s) as asked: " + "; ".join(wrong[:5]))
         return kernels
+
+
+def check_runnable(candidate: Candidate) -> None:
+    """Combinations ORT cannot run as asked, refused before spending a build on them."""
+    static = [layer for layer, choice in candidate.precision if choice == INT8]
+    if static and candidate.opt_level in ("disable", "basic"):
+        raise ValueError(f"static int8 needs opt_level 'extended' or 'all': at {candidate.opt_level!r} ORT runs "
+                         f"QDQ layers as DequantizeLinear + float op (the QDQ -> QLinear fusion is an extended-level "
+                         f"optimizer), so {len(static)} int8 layer(s) would compute in fp32.")
 
 
 def _check_nodes_survived(path: Path, nodes: dict[str, list[str]], fusions: tuple[str, ...]) -> None:
