@@ -3,6 +3,7 @@
 import collections
 import json
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,8 @@ def test_hf_module_names_map_to_matmul_nodes_with_either_exporter(task, layers, 
     assert len(layers) == 12 and layers[0] == "encoder.encoder.layer.0.attention.self.query"
     weights = layer_weights(task.model, layers)
     export_onnx(task.model, task.example_inputs, tmp_path / "dynamo.onnx")
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's tracer warnings
         torch.onnx.export(task.model, task.example_inputs, str(tmp_path / "torchscript.onnx"), dynamo=False,
                           input_names=["input_ids", "attention_mask", "token_type_ids"])
     for path in ("dynamo.onnx", "torchscript.onnx"):
