@@ -86,21 +86,49 @@ def test_run_resume_front_pick(tmp_path, monkeypatch, capsys, small_task):
     assert main(["front", "e2e"]) == 0
     assert "latency_ms" in capsys.readouterr().out
 
+    capsys.readouterr()
+    assert main(["pick", "e2e", "--tracking-uri", uri]) == 0  # no constraint: the front is listed
+    assert "pick one with a constraint" in capsys.readouterr().out
+
     out = tmp_path / "picked"
-    assert main(["pick", "e2e", "--min-accuracy", "0.5", "--out", str(out), "--tracking-uri", uri]) == 0
+    assert main(["pick", "e2e", "--min-accuracy", "0.5", "--out", str(out), "--tracking-uri", uri,
+                 "--register", "e2e-model", "--alias", "champion"]) == 0
     record = json.loads((out / "candidate.json").read_text())
     runtime = record["runtime"]
     session = create_session(out / "model.onnx", runtime["opt_level"],
                              disabled_optimizers=tuple(runtime["disabled_optimizers"]))
-    assert score(session, small_task.evaluation) == record["metrics"]["accuracy"]  # exactly, not approximately
+    expected = score(session, small_task.evaluation)
+    assert expected == record["metrics"]["accuracy"]  # exactly, not approximately
     props = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
     assert json.loads(props["tuner.candidate"]) == record["candidate"]
-    version = client.get_registered_model("e2e").latest_versions[0]
-    assert version.run_id == record["mlflow_run_id"]
+    card = (out / "MODEL_CARD.md").read_text()
+    assert f"e2e — trial {record['trial']}" in card and "load_artifact('model.onnx')" in card
+    assert record["environment"]["onnxruntime"] in card and record["artifact_sha256"] in card
     # the fastest front member that meets the constraint was picked
     fastest = min((r for r in runs_by_role(client, "e2e")[1] if r.data.tags["tuner.pareto"] == "true"),
                   key=lambda r: r.data.metrics["latency_ms"])
     assert record["trial"] == int(fastest.data.tags["tuner.trial_number"])
+
+    # registered with metrics and candidate, reachable by alias, and it loads and predicts through mlflow.pyfunc
+    version = client.get_model_version_by_alias("e2e-model", "champion")
+    assert version.run_id == record["mlflow_run_id"]
+    assert float(version.tags["metric.accuracy"]) == pytest.approx(record["metrics"]["accuracy"])
+    assert version.tags["tuner.trial"] == str(record["trial"])
+    import mlflow.pyfunc
+    import numpy as np
+
+    mlflow.set_tracking_uri(uri)
+    pyfunc = mlflow.pyfunc.load_model("models:/e2e-model@champion")
+    x = small_task.evaluation.inputs[0][:16]
+    predicted = pyfunc.predict({"x": x})
+    logits = next(iter(predicted.values())) if isinstance(predicted, dict) else np.asarray(predicted)
+    np.testing.assert_allclose(logits, session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+    # verify: a fresh process reloads the artifact, re-scores and re-times it
+    capsys.readouterr()
+    assert main(["verify", "e2e", "--trial", str(record["trial"])]) == 0
+    report = capsys.readouterr().out
+    assert "(exact)" in report and "sha256 same" in report and "environment: unchanged" in report
 
 
 def test_failing_candidates_are_recorded_and_the_study_goes_on(tmp_path, monkeypatch):

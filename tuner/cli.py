@@ -68,25 +68,52 @@ def _pick(args: argparse.Namespace, extra: list[str]) -> int:
     study = load_finished_study(args.study, args.output_dir)
     metric = study.user_attrs.get("metric_name", "metric")
     min_metric = _parse_min_metric(extra, metric)
-    if (min_metric is None) == (args.max_latency_ms is None):
-        print(f"error: give one of --min-{metric} X (or --min-accuracy X) and --max-latency-ms Y", file=sys.stderr)
-        return 2
     front = front_rows(study)
+    if min_metric is None and args.max_latency_ms is None and args.max_size_mb is None and not args.knee:
+        print(f"study {args.study!r}: Pareto front ({len(front)} models)")
+        print(format_table(front, metric))
+        print(f"\npick one with a constraint: --min-{metric} X, --max-latency-ms Y, --max-size-mb Z (combinable), "
+              "or --knee")
+        return 0
+    if args.alias and not args.register:
+        print("error: --alias needs --register NAME", file=sys.stderr)
+        return 2
     maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-    row = choose(front, metric, maximize, min_metric, args.max_latency_ms)
+    row = choose(front, metric, maximize, min_metric, args.max_latency_ms, args.max_size_mb, args.knee)
     print(format_table([row], metric))
-    record = export_pick(study, row, args.out, args.tracking_uri, None if args.no_register else
-                         (args.register or study.study_name))
-    print(f"\nwrote {os.path.join(args.out, 'model.onnx')} and {os.path.join(args.out, 'candidate.json')}")
+    record = export_pick(study, row, args.out, args.tracking_uri, args.register, args.alias)
+    out = args.out
+    print(f"\nwrote {os.path.join(out, 'model.onnx')}, {os.path.join(out, 'candidate.json')} and "
+          f"{os.path.join(out, 'MODEL_CARD.md')}")
     if "registered_model" in record:
         reg = record["registered_model"]
-        print(f"registered in MLflow as {reg['name']!r} version {reg['version']}")
+        print(f"registered in MLflow as {reg['name']!r} version {reg['version']}"
+              + (f" with alias {reg['alias']!r} (models:/{reg['name']}@{reg['alias']})" if reg["alias"] else ""))
     runtime = record["runtime"]
     off = runtime.get("disabled_optimizers") or []
     print(f"load it with tuner.runtime.load_artifact('model.onnx'), or in plain onnxruntime with graph optimization "
           f"level {runtime['opt_level']!r}" + (f" and disabled_optimizers={off}" if off else "")
           + " (both are stored in the file's metadata as tuner.runtime)")
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from tuner.pareto import front_rows
+    from tuner.study import load_finished_study
+    from tuner.verify import format_report, verify
+
+    trials = list(args.trial or [])
+    if args.front:
+        trials += [r["trial"] for r in front_rows(load_finished_study(args.study, args.output_dir))]
+    if not trials:
+        print("error: give --trial N (repeatable) or --front", file=sys.stderr)
+        return 2
+    exact = True
+    for number in dict.fromkeys(trials):
+        report = verify(args.study, number, args.output_dir)
+        exact &= report["metric"]["diff"] == 0 and report["artifact_sha256"]["same"]
+        print(format_report(report))
+    return 0 if exact else 1
 
 
 def _parse_min_metric(extra: list[str], metric: str) -> float | None:
@@ -120,12 +147,21 @@ def build_parser() -> argparse.ArgumentParser:
     pick = sub.add_parser("pick", help="pick a front model: writes model.onnx + candidate.json, registers it")
     pick.add_argument("study")
     pick.add_argument("--max-latency-ms", type=float, help="most accurate member at most this slow")
+    pick.add_argument("--max-size-mb", type=float, help="only members at most this large (fastest wins)")
+    pick.add_argument("--knee", action="store_true", help="the front's knee (among members meeting constraints)")
     pick.add_argument("--out", default=".", help="output folder (default: current folder)")
-    pick.add_argument("--register", help="registered model name (default: the study name)")
-    pick.add_argument("--no-register", action="store_true", help="do not register in the MLflow Model Registry")
+    pick.add_argument("--register", metavar="NAME", help="register the model in the MLflow Model Registry as NAME")
+    pick.add_argument("--alias", help="with --register: set this alias on the new version (e.g. champion)")
     pick.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own, ./mlflow.db)")
     pick.add_argument("--output-dir", default="tuner-runs")
-    pick.epilog = "constraint: --min-<metric> X (e.g. --min-accuracy 0.97) or --max-latency-ms Y"
+    pick.epilog = ("constraints: --min-<metric> X (e.g. --min-accuracy 0.97), --max-latency-ms Y, --max-size-mb Z, "
+                   "or --knee; with none, the front is listed")
+    ver = sub.add_parser("verify", help="rebuild or reload trials' artifacts in a fresh process, re-score and "
+                         "re-time them, report differences (exit 1 if a metric or file hash differs)")
+    ver.add_argument("study")
+    ver.add_argument("--trial", type=int, action="append", help="trial number (repeatable)")
+    ver.add_argument("--front", action="store_true", help="every front member")
+    ver.add_argument("--output-dir", default="tuner-runs")
     return parser
 
 
@@ -142,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "front":
             return _front(args)
+        if args.command == "verify":
+            return _verify(args)
         return _pick(args, extra)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)

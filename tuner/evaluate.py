@@ -23,6 +23,7 @@ from tuner.build.kernels import layer_kernels, mismatches
 from tuner.build.prune import prune, recalibrate_batchnorm
 from tuner.build.quantize import apply_precisions
 from tuner.candidate import Candidate
+from tuner.measure.environment import file_sha256, fingerprint
 from tuner.measure.latency import measure_latency
 from tuner.measure.quality import score_all
 from tuner.precision import FP32, INT8
@@ -57,6 +58,8 @@ class Outcome:
     size_mb: float | None = None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     artifact_dir: str | None = None
+    artifact_sha256: str | None = None
+    environment: dict[str, Any] = field(default_factory=dict)  # node fingerprint + package versions
     cached_build: bool = False
     cached_export: bool = False
 
@@ -101,6 +104,7 @@ class Evaluator:
                 outcome.cached_export = self.build(candidate, artifact, outcome.timings)
             model_path = artifact / "model.onnx"
             outcome.size_mb = model_path.stat().st_size / 1e6
+            outcome.artifact_sha256 = file_sha256(model_path)
             stage = "accuracy"
             with _timed(outcome.timings, "accuracy"):
                 session = load_artifact(model_path, self.settings.threads)  # exactly as deployed
@@ -111,6 +115,7 @@ class Evaluator:
                 stats = measure_latency(session, latency_feeds(self.task, names, self.settings.batch_size),
                                         self.settings.warmup, self.settings.repeats)
                 outcome.latency = stats.to_dict()
+                outcome.environment = fingerprint(self.settings.threads)
         except Exception as exc:  # a broken candidate is a result (FAIL), not a crash of the study
             outcome.state = "FAIL"
             outcome.error = f"{stage} failed: {type(exc).__name__}: {exc}"

@@ -12,7 +12,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,9 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
         study.set_user_attr("uid", uuid.uuid4().hex)
     study.set_user_attr("metric_name", metric_name)
     study.set_user_attr("task", experiment.task)
+    ref = experiment.task_ref()  # what `tuner verify` needs to rebuild and re-measure, without the files
+    study.set_user_attr("task_ref", {"spec": ref.spec, "args": ref.args, "base_dir": ref.base_dir})
+    study.set_user_attr("eval_settings", asdict(experiment.eval_settings()))
     study.set_user_attr("opt_levels", list(space.opt_levels))
     study.set_user_attr("max_metric_drop", experiment.max_metric_drop)
 
@@ -239,6 +242,8 @@ def _loop(study, space, executor, recorder, trial_runs, budget, done, experiment
                                        "latency_p90_ms": outcome["latency"]["p90_ms"],
                                        "latency_cv": outcome["latency"]["cv"], "size_mb": outcome["size_mb"],
                                        "extra_metrics": outcome.get("extra_metrics", {}),
+                                       "artifact_sha256": outcome.get("artifact_sha256"),
+                                       "environment": outcome.get("environment", {}),
                                        "timings": outcome["timings"]}.items():
                         trial.set_user_attr(key, value)
                     study.tell(trial, [outcome["metric"], outcome["latency"]["median_ms"]])

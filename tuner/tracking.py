@@ -67,6 +67,10 @@ class MlflowRecorder:
                 "tuner.artifact_key": outcome.get("key") or "", "tuner.pareto": "false"}
         if failed:
             tags["tuner.fail_reason"] = (outcome.get("error") or "unknown")[:5000]
+        if outcome.get("artifact_sha256"):
+            tags["tuner.artifact_sha256"] = outcome["artifact_sha256"]
+        for key, value in (outcome.get("environment") or {}).items():
+            tags[f"tuner.env.{key}"] = (",".join(value) if isinstance(value, list) else str(value))[:500]
         run = self.client.create_run(self.experiment_id, run_name=f"trial-{number:04d}", tags=tags)
         run_id = run.info.run_id
         candidate = outcome.get("candidate") or {}
@@ -82,8 +86,9 @@ class MlflowRecorder:
             values.update({f"time_{k}_s": v for k, v in outcome.get("timings", {}).items()})
             metrics = [Metric(k, float(v), 0, 0) for k, v in values.items()]
         self.client.log_batch(run_id, metrics=metrics, params=params)
-        self.client.log_dict(run_id, {"trial": number, "key": outcome.get("key"), "candidate": candidate},
-                             "candidate.json")
+        self.client.log_dict(run_id, {"trial": number, "key": outcome.get("key"), "candidate": candidate,
+                                      "artifact_sha256": outcome.get("artifact_sha256"),
+                                      "environment": outcome.get("environment")}, "candidate.json")
         if failed and outcome.get("traceback"):
             self.client.log_text(run_id, outcome["traceback"], "error.txt")
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
