@@ -28,6 +28,7 @@ def write_experiment(tmp_path, name, trials, task="tuner.tasks.digits_cnn:make_t
         trials: {trials}
         seed: 1
         max_metric_drop: 0.02
+        front_every: 2
         latency: {{threads: 1, batch_size: 1, warmup: 2, repeats: 10}}
     """))
     return path
@@ -51,7 +52,14 @@ def test_run_resume_front_pick(tmp_path, monkeypatch, capsys, small_task):
     assert len(parents) == 1 and len(trials) == 6
     parent = parents[0]
     parent_files = {f.path for f in client.list_artifacts(parent.info.run_id)}
-    assert {"pareto.csv", "references.csv", "pareto.png", "inputs"} <= parent_files
+    assert {"pareto.csv", "references.csv", "pareto.png", "pareto.html", "front_layers.png", "inputs"} <= parent_files
+    # the live front: hypervolume logged while the study ran (every 2 trials) and at the end, never decreasing
+    history = client.get_metric_history(parent.info.run_id, "hypervolume")
+    assert [m.step for m in history] == [2, 4, 6]
+    assert all(a.value <= b.value for a, b in zip(history, history[1:])) and history[-1].value > 0
+    html = Path(client.download_artifacts(parent.info.run_id, "pareto.html", str(tmp_path / "dl")))
+    text = html.read_text()
+    assert "Plotly" in text and "trial 0\\u003cbr\\u003eaccuracy" in text and "Pareto front" in text
     assert {f.path for f in client.list_artifacts(parent.info.run_id, "inputs")} == {
         "inputs/e2e.yaml", "inputs/cnn_int8_prune.yaml"}
     assert sorted(int(r.data.tags["tuner.trial_number"]) for r in trials) == list(range(6))

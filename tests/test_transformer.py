@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import tiny_bert
 import torch
+from conftest import SMALL_TASK_ARGS
 
 from tuner.build.export import export_onnx, layer_weights, map_layers
 from tuner.build.fusion import session_optimizer_names
@@ -18,9 +20,6 @@ from tuner.evaluate import EvalSettings, Evaluator
 from tuner.runtime import load_artifact
 from tuner.space import SearchSpace, layer_op_types, load_space_file, quantizable_layers
 from tuner.task import TaskRef
-
-import tiny_bert
-from conftest import SMALL_TASK_ARGS
 
 TESTS = str(Path(__file__).parent)
 KINDS = ("fp32", "int8", "int8-dynamic", "int4-b16", "int8-dynamic-pc")

@@ -35,6 +35,10 @@ def _run(args: argparse.Namespace) -> int:
         print("median seconds per trial: " + ", ".join(
             f"{k} {median(t.get(k, 0.0) for t in result.timings):.3f}" for k in keys
             if any(k in t for t in result.timings)))
+        if result.live_front_s:
+            spent = sum(result.live_front_s)
+            print(f"live front: {len(result.live_front_s)} refreshes, {spent:.1f} s "
+                  f"({spent / result.wall_s:.1%} of the study's wall time)")
         cached = sum(1 for t in result.timings if "export" not in t)
         print(f"pruned fp32 exports reused from the study's cache: {cached}/{len(result.timings)} trials")
     print(f"\nrun directory: {result.run_dir}\nMLflow: {result.tracking_uri} (experiment {result.name!r}); "

@@ -50,6 +50,7 @@ class Experiment(BaseModel):
     latency: LatencyConfig = LatencyConfig()
     round_to: int = Field(8, ge=1, le=256)
     output_dir: str = "tuner-runs"
+    front_every: int = Field(10, ge=1)  # refresh the live front (files + MLflow) every N finished trials
 
     # Set by load_experiment: where the file lives, for resolving relative paths.
     source: str = Field("", exclude=True)

@@ -25,6 +25,7 @@ from tuner.build.prune import pruning_groups
 from tuner.candidate import Candidate
 from tuner.experiment import Experiment
 from tuner.pareto import completed_rows, front_rows, plot_front, write_csv
+from tuner.plots import hypervolume, layer_rows, plot_front_html, plot_layers
 from tuner.space import SearchSpace, layer_op_types, load_space_file, quantizable_layers
 from tuner.tracking import MlflowRecorder
 
@@ -46,6 +47,7 @@ class StudyResult:
     tracking_uri: str
     timings: list[dict[str, float]] = field(default_factory=list)
     references: list[dict[str, Any]] = field(default_factory=list)  # fp32 and uniform-precision trials
+    live_front_s: list[float] = field(default_factory=list)  # seconds spent on each live-front refresh
 
 
 def open_study(run_dir: Path, name: str, sampler: optuna.samplers.BaseSampler | None = None,
@@ -162,6 +164,7 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
     executor = RayExecutor(experiment.task_ref(), experiment.eval_settings(), run_dir / "artifacts", workers,
                            address)
     timings: list[dict[str, float]] = []
+    live_front_s: list[float] = []
     status = "FAILED"
     try:
         if "baseline_metric" not in study.user_attrs:
@@ -169,7 +172,13 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
             # The front always contains or dominates the references, since they are trials too.
             for label, params in space.references():
                 study.enqueue_trial(params, user_attrs={"reference": label})
-        _loop(study, space, executor, recorder, trial_runs, budget, len(finished), experiment, timings, progress)
+        def publish(step: int) -> None:
+            start = time.perf_counter()
+            _publish_front(study, recorder, run_dir, metric_name, step)
+            live_front_s.append(time.perf_counter() - start)
+
+        _loop(study, space, executor, recorder, trial_runs, budget, len(finished), experiment, timings, progress,
+              publish)
         status = "FINISHED"
     finally:
         executor.shutdown()
@@ -180,7 +189,7 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
                        states.count(TrialState.FAIL), time.perf_counter() - started,
                        {"metric": study.user_attrs["baseline_metric"],
                         "latency_ms": study.user_attrs["baseline_latency_ms"]},
-                       recorder.tracking_uri, timings, references)
+                       recorder.tracking_uri, timings, references, live_front_s)
 
 
 def _fail_interrupted(study: optuna.Study, log: Callable[[str], None]) -> None:
@@ -211,7 +220,8 @@ def _measure_baseline(study, space: SearchSpace, executor, experiment: Experimen
         f"latency={outcome['latency']['median_ms']:.3f} ms")
 
 
-def _loop(study, space, executor, recorder, trial_runs, budget, done, experiment, timings, progress) -> None:
+def _loop(study, space, executor, recorder, trial_runs, budget, done, experiment, timings, progress,
+          publish: Callable[[int], None]) -> None:
     dists = space.distributions()
     baseline = study.user_attrs["baseline_metric"]
     maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
@@ -262,6 +272,8 @@ def _loop(study, space, executor, recorder, trial_runs, budget, done, experiment
                     fastest = min(front, key=lambda t: t.values[1])
                     best = f"fastest={fastest.values[1]:.3f}ms@{metric_name}={fastest.values[0]:.4f}"
                 bar.update(1, failed, len(front), best)
+                if done % experiment.front_every == 0 and done < budget:
+                    publish(done)  # the live front: files, MLflow artifacts and hypervolume
     finally:
         bar.close()
         for trial, _, _ in in_flight.values():  # stopped early: leave nothing RUNNING
@@ -272,32 +284,50 @@ def _loop(study, space, executor, recorder, trial_runs, budget, done, experiment
             study.tell(trial, state=TrialState.FAIL)
 
 
-def _finish(study, recorder: MlflowRecorder, trial_runs: dict[int, str], run_dir: Path, metric_name: str):
-    if "baseline_latency_ms" not in study.user_attrs:
-        return [], []
+FRONT_FILES = ("pareto.csv", "references.csv", "pareto.png", "pareto.html", "front_layers.png")
+
+
+def _publish_front(study, recorder: MlflowRecorder, run_dir: Path, metric_name: str, step: int):
+    """Compute the front once; write its table, plots and hypervolume to the run directory and MLflow."""
     front = front_rows(study)
     rows = completed_rows(study)
     by_trial = {r["trial"]: r for r in rows}
-    write_csv(front, run_dir / "pareto.csv", metric_name)
     references = {t.user_attrs["reference"]: by_trial[t.number] for t in study.get_trials(deepcopy=False)
                   if "reference" in t.user_attrs and t.number in by_trial}
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     drop = study.user_attrs.get("max_metric_drop")
-    threshold = None
-    if drop is not None:
-        maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-        threshold = study.user_attrs["baseline_metric"] + (-drop if maximize else drop)
+    threshold = None if drop is None else study.user_attrs["baseline_metric"] + (-drop if maximize else drop)
+    write_csv(front, run_dir / "pareto.csv", metric_name)
     write_csv(list(references.values()), run_dir / "references.csv", metric_name)
     plot_front(rows, front, metric_name, run_dir / "pareto.png", references, threshold)
+    plot_front_html(rows, front, metric_name, run_dir / "pareto.html", references, threshold)
+    params_of = {r["trial"]: study.trials[r["trial"]].params for r in front}
+    plot_layers(layer_rows(front, params_of), metric_name, {r["trial"]: r[metric_name] for r in front},
+                run_dir / "front_layers.png")
+    # Hypervolume of (latency, metric) up to the fp32 latency and the constraint (or worst metric seen).
+    sign = -1 if maximize else 1
+    worst = threshold if threshold is not None else (min if maximize else max)(r[metric_name] for r in rows)
+    reference_point = (study.user_attrs["baseline_latency_ms"], sign * worst)
+    hv = hypervolume([(r["latency_ms"], sign * r[metric_name]) for r in front], reference_point)
+    files = [run_dir / name for name in FRONT_FILES if (run_dir / name).is_file()]
+    recorder.log_front(files, {"front_size": len(front), "hypervolume": hv}, step=step)
+    return front, references
+
+
+def _finish(study, recorder: MlflowRecorder, trial_runs: dict[int, str], run_dir: Path, metric_name: str):
+    if "baseline_latency_ms" not in study.user_attrs:
+        return [], []
+    n_finished = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+    front, references = _publish_front(study, recorder, run_dir, metric_name, n_finished)
     models = {}
     for r in front:
         path = run_dir / "artifacts" / r["key"] / "model.onnx"
         if path.is_file():
             models[r["trial"]] = path
     recorder.mark_front(trial_runs, {r["trial"] for r in front}, models)
-    summary = {"front_size": len(front), "baseline_" + metric_name: study.user_attrs["baseline_metric"],
+    summary = {"baseline_" + metric_name: study.user_attrs["baseline_metric"],
                "baseline_latency_ms": study.user_attrs["baseline_latency_ms"]}
     if front:
         summary["best_speedup"] = max(r["speedup"] for r in front)
-    recorder.log_front([run_dir / "pareto.csv", run_dir / "references.csv", run_dir / "pareto.png"], summary)
+    recorder.log_summary(summary)
     return front, list(references.values())
-

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -104,9 +105,15 @@ class MlflowRecorder:
                 if "model.onnx" not in names:
                     self.client.log_artifact(run_id, str(models[number]))
 
-    def log_front(self, files: list[Path], summary: dict[str, Any]) -> None:
+    def log_front(self, files: list[Path], metrics: dict[str, float], step: int) -> None:
+        """Replace the parent run's front files and log front metrics at ``step`` (trials finished so far)."""
         for path in files:
             self.client.log_artifact(self.parent_run_id, str(path))
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.parent_run_id,
+                              metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_summary(self, summary: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "study_summary.json"
             path.write_text(json.dumps(summary, indent=2, default=str))

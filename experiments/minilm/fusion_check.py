@@ -4,12 +4,15 @@ each with every transformer-fusion combination at ORT levels extended and all, t
     python experiments/minilm/fusion_check.py [ARTIFACT_DIR]      (default: tuner-runs/minilm/artifacts)
 """
 import sys
+import time
 
-import time, numpy as np
-from tuner.evaluate import Evaluator, EvalSettings, latency_feeds
+import numpy as np
+
 from tuner.candidate import Candidate
-from tuner.task import TaskRef
+from tuner.evaluate import EvalSettings, Evaluator, latency_feeds
 from tuner.runtime import load_artifact
+from tuner.task import TaskRef
+
 ev = Evaluator(TaskRef("tuner.tasks.minilm:make_task", {}), EvalSettings(repeats=5, warmup=1), sys.argv[1] if len(sys.argv) > 1 else "tuner-runs/minilm/artifacts")
 sess = {}
 for prec in ("int8-dynamic", "int8-dynamic-pc"):

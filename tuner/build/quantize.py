@@ -21,7 +21,13 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
 from tuner.build.export import WEIGHTED_OPS
-from tuner.precision import FP32, INT8, INT8_DYNAMIC, INT8_DYNAMIC_PER_CHANNEL, int4_block_size
+from tuner.precision import (
+    FP32,
+    INT8,
+    INT8_DYNAMIC,
+    INT8_DYNAMIC_PER_CHANNEL,
+    int4_block_size,
+)
 
 
 class _BatchReader(CalibrationDataReader):
