@@ -1,6 +1,7 @@
 """`tuner run` / `tuner front` / `tuner pick` for real: local Ray, Optuna journal, MLflow sqlite store."""
 
 import json
+import sys
 import textwrap
 from pathlib import Path
 
@@ -39,6 +40,65 @@ def runs_by_role(client, experiment_name):
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     return ([r for r in runs if r.data.tags.get("tuner.role") == "study"],
             [r for r in runs if r.data.tags.get("tuner.role") == "trial"])
+
+
+def front_runs_after_resume(client):
+    return [r for r in runs_by_role(client, "e2e")[1] if r.data.tags["tuner.pareto"] == "true"]
+
+
+def http_get(url: str, timeout: float = 5.0) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read().decode()
+
+
+class Server:
+    """A real server process on 127.0.0.1, waited for until it answers, stopped with its process group."""
+
+    def __init__(self, argv: list[str], url: str, probe: str, log: Path, timeout: float = 60.0):
+        import subprocess
+        import time
+
+        self.url = url
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                http_get(url + probe, timeout=2)
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"{argv[0]} did not come up: {log.read_text()[-2000:]}") from None
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        import os
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except Exception:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_dashboard(journal: Path) -> Server:
+    port = free_port()
+    return Server([str(Path(sys.executable).parent / "optuna-dashboard"), str(journal), "--port", str(port),
+                   "--quiet"], f"http://127.0.0.1:{port}", "/api/studies", journal.parent / "dashboard.log")
 
 
 def test_run_resume_front_pick(tmp_path, monkeypatch, capsys, small_task):
@@ -131,6 +191,16 @@ def test_run_resume_front_pick(tmp_path, monkeypatch, capsys, small_task):
     predicted = pyfunc.predict({"x": x})
     logits = next(iter(predicted.values())) if isinstance(predicted, dict) else np.asarray(predicted)
     np.testing.assert_allclose(logits, session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+    # the study's storage opens in optuna-dashboard as it is
+    dashboard = start_dashboard(tmp_path / "tuner-runs" / "e2e" / "optuna.journal")
+    try:
+        studies = json.loads(http_get(f"{dashboard.url}/api/studies"))["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["e2e"]
+        detail = json.loads(http_get(f"{dashboard.url}/api/studies/{studies[0]['study_id']}?after=0"))
+        assert len(detail["trials"]) == 8 and len(detail["best_trials"]) == len(front_runs_after_resume(client))
+    finally:
+        dashboard.stop()
 
     # verify: a fresh process reloads the artifact, re-scores and re-times it
     capsys.readouterr()

@@ -114,7 +114,7 @@ def _verify(args: argparse.Namespace) -> int:
         return 2
     exact = True
     for number in dict.fromkeys(trials):
-        report = verify(args.study, number, args.output_dir)
+        report = verify(args.study, number, args.output_dir, args.tracking_uri)
         exact &= report["metric"]["diff"] == 0 and report["artifact_sha256"]["same"]
         print(format_report(report))
     return 0 if exact else 1
@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--trial", type=int, action="append", help="trial number (repeatable)")
     ver.add_argument("--front", action="store_true", help="every front member")
     ver.add_argument("--output-dir", default="tuner-runs")
+    ver.add_argument("--tracking-uri", help="MLflow tracking URI, to fetch a candidate whose artifact is gone")
     return parser
 
 

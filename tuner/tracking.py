@@ -31,6 +31,9 @@ class MlflowRecorder:
         experiment = self.client.get_experiment_by_name(study_name)
         self.experiment_id = (experiment.experiment_id if experiment is not None
                               else self.client.create_experiment(study_name))
+        if experiment is None or "mlflow.experimentKind" not in experiment.tags:
+            # The MLflow UI then opens the experiment on its runs table, not on the GenAI trace overview.
+            self.client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", "custom_model_development")
         self.parent_run_id = self._find_or_create_parent()
 
     def _find_or_create_parent(self) -> str:

@@ -18,7 +18,7 @@ from tuner.study import StudyError, load_finished_study
 
 
 def verify(study_name: str, trial_number: int, output_dir: str | Path = "tuner-runs",
-           timeout_s: float = 1800) -> dict[str, Any]:
+           tracking_uri: str | None = None, timeout_s: float = 1800) -> dict[str, Any]:
     study = load_finished_study(study_name, output_dir)
     if not 0 <= trial_number < len(study.trials):
         raise StudyError(f"study {study_name!r} has no trial {trial_number} (it has {len(study.trials)}).")
@@ -32,7 +32,7 @@ def verify(study_name: str, trial_number: int, output_dir: str | Path = "tuner-r
     key = trial.user_attrs["key"]
     candidate_file = run_dir / "artifacts" / key / "candidate.json"
     candidate = json.loads(candidate_file.read_text())["candidate"] if candidate_file.is_file() else \
-        _candidate_from_mlflow(trial.user_attrs.get("mlflow_run_id"))
+        _candidate_from_mlflow(trial.user_attrs.get("mlflow_run_id"), tracking_uri)
     job = {"task_ref": study.user_attrs["task_ref"], "settings": study.user_attrs["eval_settings"],
            "artifact_root": str(run_dir / "artifacts"), "candidate": candidate}
     proc = subprocess.run([sys.executable, "-m", "tuner.verify", json.dumps(job)], capture_output=True, text=True,
@@ -57,12 +57,19 @@ def verify(study_name: str, trial_number: int, output_dir: str | Path = "tuner-r
     }
 
 
-def _candidate_from_mlflow(run_id: str | None) -> dict[str, Any]:
+def _candidate_from_mlflow(run_id: str | None, tracking_uri: str | None) -> dict[str, Any]:
+    """The candidate of a trial whose artifact directory is gone, from its MLflow trial run."""
     if not run_id:
         raise StudyError("the artifact is gone from the run directory and the trial has no MLflow run to rebuild from.")
+    import os
+    import tempfile
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.tracking import MlflowClient
 
-    return json.loads(Path(MlflowClient().download_artifacts(run_id, "candidate.json")).read_text())["candidate"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = MlflowClient(tracking_uri).download_artifacts(run_id, "candidate.json", tmp)
+        return json.loads(Path(path).read_text())["candidate"]
 
 
 def format_report(report: dict[str, Any]) -> str:
