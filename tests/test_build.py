@@ -1,6 +1,8 @@
 """The artifact is what the candidate asked for, checked in the graph ORT really runs."""
 
 import json
+import sys
+from pathlib import Path
 
 import onnx
 import pytest
@@ -203,3 +205,35 @@ def test_the_kernel_check_fails_a_layer_ort_runs_in_float(tmp_path, monkeypatch)
     assert outcome.state == "FAIL"
     assert "ORT does not run 2 layer(s) as asked" in outcome.error
     assert "fc asked for int8 but no quantized kernel reads its weight" in outcome.error
+
+
+RATIOS = (("layer2.conv2+layer2.shortcut.0", 0.5), ("layer3.conv1", 0.5), ("layer1.0.conv1", 0.5))
+
+
+def test_recovery_improves_the_pruned_model_and_its_cost_and_size_are_recorded(tmp_path):
+    ref = TaskRef("tuner.tasks.digits_cnn:make_task", SMALL_TASK_ARGS)
+    evaluator = Evaluator(ref, EvalSettings(repeats=3, warmup=1, distill_steps=60), tmp_path)
+    outcomes = {method: evaluator.evaluate(Candidate(prune=RATIOS, recovery=method))
+                for method in ("none", "batchnorm", "distill")}
+    assert all(o.state == "COMPLETE" for o in outcomes.values()), {m: o.error for m, o in outcomes.items()}
+    none, bn, distill = (outcomes[m].metric for m in ("none", "batchnorm", "distill"))
+    assert bn > none and distill > none
+    stats = outcomes["distill"].model_stats
+    assert stats["distill_steps"] == 60 and stats["distill_loss_after"] < stats["distill_loss_before"]
+    assert outcomes["distill"].timings["recover"] > outcomes["batchnorm"].timings["recover"] > 0
+    assert "recover" not in outcomes["none"].timings
+    # the same pruned model whatever the recovery: same size, fewer MACs and parameters than unpruned
+    assert 0.3 < stats["macs_ratio"] < 0.9 and 0.3 < stats["params_ratio"] < 0.9
+    assert outcomes["none"].model_stats["macs_ratio"] == stats["macs_ratio"]
+    unpruned = evaluator.evaluate(Candidate())
+    assert unpruned.model_stats["macs_ratio"] == 1.0
+
+
+def test_recovery_task_runs_the_tasks_own_finetune(tmp_path):
+    ref = TaskRef("finetune_task.py:make_task", SMALL_TASK_ARGS, str(Path(__file__).parent))
+    evaluator = Evaluator(ref, EvalSettings(repeats=3, warmup=1), tmp_path)
+    task_outcome = evaluator.evaluate(Candidate(prune=RATIOS, recovery="task"))
+    bn_outcome = evaluator.evaluate(Candidate(prune=RATIOS, recovery="batchnorm"))
+    assert task_outcome.state == "COMPLETE", task_outcome.error
+    assert sys.modules[evaluator.task.finetune.__module__].CALLS == ["DigitsResNet"]  # called once, on the model
+    assert task_outcome.metric == bn_outcome.metric  # this finetune is a BatchNorm recalibration

@@ -192,3 +192,22 @@ def test_model_errors_name_rule_and_value(resolve, text, message):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(SpaceError, match="search-space file not found"):
         load_space_file(tmp_path / "nope.yaml")
+
+
+def test_recovery_is_a_search_dimension_only_when_something_can_be_pruned(resolve, tmp_path):
+    space = resolve("""
+        layers:
+          - match: layer3.conv1
+            prune: {low: 0.0, high: 0.5, step: 0.25}
+        recovery: [batchnorm, distill]
+    """)
+    assert space.distributions()["recovery"] == CategoricalDistribution(["batchnorm", "distill"])
+    assert space.decode({"recovery": "distill", "prune.layer3.conv1": 0.25}).recovery == "distill"
+    assert space.decode({"recovery": "distill", "prune.layer3.conv1": 0.0}).recovery == "none"  # nothing pruned
+    unprunable = resolve("layers:\n  - match: fc\n    precision: [fp32, int8]\nrecovery: [none, distill]\n")
+    assert "recovery" not in unprunable.distributions()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("recovery: [finetune]\n")
+    with pytest.raises(SpaceError, match=r"bad.yaml: recovery must be one or more of \['none', 'batchnorm', 'distill', "
+                                         r"'task'\].*got \['finetune'\]"):
+        load_space_file(bad)

@@ -26,7 +26,8 @@ def test_a_600_layer_candidate_logs_within_mlflow_limits(tmp_path):
     run = MlflowClient(uri).get_run(run_id)
     params = run.data.params
     assert len(params) <= MAX_PARAMS_TAGS_PER_BATCH and all(len(v) <= MAX_PARAM_VAL_LENGTH for v in params.values())
-    assert params["summary"] == "int8-dynamic-pc 200, int8 200, fp32 200; pruned 300 groups (max 25%); opt=all; " \
+    assert params["summary"] == "int8-dynamic-pc 200, int8 200, fp32 200; pruned 300 groups (max 25%, batchnorm); " \
+                                "opt=all; " \
                                 "off ConvActivationFusion+NchwcTransformer"
     logged = json.loads(Path(MlflowClient(uri).download_artifacts(run_id, "candidate.json", str(tmp_path))).read_text())
     assert len(logged["candidate"]["precision"]) == 600 and len(logged["candidate"]["prune"]) == 300

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tuner.build.recovery import RECOVERY_METHODS
 from tuner.precision import FP32, PrecisionError, check_precision, int4_block_size
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -23,6 +24,7 @@ class Candidate:
     opt_level: ORT graph-optimization level the artifact is built and run with.
     fusions: transformer fusions applied to the ONNX file before quantization.
     disabled_optimizers: ORT session graph transformers turned off when the artifact is run.
+    recovery: what repairs a pruned model (:mod:`tuner.build.recovery`); ignored when nothing is pruned.
     """
 
     precision: tuple[tuple[str, str], ...] = ()
@@ -30,6 +32,7 @@ class Candidate:
     opt_level: str = "all"
     fusions: tuple[str, ...] = ()
     disabled_optimizers: tuple[str, ...] = ()
+    recovery: str = "batchnorm"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -37,6 +40,8 @@ class Candidate:
         set_(self, "prune", tuple(sorted((str(k), float(v)) for k, v in dict(self.prune).items())))
         set_(self, "fusions", tuple(sorted(set(self.fusions))))
         set_(self, "disabled_optimizers", tuple(sorted(set(self.disabled_optimizers))))
+        if not any(r > 0 for _, r in self.prune):  # nothing pruned, nothing to recover: one key per model
+            set_(self, "recovery", "none")
         for name, choice in self.precision:
             try:
                 check_precision(choice)
@@ -47,6 +52,8 @@ class Candidate:
                 raise ValueError(f"pruning ratio of group {name!r} must be in [0, 1), but got {r}.")
         if self.opt_level not in OPT_LEVELS:
             raise ValueError(f"opt_level must be one of {OPT_LEVELS}, but got {self.opt_level!r}.")
+        if self.recovery not in RECOVERY_METHODS:
+            raise ValueError(f"recovery must be one of {RECOVERY_METHODS}, but got {self.recovery!r}.")
 
     @property
     def quantized_layers(self) -> dict[str, str]:
@@ -58,13 +65,15 @@ class Candidate:
 
     def to_dict(self) -> dict[str, Any]:
         return {"precision": dict(self.precision), "prune": dict(self.prune), "opt_level": self.opt_level,
-                "fusions": list(self.fusions), "disabled_optimizers": list(self.disabled_optimizers)}
+                "fusions": list(self.fusions), "disabled_optimizers": list(self.disabled_optimizers),
+                "recovery": self.recovery}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Candidate:
         return cls(precision=tuple(data.get("precision", {}).items()), prune=tuple(data.get("prune", {}).items()),
                    opt_level=data.get("opt_level", "all"), fusions=tuple(data.get("fusions", ())),
-                   disabled_optimizers=tuple(data.get("disabled_optimizers", ())))
+                   disabled_optimizers=tuple(data.get("disabled_optimizers", ())),
+                   recovery=data.get("recovery", "batchnorm"))
 
     def key(self, task_fingerprint: str) -> str:
         """Stable artifact key: the same task and candidate always give the same key."""
@@ -72,8 +81,9 @@ class Candidate:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def prune_key(self, task_fingerprint: str) -> str:
-        """Key of the pruned fp32 model, shared by every candidate with the same pruning."""
-        payload = json.dumps({"task": task_fingerprint, "prune": dict(self.prune)}, sort_keys=True)
+        """Key of the pruned (and recovered) fp32 model, shared by every candidate that prunes alike."""
+        payload = json.dumps({"task": task_fingerprint, "prune": dict(self.prune), "recovery": self.recovery},
+                             sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def precision_counts(self) -> dict[str, int]:
@@ -86,7 +96,8 @@ class Candidate:
         order = ["int4", "int8-dynamic-pc", "int8-dynamic", "int8", FP32]
         prec = ", ".join(f"{k} {counts[k]}" for k in order if counts.get(k)) or "fp32"
         pruned = [r for _, r in self.prune if r > 0]
-        prune_txt = f"pruned {len(pruned)} groups (max {max(pruned):.0%})" if pruned else "unpruned"
+        prune_txt = (f"pruned {len(pruned)} groups (max {max(pruned):.0%}, {self.recovery})" if pruned
+                     else "unpruned")
         parts = [prec, prune_txt, f"opt={self.opt_level}"]
         if self.fusions:
             parts.append("fused " + "+".join(self.fusions))

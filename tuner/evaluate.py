@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+import torch_pruning as tp
 
 from tuner.build.export import export_onnx, layer_weights, map_layers
 from tuner.build.fusion import apply_transformer_fusions
 from tuner.build.kernels import layer_kernels, mismatches
-from tuner.build.prune import prune, recalibrate_batchnorm
+from tuner.build.prune import prune
+from tuner.build.recovery import RecoverySettings, recover
 from tuner.build.quantize import apply_precisions
 from tuner.candidate import Candidate
 from tuner.measure.environment import file_sha256, fingerprint
@@ -41,6 +43,9 @@ class EvalSettings:
     warmup: int = 10
     repeats: int = 50
     round_to: int = 8
+    distill_steps: int = 100
+    distill_lr: float = 1e-4
+    recovery_time_limit_s: float = 120.0
 
 
 @dataclass
@@ -62,6 +67,7 @@ class Outcome:
     environment: dict[str, Any] = field(default_factory=dict)  # node fingerprint + package versions
     cached_build: bool = False
     cached_export: bool = False
+    model_stats: dict[str, Any] = field(default_factory=dict)  # MACs/params (ratios to unpruned), recovery
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +93,7 @@ class Evaluator:
         self.settings = settings
         self.artifact_root = Path(artifact_root)
         self.layers = quantizable_layers(self.task.model)
+        self._base_size: tuple[float, float] | None = None
 
     def evaluate(self, candidate: Candidate | dict) -> Outcome:
         if isinstance(candidate, dict):
@@ -104,6 +111,9 @@ class Evaluator:
                 outcome.cached_export = self.build(candidate, artifact, outcome.timings)
             model_path = artifact / "model.onnx"
             outcome.size_mb = model_path.stat().st_size / 1e6
+            stats_file = self.artifact_root / "_exports" / candidate.prune_key(self.fingerprint) / "stats.json"
+            if stats_file.is_file():
+                outcome.model_stats = json.loads(stats_file.read_text())
             outcome.artifact_sha256 = file_sha256(model_path)
             stage = "accuracy"
             with _timed(outcome.timings, "accuracy"):
@@ -177,13 +187,18 @@ class Evaluator:
             with _timed(timings, "prune"):
                 model = prune(task.model, task.example_inputs, dict(candidate.prune), task.output_layers,
                               self.settings.round_to)
-                if candidate.is_pruned:
-                    recalibrate_batchnorm(model, task.calibration_inputs)
+            stats: dict[str, Any] = {}
+            if candidate.is_pruned and candidate.recovery != "none":
+                with _timed(timings, "recover"):
+                    stats.update(recover(model, task.model, candidate.recovery, task.calibration_inputs,
+                                         self._recovery_settings(), task.finetune))
+            stats.update(self._size_stats(model))
             with _timed(timings, "export"), torch.no_grad():
                 export_onnx(model, task.example_inputs, tmp / "fp32.onnx")
                 nodes = map_layers(onnx.load(str(tmp / "fp32.onnx")), layer_weights(model, self.layers),
                                    allow_missing=True)
             (tmp / "layers.json").write_text(json.dumps({k: [v.name, v.op_type, v.weight] for k, v in nodes.items()}))
+            (tmp / "stats.json").write_text(json.dumps(stats))
             try:
                 os.rename(tmp, export_dir)
             except OSError:
@@ -192,6 +207,22 @@ class Evaluator:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return export_dir, False
+
+    def _recovery_settings(self) -> RecoverySettings:
+        return RecoverySettings(self.settings.distill_steps, self.settings.distill_lr,
+                                self.settings.recovery_time_limit_s)
+
+    def _size_stats(self, model: torch.nn.Module) -> dict[str, Any]:
+        """MACs and parameters of ``model`` and their ratios to the unpruned model (torch-pruning's counter)."""
+        one = tuple(t[:1] for t in self.task.example_inputs)
+        try:
+            if self._base_size is None:
+                self._base_size = tp.utils.count_ops_and_params(self.task.model, one)
+            macs, params = tp.utils.count_ops_and_params(model, one)
+        except Exception:  # counting is bookkeeping: a model it cannot trace still gets built and measured
+            return {}
+        return {"macs": float(macs), "params": float(params), "macs_ratio": float(macs) / self._base_size[0],
+                "params_ratio": float(params) / self._base_size[1]}
 
     def _check_kernels(self, build_dir: Path, candidate: Candidate, weights: dict[str, str]) -> dict[str, str | None]:
         """Open the artifact as it will run and check every layer got the kernel its precision asks for."""

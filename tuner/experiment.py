@@ -37,6 +37,15 @@ class LatencyConfig(BaseModel):
     repeats: int = Field(50, ge=5)
 
 
+class RecoveryConfig(BaseModel):
+    """Budget of the ``distill`` recovery after pruning (the method itself is a search-space choice)."""
+
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(100, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    time_limit_s: float = Field(120.0, gt=0)
+
+
 class Experiment(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
@@ -50,7 +59,8 @@ class Experiment(BaseModel):
     latency: LatencyConfig = LatencyConfig()
     round_to: int = Field(8, ge=1, le=256)
     output_dir: str = "tuner-runs"
-    front_every: int = Field(10, ge=1)  # refresh the live front (files + MLflow) every N finished trials
+    front_every: int = Field(10, ge=1)
+    recovery: RecoveryConfig = RecoveryConfig()  # refresh the live front (files + MLflow) every N finished trials
 
     # Set by load_experiment: where the file lives, for resolving relative paths.
     source: str = Field("", exclude=True)
@@ -73,7 +83,9 @@ class Experiment(BaseModel):
 
     def eval_settings(self) -> EvalSettings:
         lat = self.latency
-        return EvalSettings(lat.threads, lat.batch_size, lat.warmup, lat.repeats, self.round_to)
+        rec = self.recovery
+        return EvalSettings(lat.threads, lat.batch_size, lat.warmup, lat.repeats, self.round_to,
+                            rec.steps, rec.lr, rec.time_limit_s)
 
 
 def load_experiment(path: str | Path) -> Experiment:

@@ -23,6 +23,7 @@ def trial_row(trial: FrozenTrial, metric_name: str, baseline_latency: float | No
         "latency_p90_ms": attrs.get("latency_p90_ms"),
         "speedup": (baseline_latency / latency) if baseline_latency else None,
         "size_mb": attrs.get("size_mb"),
+        "macs_ratio": attrs.get("model_stats", {}).get("macs_ratio"),
         **attrs.get("extra_metrics", {}),
         "reference": attrs.get("reference", ""),
         "summary": attrs.get("summary", ""),
@@ -55,14 +56,14 @@ def format_table(rows: Sequence[dict[str, Any]], metric_name: str) -> str:
     return "\n".join(lines)
 
 
-_BASE_FIELDS = {"trial", "latency_ms", "latency_p90_ms", "speedup", "size_mb", "reference", "summary", "key",
-                "mlflow_run_id"}
+_BASE_FIELDS = {"trial", "latency_ms", "latency_p90_ms", "speedup", "size_mb", "macs_ratio", "reference", "summary",
+                "key", "mlflow_run_id"}
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path, metric_name: str) -> None:
     extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in _BASE_FIELDS and k != metric_name]
-    fields = ["trial", metric_name, *extra, "latency_ms", "latency_p90_ms", "speedup", "size_mb", "reference",
-              "summary", "key", "mlflow_run_id"]
+    fields = ["trial", metric_name, *extra, "latency_ms", "latency_p90_ms", "speedup", "macs_ratio", "size_mb",
+              "reference", "summary", "key", "mlflow_run_id"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()

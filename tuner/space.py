@@ -40,6 +40,7 @@ from tuner.build.fusion import (
     session_optimizer_names,
 )
 from tuner.build.prune import PruningGroup, remaining_channels
+from tuner.build.recovery import RECOVERY_METHODS
 from tuner.candidate import OPT_LEVELS, Candidate
 from tuner.precision import (
     FP32,
@@ -99,6 +100,7 @@ class SpaceFile:
     path: str
     rules: tuple[Rule, ...]
     fusion: Fusion
+    recovery: tuple[str, ...] = ("batchnorm",)
 
 
 _RULE_KEYS = {"match", "skip", "precision", "prune"}
@@ -110,14 +112,20 @@ def load_space_file(path: str | Path) -> SpaceFile:
     """Parse and validate a space file (everything that can be checked without the model)."""
     path = str(path)
     data = read_mapping(path, "search-space", SpaceError)
-    unknown = set(data) - {"layers", "fusion"}
+    unknown = set(data) - {"layers", "fusion", "recovery"}
     if unknown:
-        raise SpaceError(f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: ['fusion', 'layers'].")
+        raise SpaceError(f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: ['fusion', 'layers', "
+                         "'recovery'].")
     raw_rules = data.get("layers") or []
     if not isinstance(raw_rules, list):
         raise SpaceError(f"{path}: 'layers' must be a list of rules, got {type(raw_rules).__name__}.")
     rules = tuple(_parse_rule(path, i, raw) for i, raw in enumerate(raw_rules))
-    return SpaceFile(path, rules, _parse_fusion(path, data.get("fusion") or {}))
+    recovery = data.get("recovery", ["batchnorm"])
+    recovery = [recovery] if isinstance(recovery, str) else recovery
+    if not isinstance(recovery, list) or not recovery or any(m not in RECOVERY_METHODS for m in recovery):
+        raise SpaceError(f"{path}: recovery must be one or more of {list(RECOVERY_METHODS)} (what repairs a pruned "
+                         f"model), got {data.get('recovery')!r}.")
+    return SpaceFile(path, rules, _parse_fusion(path, data.get("fusion") or {}), tuple(dict.fromkeys(recovery)))
 
 
 def _parse_rule(path: str, index: int, raw: Any) -> Rule:
@@ -236,6 +244,7 @@ class SearchSpace:
         self.opt_levels = space.fusion.opt_levels
         self.transformer_fusions = space.fusion.transformer_fusions
         self.disable = space.fusion.disable
+        self.recovery = space.recovery if self.prune_choices else ("batchnorm",)
 
     def _first_match(self, name: str) -> Rule | None:
         return next((rule for rule in self.file.rules if rule.matches(name)), None)
@@ -316,6 +325,8 @@ class SearchSpace:
             dists[f"fuse.{name}"] = CategoricalDistribution([False, True])
         for name in self.disable:
             dists[f"disable.{name}"] = CategoricalDistribution([False, True])
+        if len(self.recovery) > 1:
+            dists["recovery"] = CategoricalDistribution(list(self.recovery))
         return dists
 
     def decode(self, params: Mapping[str, Any]) -> Candidate:
@@ -324,7 +335,8 @@ class SearchSpace:
         return Candidate(precision=tuple(precision.items()), prune=tuple(prune.items()),
                          opt_level=params.get("opt_level", self.opt_levels[-1]),
                          fusions=tuple(f for f in self.transformer_fusions if params.get(f"fuse.{f}", False)),
-                         disabled_optimizers=tuple(d for d in self.disable if params.get(f"disable.{d}", False)))
+                         disabled_optimizers=tuple(d for d in self.disable if params.get(f"disable.{d}", False)),
+                         recovery=params.get("recovery", self.recovery[0]))
 
     def uniform_params(self, choice: str) -> dict[str, Any]:
         """Params of the unpruned, unfused candidate with every searched layer at ``choice`` where it is allowed
@@ -339,6 +351,8 @@ class SearchSpace:
                 params[name] = dist.low
             elif name == "opt_level":
                 params[name] = self.opt_levels[-1]
+            elif name == "recovery":
+                params[name] = self.recovery[0]
             else:
                 params[name] = False
         return params

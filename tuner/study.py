@@ -253,6 +253,7 @@ def _loop(study, space, executor, recorder, trial_runs, budget, done, experiment
                                        "latency_cv": outcome["latency"]["cv"], "size_mb": outcome["size_mb"],
                                        "extra_metrics": outcome.get("extra_metrics", {}),
                                        "artifact_sha256": outcome.get("artifact_sha256"),
+                                       "model_stats": outcome.get("model_stats", {}),
                                        "environment": outcome.get("environment", {}),
                                        "timings": outcome["timings"]}.items():
                         trial.set_user_attr(key, value)

@@ -59,6 +59,7 @@ class Task:
     evaluation: held-out data and metric.
     output_layers: module names whose outputs are the model's outputs; pruning never shrinks them.
         Default: the last Conv/Linear module.
+    finetune: optional; with recovery ``task``, called on each pruned copy to fine-tune it in place.
     """
 
     model: torch.nn.Module
@@ -66,6 +67,7 @@ class Task:
     calibration_inputs: Sequence[tuple[torch.Tensor, ...]]
     evaluation: Evaluation
     output_layers: tuple[str, ...] = field(default=())
+    finetune: Callable[[torch.nn.Module], Any] | None = None  # recovery "task": fine-tunes a pruned model in place
 
     def __post_init__(self) -> None:
         if not isinstance(self.example_inputs, tuple) or not all(

@@ -87,6 +87,8 @@ class MlflowRecorder:
             values = {self.metric_name: outcome["metric"], "latency_ms": lat["median_ms"],
                       "latency_p90_ms": lat["p90_ms"], "latency_cv": lat["cv"], "size_mb": outcome["size_mb"]}
             values.update(outcome.get("extra_metrics", {}))
+            values.update({k: v for k, v in (outcome.get("model_stats") or {}).items()
+                           if isinstance(v, (int, float)) and v == v})  # MACs/params ratios, recovery cost
             values.update({f"time_{k}_s": v for k, v in outcome.get("timings", {}).items()})
             metrics = [Metric(k, float(v), 0, 0) for k, v in values.items()]
         self.client.log_batch(run_id, metrics=metrics, params=params)
