@@ -153,3 +153,35 @@ def test_a_disabled_optimizer_is_really_off_in_the_session(small_task, tmp_path)
         domains[disabled] = {n.domain for n in onnx.load(str(out)).graph.node}
     assert "com.microsoft.nchwc" in domains[()]
     assert "com.microsoft.nchwc" not in domains[("NchwcTransformer",)]
+
+
+def test_heads_and_ffn_units_are_pruned_as_whole_units_and_the_result_builds(task, evaluator, tmp_path):
+    from tuner.build.prune import prune, pruning_groups
+
+    outputs = [n for n, _ in task.model.named_modules() if n.endswith("output.dense")]
+    groups = {g.name: g for g in pruning_groups(task.model, task.example_inputs, outputs)}
+    qkv0 = "+".join(f"encoder.encoder.layer.0.attention.self.{p}" for p in ("query", "key", "value"))
+    qkv1 = qkv0.replace("layer.0", "layer.1")
+    ffn0 = "encoder.encoder.layer.0.intermediate.dense"
+    assert groups[qkv0].head_dim == 16 and groups[qkv0].unit == "heads" and groups[ffn0].unit == "channels"
+    ratios = {qkv0: 0.5, qkv1: 0.25, ffn0: 0.5}
+    model = prune(task.model, task.example_inputs, ratios, outputs)
+    mods = dict(model.named_modules())
+    layer0, layer1 = mods["encoder.encoder.layer.0.attention.self"], mods["encoder.encoder.layer.1.attention.self"]
+    assert (layer0.num_attention_heads, layer1.num_attention_heads) == (2, 3)  # whole heads, head size kept
+    assert layer0.query.out_features == layer0.key.out_features == layer0.value.out_features == 32
+    assert mods["encoder.encoder.layer.0.attention.output.dense"].in_features == 32
+    assert mods[ffn0].out_features == 64 and mods["encoder.encoder.layer.0.output.dense"].in_features == 64
+    assert layer1.value.out_features == 48 and mods["encoder.encoder.layer.1.intermediate.dense"].out_features == 128
+    # pruned, then quantized: the artifact has the smaller tensors and the int8 kernels
+    candidate = Candidate(precision=tuple((n, "int8-dynamic-pc") for n in quantizable_layers(task.model)),
+                          prune=tuple(ratios.items()), recovery="distill")
+    outcome = evaluator.evaluate(candidate)
+    assert outcome.state == "COMPLETE", outcome.error
+    assert outcome.model_stats["params_ratio"] < 1 and outcome.model_stats["macs_ratio"] < 1
+    record = json.loads((evaluator.artifact_root / outcome.key / "candidate.json").read_text())
+    assert set(record["kernels"].values()) <= {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+    graph = onnx.load(str(evaluator.artifact_root / outcome.key / "model.onnx")).graph
+    weight_shapes = [tuple(i.dims) for i in graph.initializer if i.name.endswith("_quantized")]
+    assert weight_shapes.count((64, 32)) == 3 and (64, 64) in weight_shapes and (32, 64) in weight_shapes
+    assert outcome.metric > 0.95

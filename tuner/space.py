@@ -39,7 +39,7 @@ from tuner.build.fusion import (
     TRANSFORMER_FUSIONS,
     session_optimizer_names,
 )
-from tuner.build.prune import PruningGroup, remaining_channels
+from tuner.build.prune import PruningGroup
 from tuner.build.recovery import RECOVERY_METHODS
 from tuner.candidate import OPT_LEVELS, Candidate
 from tuner.precision import (
@@ -297,10 +297,12 @@ class SearchSpace:
                                  "Give them the same prune range, or none.")
             prune_range = next(iter(ranges.values()))
             for value in prune_range.values():
-                if remaining_channels(group.channels, value, round_to) < max(round_to, 1):
+                if group.remaining(value, round_to) < (group.head_dim or max(round_to, 1)):
                     rule = rules[group.members[0]]
-                    raise SpaceError(f"{self.file.path}: {rule.label}: prune ratio {value} leaves no channels in "
-                                     f"{group.name} ({group.channels} channels, rounded to multiples of {round_to}).")
+                    detail = (f"{group.channels // group.head_dim} heads" if group.head_dim else
+                              f"{group.channels} channels, rounded to multiples of {round_to}")
+                    raise SpaceError(f"{self.file.path}: {rule.label}: prune ratio {value} leaves no {group.unit} in "
+                                     f"{group.name} ({detail}).")
             wanted.update(rules[m].index for m in group.members)
             choices[group.name] = tuple(prune_range.values())
         for rule in self.file.rules:

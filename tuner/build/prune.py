@@ -2,6 +2,9 @@
 
 Layers that pruning couples (a residual add forces every layer feeding it to keep the same channels)
 form one group and share one ratio. A group is named after its member layers, joined with ``+``.
+In a transformer encoder the query/key/value projections of one attention block form a group whose unit
+is a whole head (its ratio removes heads, each keeping the head dimension); an FFN's up-projection forms a
+group of hidden units.
 """
 
 from __future__ import annotations
@@ -22,6 +25,25 @@ class PruningGroup:
     name: str
     members: tuple[str, ...]  # layers whose output channels shrink together
     channels: int  # output channels before pruning
+    head_dim: int = 0  # > 0: an attention block's q/k/v, pruned in whole heads of this many channels
+
+    @property
+    def unit(self) -> str:
+        return "heads" if self.head_dim else "channels"
+
+    def remaining(self, ratio: float, round_to: int) -> int:
+        """Output channels left after pruning ``ratio`` (of heads, for attention groups)."""
+        if self.head_dim:
+            heads = self.channels // self.head_dim
+            return (heads - int(heads * ratio + 1e-9)) * self.head_dim
+        return remaining_channels(self.channels, ratio, round_to)
+
+
+def attention_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules with query/key/value Linear layers and a head count (Hugging Face BERT-style self-attention)."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(getattr(m, "num_attention_heads", None), int)
+            and all(isinstance(getattr(m, p, None), nn.Linear) for p in ("query", "key", "value"))}
 
 
 def _dependency_graph(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tp.DependencyGraph:
@@ -46,7 +68,9 @@ def pruning_groups(
         if members:
             root = modules[members[0]]
             channels = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
-            groups.append(PruningGroup("+".join(members), tuple(members), channels))
+            head_dim = next((int(getattr(block, "attention_head_size", channels // block.num_attention_heads))
+                             for block in attention_blocks(model).values() if root is block.query), 0)
+            groups.append(PruningGroup("+".join(members), tuple(members), channels, head_dim))
     return groups
 
 
@@ -79,21 +103,48 @@ def prune(
     if unknown:
         raise ValueError(f"unknown pruning groups {unknown}; the model has {sorted(groups)}.")
     for name, ratio in ratios.items():
-        if remaining_channels(groups[name].channels, ratio, round_to) < max(round_to, 1):
-            raise ValueError(f"pruning group {name!r} by {ratio} leaves no channels (round_to={round_to}).")
-    # A tuple key makes torch-pruning apply one ratio to every layer of the coupled group.
-    ratio_dict = {tuple(modules[m] for m in groups[name].members): r for name, r in ratios.items()}
-    pruner = tp.pruner.MetaPruner(
-        model,
-        example_inputs,
-        importance=tp.importance.MagnitudeImportance(p=2),
-        pruning_ratio=0.0,
-        pruning_ratio_dict=ratio_dict,
-        ignored_layers=[modules[n] for n in output_layers],
-        round_to=round_to or None,
-    )
-    pruner.step()
+        group = groups[name]
+        if group.remaining(ratio, round_to) < (group.head_dim or max(round_to, 1)):
+            raise ValueError(f"pruning group {name!r} by {ratio} leaves no {group.unit} (round_to={round_to}).")
+    channel_ratios = {n: r for n, r in ratios.items() if not groups[n].head_dim}
+    if channel_ratios:
+        # A tuple key makes torch-pruning apply one ratio to every layer of the coupled group.
+        ratio_dict = {tuple(modules[m] for m in groups[name].members): r for name, r in channel_ratios.items()}
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example_inputs,
+            importance=tp.importance.MagnitudeImportance(p=2),
+            pruning_ratio=0.0,
+            pruning_ratio_dict=ratio_dict,
+            ignored_layers=[modules[n] for n in output_layers],
+            round_to=round_to or None,
+        )
+        pruner.step()
+    for name, ratio in ratios.items():
+        if groups[name].head_dim:
+            _prune_heads(model, example_inputs, groups[name], ratio)
     return model.eval()
+
+
+def _prune_heads(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], group: PruningGroup,
+                 ratio: float) -> None:
+    """Remove the lowest-magnitude whole heads of one attention block through torch-pruning's dependency graph
+    (which shrinks query, key, value and the attention output's input alike), then fix the block's head count."""
+    modules = dict(model.named_modules())
+    block = next(b for b in attention_blocks(model).values() if b.query is modules[group.members[0]])
+    head_dim, heads = group.head_dim, block.num_attention_heads
+    drop = heads - group.remaining(ratio, 0) // head_dim
+    if drop <= 0:
+        return
+    weights = [block.query.weight, block.key.weight, block.value.weight]
+    score = sum(w.detach().reshape(heads, head_dim, -1).pow(2).sum(dim=(1, 2)) for w in weights)
+    dropped = sorted(torch.argsort(score)[:drop].tolist())
+    idxs = [h * head_dim + i for h in dropped for i in range(head_dim)]
+    graph = _dependency_graph(model, example_inputs)
+    graph.get_pruning_group(block.query, tp.prune_linear_out_channels, idxs=idxs).prune()
+    block.num_attention_heads = heads - drop
+    if hasattr(block, "all_head_size"):
+        block.all_head_size = block.num_attention_heads * head_dim
 
 
 @torch.no_grad()
