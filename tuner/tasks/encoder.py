@@ -83,5 +83,9 @@ def embedding_task(encoder: nn.Module, tokens: dict[str, np.ndarray], n_eval: in
         batch_size=eval_batch_size, extra_metrics={"nn_agreement": nearest_neighbour_agreement(reference)},
     )
     example = tuple(torch.from_numpy(a[:2]) for a in arrays)
+    # The residual stream keeps its width: layers writing to it are outputs for pruning. Heads (q/k/v) and FFN
+    # units (intermediate) stay prunable.
+    residual = tuple(name for name, m in model.named_modules()
+                     if isinstance(m, nn.Linear) and name.endswith("output.dense"))
     return Task(model=model, example_inputs=example, calibration_inputs=calibration, evaluation=evaluation,
-                output_layers=())
+                output_layers=residual)
