@@ -237,3 +237,17 @@ def test_recovery_task_runs_the_tasks_own_finetune(tmp_path):
     assert task_outcome.state == "COMPLETE", task_outcome.error
     assert sys.modules[evaluator.task.finetune.__module__].CALLS == ["DigitsResNet"]  # called once, on the model
     assert task_outcome.metric == bn_outcome.metric  # this finetune is a BatchNorm recalibration
+
+
+def test_importance_criteria_rank_channels_differently(small_task):
+    """Same ratio, same shapes; which channels survive depends on the criterion."""
+    ratios = {"layer3.conv1": 0.5}
+    kept = {}
+    for importance in ("magnitude", "lamp", "fpgm", "bn_scale"):
+        model = prune(small_task.model, small_task.example_inputs, ratios, ["fc"], 8, importance)
+        conv = dict(model.named_modules())["layer3.conv1"]
+        assert conv.out_channels == 32
+        kept[importance] = conv.weight.detach().flatten(1).norm(dim=1).sort().values
+    assert not torch.equal(kept["magnitude"], kept["bn_scale"])
+    with pytest.raises(ValueError, match="importance must be one of"):
+        prune(small_task.model, small_task.example_inputs, ratios, ["fc"], 8, "taylor")

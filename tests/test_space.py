@@ -200,8 +200,11 @@ def test_recovery_is_a_search_dimension_only_when_something_can_be_pruned(resolv
           - match: layer3.conv1
             prune: {low: 0.0, high: 0.5, step: 0.25}
         recovery: [batchnorm, distill]
+        importance: [magnitude, lamp]
     """)
     assert space.distributions()["recovery"] == CategoricalDistribution(["batchnorm", "distill"])
+    assert space.distributions()["importance"] == CategoricalDistribution(["magnitude", "lamp"])
+    assert space.decode({"importance": "lamp", "prune.layer3.conv1": 0.25}).importance == "lamp"
     assert space.decode({"recovery": "distill", "prune.layer3.conv1": 0.25}).recovery == "distill"
     assert space.decode({"recovery": "distill", "prune.layer3.conv1": 0.0}).recovery == "none"  # nothing pruned
     unprunable = resolve("layers:\n  - match: fc\n    precision: [fp32, int8]\nrecovery: [none, distill]\n")

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tuner.build.prune import IMPORTANCE
 from tuner.build.recovery import RECOVERY_METHODS
 from tuner.precision import FP32, PrecisionError, check_precision, int4_block_size
 
@@ -33,6 +34,7 @@ class Candidate:
     fusions: tuple[str, ...] = ()
     disabled_optimizers: tuple[str, ...] = ()
     recovery: str = "batchnorm"
+    importance: str = "magnitude"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -42,6 +44,7 @@ class Candidate:
         set_(self, "disabled_optimizers", tuple(sorted(set(self.disabled_optimizers))))
         if not any(r > 0 for _, r in self.prune):  # nothing pruned, nothing to recover: one key per model
             set_(self, "recovery", "none")
+            set_(self, "importance", "magnitude")
         for name, choice in self.precision:
             try:
                 check_precision(choice)
@@ -52,6 +55,8 @@ class Candidate:
                 raise ValueError(f"pruning ratio of group {name!r} must be in [0, 1), but got {r}.")
         if self.opt_level not in OPT_LEVELS:
             raise ValueError(f"opt_level must be one of {OPT_LEVELS}, but got {self.opt_level!r}.")
+        if self.importance not in IMPORTANCE:
+            raise ValueError(f"importance must be one of {sorted(IMPORTANCE)}, but got {self.importance!r}.")
         if self.recovery not in RECOVERY_METHODS:
             raise ValueError(f"recovery must be one of {RECOVERY_METHODS}, but got {self.recovery!r}.")
 
@@ -66,14 +71,14 @@ class Candidate:
     def to_dict(self) -> dict[str, Any]:
         return {"precision": dict(self.precision), "prune": dict(self.prune), "opt_level": self.opt_level,
                 "fusions": list(self.fusions), "disabled_optimizers": list(self.disabled_optimizers),
-                "recovery": self.recovery}
+                "recovery": self.recovery, "importance": self.importance}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Candidate:
         return cls(precision=tuple(data.get("precision", {}).items()), prune=tuple(data.get("prune", {}).items()),
                    opt_level=data.get("opt_level", "all"), fusions=tuple(data.get("fusions", ())),
                    disabled_optimizers=tuple(data.get("disabled_optimizers", ())),
-                   recovery=data.get("recovery", "batchnorm"))
+                   recovery=data.get("recovery", "batchnorm"), importance=data.get("importance", "magnitude"))
 
     def key(self, task_fingerprint: str) -> str:
         """Stable artifact key: the same task and candidate always give the same key."""
@@ -82,7 +87,8 @@ class Candidate:
 
     def prune_key(self, task_fingerprint: str) -> str:
         """Key of the pruned (and recovered) fp32 model, shared by every candidate that prunes alike."""
-        payload = json.dumps({"task": task_fingerprint, "prune": dict(self.prune), "recovery": self.recovery},
+        payload = json.dumps({"task": task_fingerprint, "prune": dict(self.prune), "recovery": self.recovery,
+                              **({"importance": self.importance} if self.importance != "magnitude" else {})},
                              sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -186,7 +186,7 @@ class Evaluator:
             task = self.task
             with _timed(timings, "prune"):
                 model = prune(task.model, task.example_inputs, dict(candidate.prune), task.output_layers,
-                              self.settings.round_to)
+                              self.settings.round_to, candidate.importance)
             stats: dict[str, Any] = {}
             if candidate.is_pruned and candidate.recovery != "none":
                 with _timed(timings, "recover"):

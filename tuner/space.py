@@ -39,7 +39,7 @@ from tuner.build.fusion import (
     TRANSFORMER_FUSIONS,
     session_optimizer_names,
 )
-from tuner.build.prune import PruningGroup
+from tuner.build.prune import IMPORTANCE, PruningGroup
 from tuner.build.recovery import RECOVERY_METHODS
 from tuner.candidate import OPT_LEVELS, Candidate
 from tuner.precision import (
@@ -101,6 +101,7 @@ class SpaceFile:
     rules: tuple[Rule, ...]
     fusion: Fusion
     recovery: tuple[str, ...] = ("batchnorm",)
+    importance: tuple[str, ...] = ("magnitude",)
 
 
 _RULE_KEYS = {"match", "skip", "precision", "prune"}
@@ -112,10 +113,10 @@ def load_space_file(path: str | Path) -> SpaceFile:
     """Parse and validate a space file (everything that can be checked without the model)."""
     path = str(path)
     data = read_mapping(path, "search-space", SpaceError)
-    unknown = set(data) - {"layers", "fusion", "recovery"}
+    unknown = set(data) - {"layers", "fusion", "recovery", "importance"}
     if unknown:
-        raise SpaceError(f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: ['fusion', 'layers', "
-                         "'recovery'].")
+        raise SpaceError(f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: ['fusion', 'importance', "
+                         "'layers', 'recovery'].")
     raw_rules = data.get("layers") or []
     if not isinstance(raw_rules, list):
         raise SpaceError(f"{path}: 'layers' must be a list of rules, got {type(raw_rules).__name__}.")
@@ -125,7 +126,13 @@ def load_space_file(path: str | Path) -> SpaceFile:
     if not isinstance(recovery, list) or not recovery or any(m not in RECOVERY_METHODS for m in recovery):
         raise SpaceError(f"{path}: recovery must be one or more of {list(RECOVERY_METHODS)} (what repairs a pruned "
                          f"model), got {data.get('recovery')!r}.")
-    return SpaceFile(path, rules, _parse_fusion(path, data.get("fusion") or {}), tuple(dict.fromkeys(recovery)))
+    importance = data.get("importance", ["magnitude"])
+    importance = [importance] if isinstance(importance, str) else importance
+    if not isinstance(importance, list) or not importance or any(m not in IMPORTANCE for m in importance):
+        raise SpaceError(f"{path}: importance must be one or more of {sorted(IMPORTANCE)} (how pruning ranks "
+                         f"channels), got {data.get('importance')!r}.")
+    return SpaceFile(path, rules, _parse_fusion(path, data.get("fusion") or {}), tuple(dict.fromkeys(recovery)),
+                     tuple(dict.fromkeys(importance)))
 
 
 def _parse_rule(path: str, index: int, raw: Any) -> Rule:
@@ -245,6 +252,7 @@ class SearchSpace:
         self.transformer_fusions = space.fusion.transformer_fusions
         self.disable = space.fusion.disable
         self.recovery = space.recovery if self.prune_choices else ("batchnorm",)
+        self.importance = space.importance if self.prune_choices else ("magnitude",)
 
     def _first_match(self, name: str) -> Rule | None:
         return next((rule for rule in self.file.rules if rule.matches(name)), None)
@@ -329,6 +337,8 @@ class SearchSpace:
             dists[f"disable.{name}"] = CategoricalDistribution([False, True])
         if len(self.recovery) > 1:
             dists["recovery"] = CategoricalDistribution(list(self.recovery))
+        if len(self.importance) > 1:
+            dists["importance"] = CategoricalDistribution(list(self.importance))
         return dists
 
     def decode(self, params: Mapping[str, Any]) -> Candidate:
@@ -338,7 +348,8 @@ class SearchSpace:
                          opt_level=params.get("opt_level", self.opt_levels[-1]),
                          fusions=tuple(f for f in self.transformer_fusions if params.get(f"fuse.{f}", False)),
                          disabled_optimizers=tuple(d for d in self.disable if params.get(f"disable.{d}", False)),
-                         recovery=params.get("recovery", self.recovery[0]))
+                         recovery=params.get("recovery", self.recovery[0]),
+                         importance=params.get("importance", self.importance[0]))
 
     def uniform_params(self, choice: str) -> dict[str, Any]:
         """Params of the unpruned, unfused candidate with every searched layer at ``choice`` where it is allowed
@@ -355,6 +366,8 @@ class SearchSpace:
                 params[name] = self.opt_levels[-1]
             elif name == "recovery":
                 params[name] = self.recovery[0]
+            elif name == "importance":
+                params[name] = self.importance[0]
             else:
                 params[name] = False
         return params

@@ -18,6 +18,13 @@ import torch_pruning as tp
 from torch import nn
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+# Channel importance criteria that need no gradients (torch-pruning's implementations).
+IMPORTANCE = {
+    "magnitude": lambda: tp.importance.MagnitudeImportance(p=2),   # L2 norm of each channel's weights
+    "lamp": lambda: tp.importance.LAMPImportance(p=2),             # layer-adaptive magnitude (LAMP)
+    "fpgm": lambda: tp.importance.FPGMImportance(p=2),             # distance to the geometric median
+    "bn_scale": lambda: tp.importance.BNScaleImportance(),         # |gamma| of the following BatchNorm
+}
 
 
 @dataclass(frozen=True)
@@ -88,11 +95,15 @@ def prune(
     ratios: Mapping[str, float],
     output_layers: Sequence[str],
     round_to: int = 8,
+    importance: str = "magnitude",
 ) -> nn.Module:
     """A pruned copy of ``model``: each group named in ``ratios`` loses that fraction of its channels.
 
-    Channels are ranked by L2 magnitude; kept channel counts are multiples of ``round_to``.
+    Channels are ranked by ``importance`` (see IMPORTANCE); kept channel counts are multiples of ``round_to``.
+    Attention heads are ranked by the L2 norm of their query/key/value weights.
     """
+    if importance not in IMPORTANCE:
+        raise ValueError(f"importance must be one of {sorted(IMPORTANCE)}, but got {importance!r}.")
     model = copy.deepcopy(model).eval()
     ratios = {name: r for name, r in ratios.items() if r > 0}
     if not ratios:
@@ -113,7 +124,7 @@ def prune(
         pruner = tp.pruner.MetaPruner(
             model,
             example_inputs,
-            importance=tp.importance.MagnitudeImportance(p=2),
+            importance=IMPORTANCE[importance](),
             pruning_ratio=0.0,
             pruning_ratio_dict=ratio_dict,
             ignored_layers=[modules[n] for n in output_layers],
