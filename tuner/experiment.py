@@ -60,6 +60,8 @@ class Experiment(BaseModel):
     round_to: int = Field(8, ge=1, le=256)
     output_dir: str = "tuner-runs"
     front_every: int = Field(10, ge=1)
+    candidate_timeout_s: float | None = Field(1800.0, gt=0)  # a candidate running longer is FAIL, worker replaced
+    retries: int = Field(1, ge=0)  # re-runs of a candidate whose worker died before FAIL
     recovery: RecoveryConfig = RecoveryConfig()  # refresh the live front (files + MLflow) every N finished trials
 
     # Set by load_experiment: where the file lives, for resolving relative paths.

@@ -162,7 +162,7 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
     )
 
     executor = RayExecutor(experiment.task_ref(), experiment.eval_settings(), run_dir / "artifacts", workers,
-                           address)
+                           address, experiment.candidate_timeout_s, experiment.retries)
     timings: list[dict[str, float]] = []
     live_front_s: list[float] = []
     status = "FAILED"
