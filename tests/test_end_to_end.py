@@ -259,3 +259,40 @@ def test_failing_candidates_are_recorded_and_the_study_goes_on(tmp_path, monkeyp
     per_parent = {p.info.run_id: sorted(int(r.data.tags["tuner.trial_number"]) for r in trials
                                         if r.data.tags["mlflow.parentRunId"] == p.info.run_id) for p in parents}
     assert sorted(per_parent.values()) == [[0, 1, 2], [0, 1, 2, 3, 4]]
+
+
+def test_a_result_logged_before_the_driver_died_is_adopted_not_rerun(tmp_path, monkeypatch):
+    """The window exactly-once must cover: the driver logged a trial's MLflow run, then died before telling Optuna.
+    Built from real parts: the study's own journal and MLflow store, a trial left RUNNING in between."""
+    import optuna
+
+    from tuner.study import load_finished_study, open_study
+    from tuner.tracking import MlflowRecorder
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = write_experiment(tmp_path, "killed", trials=3)
+    assert main(["run", str(config), "--workers", "2", "--tracking-uri", uri, "--no-progress"]) == 0
+    client = MlflowClient(uri)
+    run_dir = tmp_path / "tuner-runs" / "killed"
+    study = load_finished_study("killed")
+    donor = study.trials[1]  # a finished trial whose outcome the "dead driver" had logged for a new trial
+    donor_outcome = json.loads(Path(client.download_artifacts(donor.user_attrs["mlflow_run_id"], "outcome.json",
+                                                              str(tmp_path / "dl"))).read_text())
+    study = open_study(run_dir, "killed", optuna.samplers.RandomSampler())
+    logged = study.ask(fixed_distributions=donor.distributions)  # trial 3: logged to MLflow, never told
+    recorder = MlflowRecorder(uri, "killed", "accuracy", study.user_attrs["uid"])
+    recorder.log_trial(logged.number, donor_outcome, donor.user_attrs["summary"])
+    lost = study.ask(fixed_distributions=donor.distributions)  # trial 4: died before anything was logged
+    assert (logged.number, lost.number) == (3, 4)
+
+    assert main(["run", str(config), "--trials", "5", "--workers", "2", "--tracking-uri", uri, "--no-progress"]) == 0
+    study = load_finished_study("killed")
+    states = [t.state.name for t in study.trials]
+    assert states[3] == "COMPLETE" and study.trials[3].values == [donor_outcome["metric"],
+                                                                   donor_outcome["latency"]["median_ms"]]
+    assert states[4] == "FAIL" and study.trials[4].user_attrs["interrupted"]  # re-queued and run as trial 5
+    assert len(states) == 6 and states[5] in ("COMPLETE", "FAIL")
+    _, runs = runs_by_role(client, "killed")
+    numbers = sorted(int(r.data.tags["tuner.trial_number"]) for r in runs)
+    assert numbers == [0, 1, 2, 3, 5]  # exactly one MLflow run per told trial; none for the lost trial 4

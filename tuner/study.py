@@ -144,11 +144,6 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
     study.set_user_attr("opt_levels", list(space.opt_levels))
     study.set_user_attr("max_metric_drop", experiment.max_metric_drop)
 
-    _fail_interrupted(study, log)
-    finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-                if not t.user_attrs.get("interrupted")]
-    if len(finished) >= budget:
-        log(f"study {experiment.name!r} already has {len(finished)}/{budget} trials; pass --trials N to add more.")
     recorder = MlflowRecorder(tracking_uri, experiment.name, metric_name, study.user_attrs["uid"])
     recorder.log_study_inputs(
         [p for p in (experiment.source, experiment.space_path) if p],
@@ -156,6 +151,11 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
          "threads": experiment.latency.threads, "batch_size": experiment.latency.batch_size,
          "layers": len(space.layers), "searched_params": len(space.distributions())})
     trial_runs = recorder.existing_trial_runs()
+    _resume_interrupted(study, recorder, trial_runs, experiment.max_metric_drop, log)
+    finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+                if not t.user_attrs.get("interrupted")]
+    if len(finished) >= budget:
+        log(f"study {experiment.name!r} already has {len(finished)}/{budget} trials; pass --trials N to add more.")
 
     from tuner.executors import (
         RayExecutor,  # Ray is imported only when a study really runs
@@ -192,10 +192,45 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
                        recorder.tracking_uri, timings, references, live_front_s)
 
 
-def _fail_interrupted(study: optuna.Study, log: Callable[[str], None]) -> None:
-    """Trials left RUNNING by a driver that died: record them FAIL and queue their parameters again."""
+def _tell(study: optuna.Study, trial: optuna.Trial, outcome: dict[str, Any], max_metric_drop: float | None) -> bool:
+    """Record an outcome on its trial (values, constraint, user attrs); returns whether it completed."""
+    if outcome["state"] != "COMPLETE":
+        trial.set_user_attr("fail_reason", outcome.get("error"))
+        study.tell(trial, state=TrialState.FAIL)
+        return False
+    baseline = study.user_attrs["baseline_metric"]
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    drop = (baseline - outcome["metric"]) if maximize else (outcome["metric"] - baseline)
+    if max_metric_drop is not None:  # <= 0 is feasible
+        trial.set_constraint("metric_drop", drop - max_metric_drop)
+    for key, value in {"key": outcome["key"], "metric_drop": drop,
+                       "latency_p90_ms": outcome["latency"]["p90_ms"],
+                       "latency_cv": outcome["latency"]["cv"], "size_mb": outcome["size_mb"],
+                       "extra_metrics": outcome.get("extra_metrics", {}),
+                       "artifact_sha256": outcome.get("artifact_sha256"),
+                       "model_stats": outcome.get("model_stats", {}),
+                       "environment": outcome.get("environment", {}),
+                       "timings": outcome["timings"]}.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, [outcome["metric"], outcome["latency"]["median_ms"]])
+    return True
+
+
+def _resume_interrupted(study: optuna.Study, recorder: MlflowRecorder, trial_runs: dict[int, str],
+                        max_metric_drop: float | None, log: Callable[[str], None]) -> None:
+    """Trials left RUNNING by a driver that died. One whose result already reached MLflow (the driver died
+    between logging it and telling Optuna) is completed from that run, so it is neither re-run nor logged
+    twice; the others are recorded FAIL and their parameters queued again."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         running = optuna.trial.Trial(study, trial._trial_id)
+        outcome = recorder.logged_outcome(trial_runs[trial.number]) if trial.number in trial_runs else None
+        if outcome is not None:
+            running.set_user_attr("mlflow_run_id", trial_runs[trial.number])
+            _tell(study, running, outcome, max_metric_drop)
+            log(f"trial {trial.number} was interrupted after its result was logged; recorded from MLflow.")
+            continue
+        if trial.number in trial_runs:  # created, but killed before its result was written
+            recorder.client.set_terminated(trial_runs.pop(trial.number), "KILLED")
         running.set_user_attr("fail_reason", "interrupted: the driver stopped")
         running.set_user_attr("interrupted", True)
         study.tell(trial.number, state=TrialState.FAIL)
@@ -223,8 +258,6 @@ def _measure_baseline(study, space: SearchSpace, executor, experiment: Experimen
 def _loop(study, space, executor, recorder, trial_runs, budget, done, experiment, timings, progress,
           publish: Callable[[int], None]) -> None:
     dists = space.distributions()
-    baseline = study.user_attrs["baseline_metric"]
-    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     metric_name = study.user_attrs["metric_name"]
     bar = _Progress(budget, min(done, budget), progress)
     failed = len([t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
@@ -244,24 +277,8 @@ def _loop(study, space, executor, recorder, trial_runs, budget, done, experiment
                 if number not in trial_runs:
                     trial_runs[number] = recorder.log_trial(number, outcome, candidate.summary())
                     trial.set_user_attr("mlflow_run_id", trial_runs[number])
-                if outcome["state"] == "COMPLETE":
-                    drop = (baseline - outcome["metric"]) if maximize else (outcome["metric"] - baseline)
-                    if experiment.max_metric_drop is not None:  # <= 0 is feasible
-                        trial.set_constraint("metric_drop", drop - experiment.max_metric_drop)
-                    for key, value in {"key": outcome["key"], "metric_drop": drop,
-                                       "latency_p90_ms": outcome["latency"]["p90_ms"],
-                                       "latency_cv": outcome["latency"]["cv"], "size_mb": outcome["size_mb"],
-                                       "extra_metrics": outcome.get("extra_metrics", {}),
-                                       "artifact_sha256": outcome.get("artifact_sha256"),
-                                       "model_stats": outcome.get("model_stats", {}),
-                                       "environment": outcome.get("environment", {}),
-                                       "timings": outcome["timings"]}.items():
-                        trial.set_user_attr(key, value)
-                    study.tell(trial, [outcome["metric"], outcome["latency"]["median_ms"]])
-                else:
+                if not _tell(study, trial, outcome, experiment.max_metric_drop):
                     failed += 1
-                    trial.set_user_attr("fail_reason", outcome.get("error"))
-                    study.tell(trial, state=TrialState.FAIL)
                 row = dict(outcome.get("timings", {}))
                 row["orchestration"] = row.get("wall", 0.0) - row.get("worker_total", 0.0) + (
                     time.perf_counter() - tell_start)

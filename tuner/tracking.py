@@ -97,8 +97,17 @@ class MlflowRecorder:
                                       "environment": outcome.get("environment")}, "candidate.json")
         if failed and outcome.get("traceback"):
             self.client.log_text(run_id, outcome["traceback"], "error.txt")
+        self.client.log_dict(run_id, outcome, "outcome.json")  # lets a resumed driver adopt this result
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
         return run_id
+
+    def logged_outcome(self, run_id: str) -> dict[str, Any] | None:
+        """The outcome a trial run recorded (``outcome.json``), or None if its logging did not finish."""
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                return json.loads(Path(self.client.download_artifacts(run_id, "outcome.json", tmp)).read_text())
+        except Exception:  # a run created but killed before its outcome was written
+            return None
 
     def mark_front(self, trial_runs: dict[int, str], front_trials: set[int], models: dict[int, Path]) -> None:
         """Tag every trial run with ``tuner.pareto`` and attach ``model.onnx`` to front members."""
