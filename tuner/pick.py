@@ -37,27 +37,28 @@ def choose(front: list[dict[str, Any]], metric_name: str, maximize: bool, min_me
             best = max(front, key=better)
             raise PickError(f"no front member has {metric_name} {'>=' if maximize else '<='} {min_metric}; "
                             f"the best is {best[metric_name]:.4f} (trial {best['trial']}).")
+    others = " meeting the other constraints" if len(ok) < len(front) else ""
     if max_size_mb is not None:
-        smaller = [r for r in ok if r["size_mb"] is not None and r["size_mb"] <= max_size_mb]
-        if not smaller:
-            smallest = min(ok, key=lambda r: r["size_mb"])
-            raise PickError(f"no front member{' meeting the other constraints' if len(ok) < len(front) else ''} "
-                            f"is at most {max_size_mb} MB; the smallest is {smallest['size_mb']:.3f} MB "
-                            f"(trial {smallest['trial']}).")
-        ok = smaller
+        ok = _at_most(ok, "size_mb", max_size_mb, f"no front member{others} is at most {max_size_mb} MB; "
+                      "the smallest is {value:.3f} MB (trial {trial}).")
     if max_latency_ms is not None:
-        fast = [r for r in ok if r["latency_ms"] <= max_latency_ms]
-        if not fast:
-            fastest = min(ok, key=lambda r: r["latency_ms"])
-            raise PickError(f"no front member{' meeting the other constraints' if len(ok) < len(front) else ''} "
-                            f"has latency <= {max_latency_ms} ms; the fastest is {fastest['latency_ms']:.3f} ms "
-                            f"(trial {fastest['trial']}).")
-        ok = fast
+        others = " meeting the other constraints" if len(ok) < len(front) else ""
+        ok = _at_most(ok, "latency_ms", max_latency_ms, f"no front member{others} has latency <= {max_latency_ms} "
+                      "ms; the fastest is {value:.3f} ms (trial {trial}).")
     if knee:
         return knee_point(ok, metric_name, maximize)
     if max_latency_ms is not None:
         return max(ok, key=better)
     return min(ok, key=lambda r: r["latency_ms"])
+
+
+def _at_most(rows: list[dict[str, Any]], key: str, limit: float, message: str) -> list[dict[str, Any]]:
+    """Rows with ``key`` <= ``limit``; none is a PickError naming the closest row (``message`` template)."""
+    kept = [r for r in rows if r[key] is not None and r[key] <= limit]
+    if not kept:
+        closest = min((r for r in rows if r[key] is not None), key=lambda r: r[key])
+        raise PickError(message.format(value=closest[key], trial=closest["trial"]))
+    return kept
 
 
 def knee_point(rows: list[dict[str, Any]], metric_name: str, maximize: bool) -> dict[str, Any]:
