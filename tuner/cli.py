@@ -13,13 +13,16 @@ import optuna
 def _run(args: argparse.Namespace) -> int:
     from tuner.experiment import load_experiment
     from tuner.pareto import format_table
-    from tuner.study import run_study
+    from tuner.study import default_workers, run_study
 
     experiment = load_experiment(args.config)
     if args.output_dir:
         experiment = experiment.model_copy(update={"output_dir": args.output_dir})
     print(f"study {experiment.name!r}: task {experiment.task}, space {experiment.space_path}, "
-          f"{args.trials or experiment.trials} trials, {args.workers or os.cpu_count()} workers")
+          f"{args.trials or experiment.trials} trials, "
+          + (f"{args.workers} workers" if args.workers else "workers: every CPU of the cluster" if args.address
+             else f"{default_workers(experiment.latency.threads)} workers "
+                  f"({experiment.latency.threads} core(s) kept for latency)"))
     result = run_study(experiment, trials=args.trials, workers=args.workers, address=args.address,
                        tracking_uri=args.tracking_uri, progress=not args.no_progress)
     metric = result.metric_name

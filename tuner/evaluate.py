@@ -86,16 +86,34 @@ def latency_feeds(task: Task, input_names: list[str], batch_size: int) -> dict[s
 class Evaluator:
     """Holds one loaded task; evaluates candidates into ``artifact_root/<key>/``."""
 
-    def __init__(self, task_ref: TaskRef, settings: EvalSettings, artifact_root: str | Path):
+    def __init__(self, task_ref: TaskRef, settings: EvalSettings, artifact_root: str | Path,
+                 export_root: str | Path | None = None):
         self.task_ref = task_ref
         self.task = task_ref.load()
         self.fingerprint = task_ref.fingerprint()
         self.settings = settings
         self.artifact_root = Path(artifact_root)
+        # Pruned fp32 exports, built once per pruning configuration and shared by the candidates that use it.
+        self.export_root = Path(export_root) if export_root else self.artifact_root / "_exports"
         self.layers = quantizable_layers(self.task.model)
         self._base_size: tuple[float, float] | None = None
+        self._feeds: dict[str, np.ndarray] | None = None
 
     def evaluate(self, candidate: Candidate | dict) -> Outcome:
+        """Build, score and time in this process (what `tuner verify` does; the study splits the last step off)."""
+        outcome = self.build_and_score(candidate)
+        if outcome.state == "COMPLETE":
+            try:
+                with _timed(outcome.timings, "latency"):
+                    model_path = Path(outcome.artifact_dir) / "model.onnx"
+                    outcome.latency, outcome.environment = time_artifact(model_path, self.feeds(model_path),
+                                                                         self.settings)
+            except Exception as exc:
+                _fail(outcome, "latency", exc)
+        return outcome
+
+    def build_and_score(self, candidate: Candidate | dict) -> Outcome:
+        """Build the artifact into ``artifact_root/<key>/`` and score it with the task's metric; no latency."""
         if isinstance(candidate, dict):
             candidate = Candidate.from_dict(candidate)
         key = candidate.key(self.fingerprint)
@@ -111,7 +129,7 @@ class Evaluator:
                 outcome.cached_export = self.build(candidate, artifact, outcome.timings)
             model_path = artifact / "model.onnx"
             outcome.size_mb = model_path.stat().st_size / 1e6
-            stats_file = self.artifact_root / "_exports" / candidate.prune_key(self.fingerprint) / "stats.json"
+            stats_file = self.export_root / candidate.prune_key(self.fingerprint) / "stats.json"
             if stats_file.is_file():
                 outcome.model_stats = json.loads(stats_file.read_text())
             outcome.artifact_sha256 = file_sha256(model_path)
@@ -119,18 +137,18 @@ class Evaluator:
             with _timed(outcome.timings, "accuracy"):
                 session = load_artifact(model_path, self.settings.threads)  # exactly as deployed
                 outcome.metric, outcome.extra_metrics = score_all(session, self.task.evaluation)
-            stage = "latency"
-            with _timed(outcome.timings, "latency"):
-                names = [i.name for i in session.get_inputs()]
-                stats = measure_latency(session, latency_feeds(self.task, names, self.settings.batch_size),
-                                        self.settings.warmup, self.settings.repeats)
-                outcome.latency = stats.to_dict()
-                outcome.environment = fingerprint(self.settings.threads)
         except Exception as exc:  # a broken candidate is a result (FAIL), not a crash of the study
-            outcome.state = "FAIL"
-            outcome.error = f"{stage} failed: {type(exc).__name__}: {exc}"
-            outcome.traceback = traceback.format_exc(limit=8)
+            _fail(outcome, stage, exc)
         return outcome
+
+    def feeds(self, model_path: str | Path) -> dict[str, np.ndarray]:
+        """The latency inputs by the artifact's input names (every candidate keeps the export's inputs)."""
+        if self._feeds is None:
+            graph = onnx.load(str(model_path), load_external_data=False).graph
+            weights = {t.name for t in graph.initializer}
+            names = [i.name for i in graph.input if i.name not in weights]
+            self._feeds = latency_feeds(self.task, names, self.settings.batch_size)
+        return self._feeds
 
     def build(self, candidate: Candidate, artifact: Path, timings: dict[str, float]) -> bool:
         """(cached) prune + export -> transformer fusions -> per-layer precision, written atomically.
@@ -177,7 +195,7 @@ class Evaluator:
 
     def _pruned_export(self, candidate: Candidate, timings: dict[str, float]) -> tuple[Path, bool]:
         """The pruned fp32 ONNX model and its layer->node map, built once per pruning configuration."""
-        export_dir = self.artifact_root / "_exports" / candidate.prune_key(self.fingerprint)
+        export_dir = self.export_root / candidate.prune_key(self.fingerprint)
         if (export_dir / "layers.json").is_file():
             return export_dir, True
         export_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -236,6 +254,20 @@ class Evaluator:
         if wrong:
             raise RuntimeError(f"ORT does not run {len(wrong)} layer(s) as asked: " + "; ".join(wrong[:5]))
         return kernels
+
+
+def time_artifact(model_path: str | Path, feeds: dict[str, np.ndarray], settings: EvalSettings
+                  ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Latency of an artifact in a session opened as deployed, and the fingerprint of where it was taken."""
+    session = load_artifact(model_path, settings.threads)
+    stats = measure_latency(session, feeds, settings.warmup, settings.repeats)
+    return stats.to_dict(), fingerprint(settings.threads)
+
+
+def _fail(outcome: Outcome, stage: str, exc: Exception) -> None:
+    outcome.state = "FAIL"
+    outcome.error = f"{stage} failed: {type(exc).__name__}: {exc}"
+    outcome.traceback = traceback.format_exc(limit=8)
 
 
 def check_runnable(candidate: Candidate) -> None:

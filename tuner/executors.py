@@ -1,39 +1,135 @@
-"""Run evaluations in parallel on Ray: one actor per worker, each holding the loaded task.
+"""Run evaluations on Ray: builds and accuracy in parallel, latency one at a time per machine.
 
-The driver submits plain candidate dicts and receives plain outcome dicts; nothing else crosses.
+Each candidate goes through two stages. A ``_Worker`` actor (one per worker slot, anywhere in the cluster)
+builds the artifact in node-local scratch space, scores it with the task's metric and sends the files back
+through Ray. The driver writes them under the run directory (no shared filesystem is assumed) and hands the
+model to a ``_LatencyMeter``: one actor per machine, on the cores the builds leave free, timing one
+artifact at a time. With a resource label (``latency.resource``) only machines whose Ray node carries it
+measure latency, so a study can build anywhere and time on the hardware it deploys to.
+
+The driver submits plain candidate dicts and receives plain outcome dicts.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from tuner.evaluate import EvalSettings, Evaluator
+from tuner.evaluate import EvalSettings, Evaluator, time_artifact
+from tuner.measure.latency import pin, split_cores
 from tuner.task import TaskRef
+
+SHIPPED_FILES = ("model.onnx", "candidate.json")  # what a worker sends back for each artifact
+# Never shipped to a cluster with the working directory: environments, run outputs, local MLflow stores.
+WORKING_DIR_EXCLUDES = [".git", ".venv", "venv", "__pycache__", "tuner-runs", "mlruns", "mlartifacts",
+                        "mlflow.db", "*.onnx", ".pytest_cache"]
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot run the study as configured (missing resource, workers that cannot start)."""
+
+
+def _node() -> dict[str, str]:
+    ctx = ray.get_runtime_context()
+    return {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
 
 
 class _Worker:
-    def __init__(self, task_ref: TaskRef, settings: EvalSettings, artifact_root: str, cwd: str):
+    """Builds and scores candidates. Created cheaply so that ``ready()`` tells placement apart from loading."""
+
+    def __init__(self, task_ref: TaskRef, settings: EvalSettings, scratch: str, path: str | None):
+        self.args = (task_ref, settings, scratch, path)
+        self.evaluator: Evaluator | None = None
+        self.cores: set[int] | None = None
+
+    def ready(self) -> dict[str, str]:
+        return _node()
+
+    def setup(self) -> None:
+        task_ref, settings, scratch, path = self.args
         # `package.module:function` tasks import as they would in the driver's working directory.
-        if cwd not in sys.path:
-            sys.path.insert(0, cwd)
+        if path and path not in sys.path:
+            sys.path.insert(0, path)
         os.environ.setdefault("OMP_NUM_THREADS", str(settings.threads))
+        cores = split_cores(settings.threads)
+        self.cores = cores[1] if cores else None  # keep off the cores the latency meter times on
+        pin(self.cores)
         import torch
 
         torch.set_num_threads(1)  # builds run one per worker; keep workers off each other's cores
-        self.evaluator = Evaluator(task_ref, settings, artifact_root)
+        scratch_dir = Path(tempfile.gettempdir()) / "tuner-scratch" / scratch  # node-local
+        # Artifacts are built in a folder of this worker's own (shipped, then removed); pruned exports are
+        # cached for every worker of the machine.
+        self.evaluator = Evaluator(task_ref, settings, tempfile.mkdtemp(prefix="worker-", dir=_mkdir(scratch_dir)),
+                                   export_root=scratch_dir / "_exports")
 
     def evaluate(self, candidate: dict[str, Any]) -> dict[str, Any]:
+        pin(self.cores)
         start = time.perf_counter()
-        outcome = self.evaluator.evaluate(candidate).to_dict()
-        outcome["timings"]["worker_total"] = time.perf_counter() - start
-        return outcome
+        outcome = self.evaluator.build_and_score(candidate)
+        result: dict[str, Any] = {"files": {}, "feeds": None}
+        if outcome.state == "COMPLETE":
+            artifact = Path(outcome.artifact_dir)
+            result["files"] = {name: (artifact / name).read_bytes() for name in SHIPPED_FILES}
+            result["feeds"] = self.evaluator.feeds(artifact / "model.onnx")
+            shutil.rmtree(artifact, ignore_errors=True)  # the driver keeps it
+        outcome.timings["worker_total"] = time.perf_counter() - start
+        result["outcome"] = outcome.to_dict()
+        return result
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class _LatencyMeter:
+    """Times artifacts on this machine, one at a time (a sync actor runs one call at a time), pinned."""
+
+    def __init__(self, settings: EvalSettings):
+        self.settings = settings
+        cores = split_cores(settings.threads)
+        self.cores = cores[0] if cores else None
+        self.dir = Path(tempfile.mkdtemp(prefix="tuner-latency-"))
+
+    def ready(self) -> dict[str, str]:
+        return _node()
+
+    def measure(self, model: bytes, feeds: dict[str, Any]) -> dict[str, Any]:
+        pin(self.cores)
+        start = time.perf_counter()
+        path = self.dir / "model.onnx"
+        path.write_bytes(model)
+        latency, environment = time_artifact(path, feeds, self.settings)
+        environment = {**environment, **_node(),
+                       "pinned_cores": ",".join(map(str, sorted(self.cores))) if self.cores else "none"}
+        return {"latency": latency, "environment": environment, "seconds": time.perf_counter() - start}
+
+
+@dataclass
+class _Job:
+    token: Any
+    candidate: dict[str, Any]
+    submitted: float
+    attempt: int = 0  # worker deaths so far
+    actor: Any = None  # the worker building it
+    outcome: dict[str, Any] | None = None  # after the build
+    node: dict[str, str] = field(default_factory=dict)  # where it was built
+    model: Any = None  # ObjectRef of the model bytes, for the meter
+    feeds: dict[str, Any] | None = None
+    meter_host: str | None = None
+    meter_failures: int = 0
+    queued: float = 0.0  # when it started waiting for a meter
 
 
 class RayExecutor:
@@ -42,89 +138,362 @@ class RayExecutor:
     A worker that dies mid-candidate (process crash, lost node) is replaced and the candidate retried up to
     ``retries`` times, then reported FAIL with the reason. A candidate running longer than ``timeout_s`` is
     reported FAIL and its worker is killed and replaced (a hung evaluation cannot be interrupted otherwise).
+    Nothing waits forever: workers that cannot be placed, or latency with no live node carrying
+    ``latency_resource``, raise ``ClusterError`` / fail the candidate after ``pending_timeout_s``.
     """
 
-    def __init__(self, task_ref: TaskRef, settings: EvalSettings, artifact_root: str | Path, workers: int,
-                 address: str | None = None, timeout_s: float | None = None, retries: int = 1):
-        if workers < 1:
+    def __init__(self, task_ref: TaskRef, settings: EvalSettings, artifact_root: str | Path, workers: int | None,
+                 address: str | None = None, timeout_s: float | None = None, retries: int = 1,
+                 latency_resource: str | None = None, pending_timeout_s: float = 120.0, scratch: str = "default"):
+        if workers is not None and workers < 1:
             raise ValueError(f"`workers >= 1` must hold, but got {workers=}.")
+        self.settings = settings
+        self.artifact_root = Path(artifact_root)
         self.timeout_s = timeout_s
         self.retries = retries
+        self.latency_resource = latency_resource
+        self.pending_timeout_s = pending_timeout_s
         self._owns_ray = not ray.is_initialized()
+        path: str | None = os.getcwd()
         if self._owns_ray:
             init_args: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING,
                                              log_to_driver=False)
             if address:
+                task_ref, runtime_env = _ship(task_ref)
+                if runtime_env:
+                    init_args["runtime_env"] = runtime_env
+                path = None  # the shipped working directory is the workers' cwd and on their path
                 ray.init(address=address, **init_args)
             else:
-                ray.init(num_cpus=max(workers, os.cpu_count() or 1), **init_args)
-        actor = ray.remote(num_cpus=1)(_Worker)
-        args = (task_ref, settings, str(Path(artifact_root).resolve()), os.getcwd())
-        self._new_actor = lambda: actor.remote(*args)
-        self._actors = [self._new_actor() for _ in range(workers)]
-        self._idle = list(self._actors)
-        # ref -> (token, actor, submitted at, candidate, attempt)
-        self._running: dict[ray.ObjectRef, tuple[Any, Any, float, dict[str, Any], int]] = {}
+                ray.init(num_cpus=max(workers or 1, os.cpu_count() or 1), **init_args)
+        self._check_resource()
+        if workers is None:  # every CPU of the cluster, less the cores each machine keeps for latency
+            hosts = {n["NodeManagerAddress"] for n in self._latency_nodes()}
+            workers = max(1, int(ray.cluster_resources().get("CPU", 1)) - settings.threads * len(hosts))
+        self.workers = workers
+        worker_class = ray.remote(num_cpus=1)(_Worker)
+        args = (task_ref, settings, scratch, path)
+        self._new_actor = lambda: worker_class.remote(*args)
+        self._meter_class = ray.remote(num_cpus=0)(_LatencyMeter)
+        self._meters: dict[str, Any] = {}  # host -> meter actor
+        self._meter_busy: dict[str, int] = {}
+        self._nodes_seen = 0.0
+        self._nodes: list[dict[str, Any]] = []
+        self._actors: list[Any] = []
+        self._placing: dict[ray.ObjectRef, tuple[Any, float]] = {}  # ready() ref -> (actor, created at)
+        self._loading: dict[ray.ObjectRef, Any] = {}  # setup() ref -> actor
+        self._where: dict[Any, dict[str, str]] = {}  # actor -> node it runs on
+        self._idle: list[Any] = []
+        self._building: dict[ray.ObjectRef, _Job] = {}
+        self._timing: dict[ray.ObjectRef, _Job] = {}
+        self._queued: list[_Job] = []  # built, waiting for a meter
+        for _ in range(workers):
+            self._start_actor()
+        self._await_first_worker()
+
+    # -- workers ------------------------------------------------------------------------------------------
+    def _start_actor(self) -> None:
+        actor = self._new_actor()
+        self._actors.append(actor)
+        now = time.perf_counter()
+        self._placing[actor.ready.remote()] = (actor, now)
+        self._loading[actor.setup.remote()] = actor
+
+    def _await_first_worker(self) -> None:
+        while not self._idle:
+            self._poll_starting(timeout=1.0)
+            self._check_placement()
+
+    def _check_placement(self) -> None:
+        """Fail rather than wait forever when no worker can run: all of them wait for resources no node has."""
+        if self._idle or self._building or not self._placing or len(self._placing) < len(self._loading):
+            return
+        waited = time.perf_counter() - min(created for _, created in self._placing.values())
+        if waited > self.pending_timeout_s:
+            raise ClusterError(f"no worker could be placed for {waited:.0f} s (pending_timeout_s): each needs "
+                               f"1 CPU; {self._describe_cluster()}")
+
+    def _poll_starting(self, timeout: float = 0.0) -> None:
+        refs = [*self._placing, *self._loading]
+        if not refs:
+            return
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        if not done and timeout > 0:
+            return
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        for ref in done:
+            if ref in self._placing:
+                actor, _ = self._placing.pop(ref)
+                try:
+                    self._where[actor] = ray.get(ref)
+                except ray.exceptions.RayError:
+                    pass  # reported through its setup() below
+                continue
+            actor = self._loading.pop(ref)
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                self._forget(actor)
+                if _lost_node(exc):  # its node went away while it started: start one elsewhere
+                    self._start_actor()
+                    continue
+                cause = [line for line in str(exc).strip().splitlines() if line.strip()]
+                raise ClusterError("a worker failed to start: " + " | ".join(cause[-3:])[:1500]) from None
+            self._idle.append(actor)
+
+    def _forget(self, actor) -> None:
+        for pending in (self._placing, ):
+            for ref, (a, _) in list(pending.items()):
+                if a is actor:
+                    del pending[ref]
+        for ref, a in list(self._loading.items()):
+            if a is actor:
+                del self._loading[ref]
+        if actor in self._actors:
+            self._actors.remove(actor)
+        self._where.pop(actor, None)
 
     @property
     def idle(self) -> int:
-        return len(self._idle)
+        """Workers free for a new candidate (retries waiting for a worker come first)."""
+        return max(0, len(self._idle) - sum(1 for job in self._queued if job.outcome is None))
 
     @property
     def busy(self) -> int:
-        return len(self._running)
+        return len(self._building) + len(self._timing) + len(self._queued)
 
-    def submit(self, token: Any, candidate: dict[str, Any], attempt: int = 0, submitted: float | None = None) -> None:
-        actor = self._idle.pop()
-        ref = actor.evaluate.remote(candidate)
-        self._running[ref] = (token, actor, submitted or time.perf_counter(), candidate, attempt)
+    def submit(self, token: Any, candidate: dict[str, Any]) -> None:
+        self._build(_Job(token, candidate, time.perf_counter()))
+
+    def _build(self, job: _Job) -> None:
+        job.actor = self._idle.pop()
+        job.node = self._where.get(job.actor, {})
+        self._building[job.actor.evaluate.remote(job.candidate)] = job
 
     def _replace(self, actor) -> None:
-        """Kill ``actor`` (if it still lives) and put a fresh worker in its place."""
+        """Kill ``actor`` (if it still lives) and start a fresh worker in its place."""
         ray.kill(actor, no_restart=True)
-        fresh = self._new_actor()
-        self._actors[self._actors.index(actor)] = fresh
-        self._idle.append(fresh)
+        self._forget(actor)
+        self._start_actor()
 
+    # -- latency meters -----------------------------------------------------------------------------------
+    def _check_resource(self) -> None:
+        if self.latency_resource and not self._latency_nodes():
+            raise ClusterError(f"latency.resource {self.latency_resource!r}: no live node of the Ray cluster "
+                               f"carries it; {self._describe_cluster()}. Start one with "
+                               f"`ray start --resources '{{\"{self.latency_resource}\": 1}}'`.")
+
+    def _alive_nodes(self) -> list[dict[str, Any]]:
+        if time.perf_counter() - self._nodes_seen > 2.0:
+            self._nodes = [n for n in ray.nodes() if n.get("Alive")]
+            self._nodes_seen = time.perf_counter()
+        return self._nodes
+
+    def _latency_nodes(self) -> list[dict[str, Any]]:
+        self._nodes_seen = 0.0
+        return [n for n in self._alive_nodes()
+                if not self.latency_resource or n.get("Resources", {}).get(self.latency_resource, 0) > 0]
+
+    def _describe_cluster(self) -> str:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        parts = [f"{n['NodeManagerAddress']}: " + ", ".join(
+            f"{k}={v:g}" for k, v in sorted(n.get("Resources", {}).items())
+            if not k.startswith(("node:", "memory", "object_store_memory"))) for n in nodes]
+        return f"{len(nodes)} live node(s) [" + "; ".join(parts) + "]"
+
+    def _meter_for(self, job: _Job) -> str | None:
+        """The host whose meter times ``job``: the machine it was built on, or with a resource label the least
+        busy machine carrying it. None when no such machine is alive right now."""
+        candidates = self._latency_nodes() if self.latency_resource else [
+            n for n in self._alive_nodes() if n["NodeID"] == job.node.get("node_id")] or self._alive_nodes()
+        hosts: dict[str, str] = {}
+        for node in candidates:
+            hosts.setdefault(node["NodeManagerAddress"], node["NodeID"])
+        if not hosts:
+            return None
+        host = min(hosts, key=lambda h: (self._meter_busy.get(h, 0), h != job.node.get("node_ip")))
+        if host not in self._meters:  # one per machine, whichever of its Ray nodes is alive
+            strategy = NodeAffinitySchedulingStrategy(hosts[host], soft=False)
+            self._meters[host] = self._meter_class.options(scheduling_strategy=strategy).remote(self.settings)
+        return host
+
+    def _time(self, job: _Job) -> bool:
+        host = self._meter_for(job)
+        if host is None:
+            return False
+        job.meter_host = host
+        self._meter_busy[host] = self._meter_busy.get(host, 0) + 1
+        job.queued = job.queued or time.perf_counter()
+        self._timing[self._meters[host].measure.remote(job.model, job.feeds)] = job
+        return True
+
+    def _drop_meter(self, host: str) -> None:
+        meter = self._meters.pop(host, None)
+        if meter is not None:
+            ray.kill(meter, no_restart=True)
+        self._meter_busy.pop(host, None)
+        self._nodes_seen = 0.0
+
+    # -- results ------------------------------------------------------------------------------------------
     def results(self, timeout: float = 1.0) -> list[tuple[Any, dict[str, Any]]]:
         """Finished evaluations as ``(token, outcome)``; waits at most ``timeout`` seconds for the first."""
-        if not self._running:
-            return []
-        if self.timeout_s is not None:  # wake up in time to notice a candidate that overran
-            oldest = min(submitted for _, _, submitted, _, _ in self._running.values())
-            timeout = max(0.0, min(timeout, oldest + self.timeout_s - time.perf_counter() + 0.05))
-        done, _ = ray.wait(list(self._running), num_returns=1, timeout=timeout)
-        if done:  # collect everything else that is already finished too
-            done, _ = ray.wait(list(self._running), num_returns=len(self._running), timeout=0)
-        finished = []
-        for ref in done:
-            token, actor, submitted, candidate, attempt = self._running.pop(ref)
-            try:
-                outcome = ray.get(ref)
-                self._idle.append(actor)
-            except ray.exceptions.RayError as exc:  # the worker process or its node died mid-candidate
-                self._replace(actor)
-                if attempt < self.retries:
-                    self.submit(token, candidate, attempt + 1, submitted)
-                    continue
-                outcome = {"state": "FAIL", "timings": {}, "latency": {},
-                           "error": f"worker died {attempt + 1} time(s) on this candidate: {type(exc).__name__}: "
-                                    f"{str(exc).splitlines()[0][:300]}"}
-            outcome["timings"]["wall"] = time.perf_counter() - submitted
-            finished.append((token, outcome))
-        if self.timeout_s is not None:
-            now = time.perf_counter()
-            for ref, (token, actor, submitted, candidate, attempt) in list(self._running.items()):
-                if now - submitted > self.timeout_s:
-                    del self._running[ref]
-                    self._replace(actor)
-                    finished.append((token, {"state": "FAIL", "timings": {"wall": now - submitted}, "latency": {},
-                                             "error": f"timed out after {self.timeout_s:g} s (candidate_timeout_s); "
-                                                      "its worker was replaced"}))
+        finished: list[tuple[Any, dict[str, Any]]] = []
+        self._poll_starting()
+        self._dispatch_queued(finished)
+        refs = list(self._building) + list(self._timing)
+        if refs:
+            if self.timeout_s is not None:  # wake up in time to notice a candidate that overran
+                oldest = min(job.submitted for job in (*self._building.values(), *self._timing.values()))
+                timeout = max(0.0, min(timeout, oldest + self.timeout_s - time.perf_counter() + 0.05))
+            if self._queued or self._loading:
+                timeout = min(timeout, 0.5)
+            done, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+            if done:  # collect everything else that is already finished too
+                done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            for ref in done:
+                if ref in self._building:
+                    self._built(ref, self._building.pop(ref), finished)
+                else:
+                    self._timed(ref, self._timing.pop(ref), finished)
+        elif self._queued or self._loading:
+            self._poll_starting(timeout=min(timeout, 0.5))
+        self._check_placement()
+        self._expire(finished)
         return finished
 
+    def _built(self, ref, job: _Job, finished: list) -> None:
+        try:
+            result = ray.get(ref)
+            self._idle.append(job.actor)
+        except ray.exceptions.RayError as exc:  # the worker process or its node died mid-candidate
+            self._replace(job.actor)
+            if job.attempt < self.retries:
+                job.attempt += 1
+                self._retry(job)
+                return
+            finished.append((job.token, _failed(job, f"worker died {job.attempt + 1} time(s) on this candidate: "
+                                                     f"{type(exc).__name__}: {_first_line(exc)}")))
+            return
+        outcome = result["outcome"]
+        if outcome["state"] != "COMPLETE":
+            outcome["timings"]["wall"] = time.perf_counter() - job.submitted
+            finished.append((job.token, outcome))
+            return
+        directory = self.artifact_root / outcome["key"]  # the files came back through Ray
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, data in result["files"].items():
+            tmp = directory / f".{name}.tmp"
+            tmp.write_bytes(data)
+            os.replace(tmp, directory / name)
+        outcome["artifact_dir"] = str(directory)
+        job.outcome, job.feeds = outcome, result["feeds"]
+        job.model = ray.put(result["files"]["model.onnx"])
+        job.queued = time.perf_counter()
+        if not self._time(job):
+            self._queued.append(job)
+
+    def _retry(self, job: _Job) -> None:
+        """Run ``job`` again as soon as a worker is free (before any new candidate)."""
+        if self._idle:
+            self._build(job)
+        else:
+            self._queued.append(job)  # picked up by _dispatch_queued once a worker is ready
+
+    def _timed(self, ref, job: _Job, finished: list) -> None:
+        self._meter_busy[job.meter_host] = max(0, self._meter_busy.get(job.meter_host, 1) - 1)
+        try:
+            measured = ray.get(ref)
+        except ray.exceptions.RayError as exc:  # the meter's node died: time it on another machine
+            self._drop_meter(job.meter_host)
+            job.meter_failures += 1
+            if job.meter_failures <= self.retries + 1 and self._time(job):
+                return
+            if job.meter_failures <= self.retries + 1:
+                self._queued.append(job)
+                return
+            finished.append((job.token, _failed(job, f"latency failed {job.meter_failures} time(s): "
+                                                     f"{type(exc).__name__}: {_first_line(exc)}")))
+            return
+        outcome = job.outcome
+        outcome["latency"] = measured["latency"]
+        outcome["environment"] = {**measured["environment"], "build_node_ip": job.node.get("node_ip", "")}
+        outcome["timings"]["latency"] = measured["seconds"]
+        outcome["timings"]["latency_wait"] = max(0.0, time.perf_counter() - job.queued - measured["seconds"])
+        outcome["timings"]["wall"] = time.perf_counter() - job.submitted
+        finished.append((job.token, outcome))
+
+    def _dispatch_queued(self, finished: list) -> None:
+        still = []
+        for job in self._queued:
+            if job.outcome is None:  # a retry waiting for a worker
+                if self._idle:
+                    self._build(job)
+                else:
+                    still.append(job)
+            elif not self._time(job):
+                waited = time.perf_counter() - job.queued
+                if waited > self.pending_timeout_s:
+                    where = (f"no live node carries resource {self.latency_resource!r}" if self.latency_resource
+                             else "no live node")
+                    finished.append((job.token, _failed(job, f"latency not measured: {where} (waited "
+                                                             f"{waited:.0f} s, pending_timeout_s)")))
+                else:
+                    still.append(job)
+        self._queued = still
+
+    def _expire(self, finished: list) -> None:
+        if self.timeout_s is None:
+            return
+        now = time.perf_counter()
+        for ref, job in list(self._building.items()):
+            if now - job.submitted > self.timeout_s:
+                del self._building[ref]
+                self._replace(job.actor)
+                finished.append((job.token, _failed(job, f"timed out after {self.timeout_s:g} s "
+                                                         "(candidate_timeout_s); its worker was replaced")))
+        for ref, job in list(self._timing.items()):
+            if now - job.submitted > self.timeout_s:
+                del self._timing[ref]
+                self._drop_meter(job.meter_host)
+                finished.append((job.token, _failed(job, f"timed out after {self.timeout_s:g} s "
+                                                         "(candidate_timeout_s) while timing; meter replaced")))
+
     def shutdown(self) -> None:
-        for actor in self._actors:
+        for actor in [*self._actors, *self._meters.values()]:
             ray.kill(actor)
         if self._owns_ray:
             ray.shutdown()
+
+
+def _failed(job: _Job, reason: str) -> dict[str, Any]:
+    outcome = dict(job.outcome or {"timings": {}, "latency": {}})
+    outcome.update(state="FAIL", error=reason, latency={})
+    outcome["timings"] = {**outcome.get("timings", {}), "wall": time.perf_counter() - job.submitted}
+    return outcome
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
+
+
+def _lost_node(exc: Exception) -> bool:
+    text = str(exc)
+    return "node" in text.lower() and ("died" in text.lower() or "dead" in text.lower())
+
+
+def _ship(task_ref: TaskRef) -> tuple[TaskRef, dict[str, Any] | None]:
+    """The runtime environment that brings the working directory and `tuner` itself to the cluster's
+    workers, and the task reference rewritten to resolve there. Inside a `ray job submit` job the job's
+    own runtime environment already does this."""
+    cwd = Path.cwd().resolve()
+    base = Path(task_ref.base_dir).resolve()
+    if not base.is_relative_to(cwd):
+        raise ClusterError(f"the experiment's folder {base} is outside the working directory {cwd}, which is "
+                           "what Ray ships to the cluster's workers; run `tuner` from a folder that contains it.")
+    shipped = TaskRef(task_ref.spec, task_ref.args, str(base.relative_to(cwd)) or ".")
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        return shipped, None
+    import tuner
+
+    return shipped, {"working_dir": str(cwd), "py_modules": [str(Path(tuner.__file__).parent)],
+                     "excludes": WORKING_DIR_EXCLUDES}

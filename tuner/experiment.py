@@ -10,7 +10,7 @@ Example (``experiments/digits_cnn/experiment.yaml``)::
     sampler: tpe                  # tpe | nsga2 | random
     seed: 0
     max_metric_drop: 0.01         # constraint against the fp32 baseline
-    latency: {threads: 1, batch_size: 1, warmup: 10, repeats: 50}
+    latency: {threads: 1, batch_size: 1, warmup: 10, repeats: 50}   # + resource: <Ray resource> on a cluster
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ class LatencyConfig(BaseModel):
     batch_size: int = Field(1, ge=1, le=4096)
     warmup: int = Field(10, ge=0)
     repeats: int = Field(50, ge=5)
+    # A Ray resource that marks the machines to time on (the hardware you deploy to); builds run anywhere.
+    resource: str | None = Field(None, min_length=1, max_length=100)
 
 
 class RecoveryConfig(BaseModel):
@@ -59,10 +61,11 @@ class Experiment(BaseModel):
     latency: LatencyConfig = LatencyConfig()
     round_to: int = Field(8, ge=1, le=256)
     output_dir: str = "tuner-runs"
-    front_every: int = Field(10, ge=1)
+    front_every: int = Field(10, ge=1)  # refresh the live front (files + MLflow) every N finished trials
     candidate_timeout_s: float | None = Field(1800.0, gt=0)  # a candidate running longer is FAIL, worker replaced
     retries: int = Field(1, ge=0)  # re-runs of a candidate whose worker died before FAIL
-    recovery: RecoveryConfig = RecoveryConfig()  # refresh the live front (files + MLflow) every N finished trials
+    pending_timeout_s: float = Field(120.0, gt=0)  # longest wait for a worker or a latency node to be placed
+    recovery: RecoveryConfig = RecoveryConfig()
 
     # Set by load_experiment: where the file lives, for resolving relative paths.
     source: str = Field("", exclude=True)

@@ -67,6 +67,12 @@ def load_finished_study(name: str, output_dir: str | Path = "tuner-runs") -> opt
     return open_study(run_dir, name)
 
 
+def default_workers(latency_threads: int) -> int:
+    """One worker per core, less the cores kept for latency measurement (on a cluster: all of its CPUs, less
+    those, counted once Ray is up)."""
+    return max(1, (os.cpu_count() or 1) - latency_threads)
+
+
 def make_sampler(kind: str, seed: int | None) -> optuna.samplers.BaseSampler:
     """Samplers read the metric-drop constraint that the loop sets on each trial (`Trial.set_constraint`)."""
     if kind == "tpe":
@@ -115,7 +121,8 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
               log: Callable[[str], None] = print) -> StudyResult:
     started = time.perf_counter()
     budget = trials if trials is not None else experiment.trials
-    workers = workers or os.cpu_count() or 1
+    if workers is None and not address:
+        workers = default_workers(experiment.latency.threads)
     run_dir = experiment.run_dir
     task, space = prepare(experiment)
     metric_name = task.evaluation.metric_name
@@ -157,12 +164,15 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
     if len(finished) >= budget:
         log(f"study {experiment.name!r} already has {len(finished)}/{budget} trials; pass --trials N to add more.")
 
-    from tuner.executors import (
-        RayExecutor,  # Ray is imported only when a study really runs
-    )
+    from tuner.executors import ClusterError, RayExecutor  # Ray is imported only when a study really runs
 
-    executor = RayExecutor(experiment.task_ref(), experiment.eval_settings(), run_dir / "artifacts", workers,
-                           address, experiment.candidate_timeout_s, experiment.retries)
+    try:
+        executor = RayExecutor(experiment.task_ref(), experiment.eval_settings(), run_dir / "artifacts", workers,
+                               address, experiment.candidate_timeout_s, experiment.retries,
+                               experiment.latency.resource, experiment.pending_timeout_s, study.user_attrs["uid"])
+    except ClusterError as exc:
+        recorder.close("FAILED")
+        raise StudyError(f"{experiment.source or experiment.name}: {exc}") from None
     timings: list[dict[str, float]] = []
     live_front_s: list[float] = []
     status = "FAILED"
@@ -180,6 +190,8 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
         _loop(study, space, executor, recorder, trial_runs, budget, len(finished), experiment, timings, progress,
               publish)
         status = "FINISHED"
+    except ClusterError as exc:  # completed trials are kept; `tuner run` again continues the study
+        raise StudyError(f"{experiment.source or experiment.name}: {exc}") from None
     finally:
         executor.shutdown()
         front, references = _finish(study, recorder, trial_runs, run_dir, metric_name)
@@ -280,8 +292,10 @@ def _loop(study, space, executor, recorder, trial_runs, budget, done, experiment
                 if not _tell(study, trial, outcome, experiment.max_metric_drop):
                     failed += 1
                 row = dict(outcome.get("timings", {}))
-                row["orchestration"] = row.get("wall", 0.0) - row.get("worker_total", 0.0) + (
-                    time.perf_counter() - tell_start)
+                # Time a trial spent on neither building, scoring, timing nor waiting for the meter: Ray's
+                # round trips and transfers, the driver writing the artifact, Optuna and MLflow.
+                row["orchestration"] = row.get("wall", 0.0) - row.get("worker_total", 0.0) - row.get(
+                    "latency", 0.0) - row.get("latency_wait", 0.0) + (time.perf_counter() - tell_start)
                 timings.append(row)
                 done += 1
                 front = study.best_trials

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -39,3 +40,18 @@ def measure_latency(session: ort.InferenceSession, feeds: Mapping[str, np.ndarra
         cv=float(times_ms.std() / times_ms.mean()),
         repeats=repeats,
     )
+
+
+def split_cores(threads: int) -> tuple[set[int], set[int]] | None:
+    """(latency cores, build cores) of this node: the last ``threads`` cores the process may use are kept for
+    latency, the rest for builds and accuracy. None when the node has no core to spare."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(allowed) <= threads:
+        return None
+    return set(allowed[-threads:]), set(allowed[:-threads])
+
+
+def pin(cores: set[int] | None) -> None:
+    """Pin the calling thread (and the threads it starts from now on, such as ORT's pool) to ``cores``."""
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
