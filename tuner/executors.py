@@ -166,14 +166,14 @@ class RayExecutor:
                 ray.init(address=address, **init_args)
             else:
                 ray.init(num_cpus=max(workers or 1, os.cpu_count() or 1), **init_args)
-        self._check_resource()
-        if workers is None:  # every CPU of the cluster, less the cores each machine keeps for latency
-            hosts = {n["NodeManagerAddress"] for n in self._latency_nodes()}
-            workers = max(1, int(ray.cluster_resources().get("CPU", 1)) - settings.threads * len(hosts))
-        self.workers = workers
-        worker_class = ray.remote(num_cpus=1)(_Worker)
-        args = (task_ref, settings, scratch, path)
-        self._new_actor = lambda: worker_class.remote(*args)
+        try:
+            self._start(task_ref, settings, workers, scratch, path)
+        except BaseException:
+            self.shutdown()  # leave no Ray behind: the caller may start another study in this process
+            raise
+
+    def _start(self, task_ref: TaskRef, settings: EvalSettings, workers: int | None, scratch: str,
+               path: str | None) -> None:
         self._meter_class = ray.remote(num_cpus=0)(_LatencyMeter)
         self._meters: dict[str, Any] = {}  # host -> meter actor
         self._meter_busy: dict[str, int] = {}
@@ -187,6 +187,14 @@ class RayExecutor:
         self._building: dict[ray.ObjectRef, _Job] = {}
         self._timing: dict[ray.ObjectRef, _Job] = {}
         self._queued: list[_Job] = []  # built, waiting for a meter
+        self._check_resource()
+        if workers is None:  # every CPU of the cluster, less the cores each machine keeps for latency
+            hosts = {n["NodeManagerAddress"] for n in self._latency_nodes()}
+            workers = max(1, int(ray.cluster_resources().get("CPU", 1)) - settings.threads * len(hosts))
+        self.workers = workers
+        worker_class = ray.remote(num_cpus=1)(_Worker)
+        args = (task_ref, settings, scratch, path)
+        self._new_actor = lambda: worker_class.remote(*args)
         for _ in range(workers):
             self._start_actor()
         self._await_first_worker()
@@ -375,6 +383,7 @@ class RayExecutor:
                                                      f"{type(exc).__name__}: {_first_line(exc)}")))
             return
         outcome = result["outcome"]
+        outcome["worker_deaths"] = job.attempt  # retried after losing its worker this many times
         if outcome["state"] != "COMPLETE":
             outcome["timings"]["wall"] = time.perf_counter() - job.submitted
             finished.append((job.token, outcome))
@@ -459,7 +468,7 @@ class RayExecutor:
                                                          "(candidate_timeout_s) while timing; meter replaced")))
 
     def shutdown(self) -> None:
-        for actor in [*self._actors, *self._meters.values()]:
+        for actor in [*getattr(self, "_actors", []), *getattr(self, "_meters", {}).values()]:
             ray.kill(actor)
         if self._owns_ray:
             ray.shutdown()

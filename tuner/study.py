@@ -206,6 +206,8 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, outcome: dict[str, Any], max_metric_drop: float | None) -> bool:
     """Record an outcome on its trial (values, constraint, user attrs); returns whether it completed."""
+    if outcome.get("worker_deaths"):
+        trial.set_user_attr("worker_deaths", outcome["worker_deaths"])
     if outcome["state"] != "COMPLETE":
         trial.set_user_attr("fail_reason", outcome.get("error"))
         study.tell(trial, state=TrialState.FAIL)
