@@ -33,10 +33,6 @@ def mlflow_server(tmp_path):
 
 
 def test_study_front_and_plot_in_the_mlflow_ui(tmp_path, monkeypatch, mlflow_server, small_task):
-    if not Path(CHROMIUM).is_file():
-        pytest.skip("Debian's chromium is not installed (the README's set-up installs it)")
-    from playwright.sync_api import sync_playwright
-
     monkeypatch.chdir(tmp_path)
     uri = mlflow_server.url  # the study logs through the real server, artifacts included
     config = write_experiment(tmp_path, "ui", trials=4)
@@ -46,6 +42,27 @@ def test_study_front_and_plot_in_the_mlflow_ui(tmp_path, monkeypatch, mlflow_ser
     parent = client.search_runs([experiment.experiment_id], "tags.`tuner.role` = 'study'")[0]
     front = client.search_runs([experiment.experiment_id], "tags.`tuner.pareto` = 'true'")
     assert front
+
+    # pick and register through the same server: the model comes back from its registry and predicts alike
+    import mlflow
+    import numpy as np
+
+    from tuner.runtime import load_artifact
+
+    assert main(["pick", "ui", "--min-accuracy", "0", "--out", str(tmp_path / "pick"), "--tracking-uri", uri,
+                 "--register", "ui-model", "--alias", "staging"]) == 0
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # for the models:/ URI; undone after the test
+    served = mlflow.pyfunc.load_model("models:/ui-model@staging")
+    x = small_task.evaluation.inputs[0][:16]
+    session = load_artifact(tmp_path / "pick" / "model.onnx")
+    expected = session.run(None, {session.get_inputs()[0].name: x})[0]
+    got = served.predict({session.get_inputs()[0].name: x})
+    got = next(iter(got.values())) if isinstance(got, dict) else np.asarray(got)
+    assert np.allclose(np.asarray(got), expected, atol=1e-5)
+
+    if not Path(CHROMIUM).is_file():
+        pytest.skip("Debian's chromium is not installed (the README's set-up installs it)")
+    from playwright.sync_api import sync_playwright
     shots = tmp_path / "screenshots"
     shots.mkdir()
     base = f"{uri}/#/experiments/{experiment.experiment_id}"

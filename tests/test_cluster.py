@@ -175,16 +175,17 @@ def test_a_driver_killed_with_sigkill_resumes_without_losing_or_duplicating_tria
     assert {int(r.data.tags["tuner.trial_number"]) for r in live if r.data.tags["tuner.pareto"] == "true"} == expected
 
 
-def test_ray_job_submit_runs_a_study_on_a_running_cluster(tmp_path):
+def test_ray_job_submit_runs_a_study_on_a_running_cluster_and_a_ray_client_continues_it(tmp_path, monkeypatch):
     job_dir = tmp_path / "job"
     config = write_job(job_dir, "job", 3, "latency: {threads: 1, warmup: 2, repeats: 10}\n")
-    port, dashboard = free_port(), free_port()
+    port, dashboard, client_port = free_port(), free_port(), free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_ADDRESS": "",
            "RAY_AUTH_MODE": "token"}  # the job client sends the token `ray start` wrote
     env.pop("RAY_ADDRESS")
     ray_cli = str(Path(sys.executable).parent / "ray")
     subprocess.run([ray_cli, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
-                    "--include-dashboard=true", "--num-cpus=2", "--disable-usage-stats"],
+                    "--include-dashboard=true", "--num-cpus=2", "--disable-usage-stats",
+                    f"--ray-client-server-port={client_port}"],
                    env=env, check=True, capture_output=True, timeout=120)
     try:
         uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -194,12 +195,18 @@ def test_ray_job_submit_runs_a_study_on_a_running_cluster(tmp_path):
              "--tracking-uri", uri, "--output-dir", str(tmp_path / "runs"), "--no-progress"],
             env=env, capture_output=True, text=True, timeout=400)
         assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-3000:] + job.stderr[-3000:]
+        # the same study, continued from this machine through Ray Client: two more trials
+        monkeypatch.chdir(job_dir)
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        assert main(["run", config.name, "--address", f"ray://127.0.0.1:{client_port}", "--workers", "1",
+                     "--trials", "5", "--tracking-uri", uri, "--output-dir", str(tmp_path / "runs"),
+                     "--no-progress"]) == 0
     finally:
         subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
     study = load_finished_study("job", tmp_path / "runs")
-    assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 3
+    assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 5
     _, trials = runs_by_role(MlflowClient(uri), "job")
-    assert len(trials) == 3
+    assert sorted(int(r.data.tags["tuner.trial_number"]) for r in trials) == list(range(5))
     front = json.loads(json.dumps([t.number for t in study.best_trials]))
     assert all((tmp_path / "runs" / "job" / "artifacts" / study.trials[n].user_attrs["key"] / "model.onnx").is_file()
                for n in front)

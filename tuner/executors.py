@@ -26,7 +26,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from tuner.evaluate import EvalSettings, Evaluator, time_artifact
-from tuner.measure.latency import pin, split_cores
+from tuner.measure.latency import confine_default_ort_sessions, pin, split_cores
 from tuner.task import TaskRef
 
 SHIPPED_FILES = ("model.onnx", "candidate.json")  # what a worker sends back for each artifact
@@ -64,6 +64,7 @@ class _Worker:
         cores = split_cores(settings.threads)
         self.cores = cores[1] if cores else None  # keep off the cores the latency meter times on
         pin(self.cores)
+        confine_default_ort_sessions()
         import torch
 
         torch.set_num_threads(1)  # builds run one per worker; keep workers off each other's cores

@@ -61,6 +61,49 @@ def one_study(workers: int, trials: int, out: Path, space: str) -> dict:
     }
 
 
+def _spin(cores: list[int]) -> list:
+    """One busy-looping process per core (pure ALU work, no memory traffic)."""
+    import subprocess
+
+    return [subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{c}}})\nwhile True: pass"])
+            for c in cores]
+
+
+def interference(run_dir: Path, exp: Experiment) -> list[dict]:
+    """Time the study's artifacts on the latency core while busy loops run on chosen other cores: tells
+    frequency scaling (slower with any load) from a shared physical core (slower only with some cores)."""
+    study = load_finished_study(run_dir.name, run_dir.parent)
+    os.sched_setaffinity(0, range(os.cpu_count()))  # undo agreement()'s pinning before splitting the cores
+    cores = split_cores(exp.latency.threads)
+    timed = sorted(cores[0]) if cores else [0]
+    others = sorted(cores[1]) if cores else []
+    pin(set(timed))
+    evaluator = Evaluator(exp.task_ref(), exp.eval_settings(), tempfile.mkdtemp())
+    paths = [run_dir / "artifacts" / t.user_attrs["key"] / "model.onnx" for t in study.trials
+             if t.state.name == "COMPLETE"]
+    half = len(others) // 2
+    conditions = {"alone": []}
+    if half:
+        conditions[f"busy on cores {others[0]}-{others[half - 1]}"] = others[:half]
+        conditions[f"busy on cores {others[half]}-{others[-1]}"] = others[half:]
+    conditions[f"busy on all {len(others)} others"] = others
+    alone = None
+    rows = []
+    for name, busy in conditions.items():
+        spinners = _spin(busy)
+        time.sleep(1.0)
+        try:
+            lat = [time_artifact(p, evaluator.feeds(p), exp.eval_settings())[0]["median_ms"] for p in paths]
+        finally:
+            for proc in spinners:
+                proc.kill()
+        alone = alone or lat
+        ratios = sorted(a / b for a, b in zip(lat, alone))
+        rows.append({"condition": name, "median_ratio_to_alone": statistics.median(ratios),
+                     "min": ratios[0], "max": ratios[-1]})
+    return rows
+
+
 def agreement(run_dir: Path, exp: Experiment) -> dict:
     """Re-time every completed artifact of a finished study alone (nothing else running), on the core the
     study timed on, as the study did, and compare with the latency recorded while the study was busy."""
@@ -68,15 +111,20 @@ def agreement(run_dir: Path, exp: Experiment) -> dict:
     cores = split_cores(exp.latency.threads)
     pin(cores[0] if cores else None)
     evaluator = Evaluator(exp.task_ref(), exp.eval_settings(), tempfile.mkdtemp())
-    ratios = []
+    ratios, busy, quiet = [], [], []
     for t in study.trials:
         if t.state.name != "COMPLETE":
             continue
         path = run_dir / "artifacts" / t.user_attrs["key"] / "model.onnx"
         alone, _ = time_artifact(path, evaluator.feeds(path), exp.eval_settings())
         ratios.append(t.values[1] / alone["median_ms"])
+        busy.append(t.values[1])
+        quiet.append(alone["median_ms"])
     deviations = sorted(abs(r - 1) for r in ratios)
+    from scipy.stats import spearmanr
+
     return {"artifacts": len(ratios), "median_ratio_busy_over_alone": statistics.median(ratios),
+            "rank_correlation": float(spearmanr(busy, quiet).statistic),
             "median_abs_deviation": statistics.median(deviations),
             "p90_abs_deviation": deviations[int(0.9 * (len(deviations) - 1))], "max_abs_deviation": deviations[-1]}
 
@@ -88,6 +136,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="run directories and MLflow store (default: a temp dir)")
     parser.add_argument("--space", default=str(REPO / "search_spaces" / "cnn_int8_prune.yaml"))
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--interference", action="store_true",
+                        help="also time the artifacts with busy loops on other cores (frequency vs shared core)")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="tuner-scaling-")).resolve()
     import optuna
@@ -113,10 +163,18 @@ def main() -> None:
     print(f"\nlatency during the {busiest['workers']}-worker study vs the same {agree['artifacts']} artifacts timed "
           f"alone afterwards: median ratio {agree['median_ratio_busy_over_alone']:.3f}, |deviation| median "
           f"{agree['median_abs_deviation']:.1%}, p90 {agree['p90_abs_deviation']:.1%}, "
-          f"max {agree['max_abs_deviation']:.1%}")
+          f"max {agree['max_abs_deviation']:.1%}; rank correlation (Spearman) {agree['rank_correlation']:.3f}")
+    rows = []
+    if args.interference:
+        rows = interference(Path(busiest["run_dir"]), experiment(Path(busiest["run_dir"]).name, args.trials, out,
+                                                                   args.space))
+        print("\nthe same artifacts on the latency core, with busy loops on other cores (ratio to alone):")
+        for row in rows:
+            print(f"  {row['condition']:<24} median {row['median_ratio_to_alone']:.3f} "
+                  f"(min {row['min']:.3f}, max {row['max']:.3f})")
     if args.json:
-        Path(args.json).write_text(json.dumps({"environment": env, "studies": results, "agreement": agree},
-                                              indent=2, default=str))
+        Path(args.json).write_text(json.dumps({"environment": env, "studies": results, "agreement": agree,
+                                               "interference": rows}, indent=2, default=str))
 
 
 if __name__ == "__main__":

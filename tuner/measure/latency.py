@@ -43,15 +43,53 @@ def measure_latency(session: ort.InferenceSession, feeds: Mapping[str, np.ndarra
 
 
 def split_cores(threads: int) -> tuple[set[int], set[int]] | None:
-    """(latency cores, build cores) of this node: the last ``threads`` cores the process may use are kept for
-    latency, the rest for builds and accuracy. None when the node has no core to spare."""
+    """(latency cores, build cores) of this node: the last ``threads`` cores the process may use, with their
+    hyperthread siblings, are kept for latency; the rest for builds and accuracy. None when the node has no
+    core to spare."""
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if len(allowed) <= threads:
         return None
-    return set(allowed[-threads:]), set(allowed[:-threads])
+    timed = set(allowed[-threads:])
+    kept = set(timed)
+    for cpu in timed:  # a sibling shares the core's execution units: no build may run there
+        kept |= _siblings(cpu)
+    rest = set(allowed) - kept
+    return (timed, rest) if rest else None
+
+
+def _siblings(cpu: int) -> set[int]:
+    path = f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list"
+    try:
+        text = open(path).read().strip()
+    except OSError:
+        return {cpu}
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus |= set(range(int(first), int(last or first) + 1))
+    return cpus
 
 
 def pin(cores: set[int] | None) -> None:
     """Pin the calling thread (and the threads it starts from now on, such as ORT's pool) to ``cores``."""
     if cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores)
+
+
+def confine_default_ort_sessions() -> None:
+    """Make ORT sessions that libraries open with default options (ORT's quantization calibrator, its
+    transformer optimizer) single-threaded. By default ORT starts one thread per physical core and pins each
+    to its core, which would put build work on the cores kept for latency; with an explicit thread count it
+    sets no affinity, so the threads stay on the cores this process is pinned to."""
+    if getattr(ort.SessionOptions, "_tuner_confined", False):
+        return
+
+    class SessionOptions(ort.SessionOptions):
+        _tuner_confined = True
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.intra_op_num_threads = 1
+            self.inter_op_num_threads = 1
+
+    ort.SessionOptions = SessionOptions
