@@ -73,6 +73,24 @@ def test_a_latency_resource_that_no_node_has_fails_fast_with_a_clear_error(tmp_p
     assert not (tmp_path / "tuner-runs" / "no-box" / "artifacts").exists()  # nothing was built
 
 
+def test_workers_that_no_node_can_place_fail_after_the_pending_timeout(tmp_path, monkeypatch):
+    from ray.cluster_utils import Cluster
+
+    from tuner.study import StudyError
+
+    monkeypatch.chdir(tmp_path)
+    config = write_job(tmp_path, "no-cpu", 2, "pending_timeout_s: 5\n")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # nothing can run a worker
+    try:
+        with pytest.raises(StudyError, match=r"no worker could be placed for \d+ s \(pending_timeout_s\): each "
+                                             r"needs 1 CPU; 1 live node\(s\)") as err:
+            run_study(load_experiment(config), workers=2, address=cluster.address,
+                      tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", progress=False)
+    finally:
+        cluster.shutdown()
+    assert str(config) in str(err.value)
+
+
 def test_a_study_on_a_multi_node_cluster_survives_losing_a_node(tmp_path, monkeypatch):
     from ray.cluster_utils import Cluster
 

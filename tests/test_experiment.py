@@ -30,6 +30,9 @@ def test_valid_file_resolves_paths_relative_to_itself(tmp_path):
     ("name: demo\ntask: m:f\nsearch_space: space.yaml\nsampler: cmaes\n", r"field 'sampler'.*got 'cmaes'"),
     ("name: demo\ntask: m:f\nsearch_space: space.yaml\nlatency: {threads: 0}\n", r"field 'latency.threads'.*got 0"),
     ("name: demo\ntask: m:f\nsearch_space: space.yaml\ntrails: 5\n", r"field 'trails'.*not permitted"),
+    ("name: demo\ntask: m:f\nsearch_space: space.yaml\npending_timeout_s: 0\n", r"field 'pending_timeout_s'.*got 0"),
+    ("name: demo\ntask: m:f\nsearch_space: space.yaml\nlatency: {resource: ''}\n",
+     r"field 'latency.resource'.*got ''"),
     ("task: m:f\nsearch_space: space.yaml\n", r"field 'name': required but missing"),
     ("name: demo\ntask: m:f\nsearch_space: other.yaml\n", r"field 'search_space': file .*other.yaml does not exist"),
 ])

@@ -226,10 +226,9 @@ class RayExecutor:
         refs = [*self._placing, *self._loading]
         if not refs:
             return
-        done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        if not done and timeout > 0:
-            return
-        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        done, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        if done:  # and whatever else is ready too
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         for ref in done:
             if ref in self._placing:
                 actor, _ = self._placing.pop(ref)
@@ -251,10 +250,9 @@ class RayExecutor:
             self._idle.append(actor)
 
     def _forget(self, actor) -> None:
-        for pending in (self._placing, ):
-            for ref, (a, _) in list(pending.items()):
-                if a is actor:
-                    del pending[ref]
+        for ref, (a, _) in list(self._placing.items()):
+            if a is actor:
+                del self._placing[ref]
         for ref, a in list(self._loading.items()):
             if a is actor:
                 del self._loading[ref]
@@ -455,18 +453,15 @@ class RayExecutor:
         if self.timeout_s is None:
             return
         now = time.perf_counter()
-        for ref, job in list(self._building.items()):
-            if now - job.submitted > self.timeout_s:
-                del self._building[ref]
-                self._replace(job.actor)
-                finished.append((job.token, _failed(job, f"timed out after {self.timeout_s:g} s "
-                                                         "(candidate_timeout_s); its worker was replaced")))
-        for ref, job in list(self._timing.items()):
-            if now - job.submitted > self.timeout_s:
-                del self._timing[ref]
-                self._drop_meter(job.meter_host)
-                finished.append((job.token, _failed(job, f"timed out after {self.timeout_s:g} s "
-                                                         "(candidate_timeout_s) while timing; meter replaced")))
+        stages = ((self._building, lambda job: self._replace(job.actor), "its worker was replaced"),
+                  (self._timing, lambda job: self._drop_meter(job.meter_host), "while timing; meter replaced"))
+        for running, stop, what in stages:
+            for ref, job in list(running.items()):
+                if now - job.submitted > self.timeout_s:
+                    del running[ref]
+                    stop(job)  # a hung call cannot be interrupted: its actor goes
+                    finished.append((job.token, _failed(job, f"timed out after {self.timeout_s:g} s "
+                                                             f"(candidate_timeout_s); {what}")))
 
     def shutdown(self) -> None:
         for actor in [*getattr(self, "_actors", []), *getattr(self, "_meters", {}).values()]:
