@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from tuner.cli import main
 from tuner.measure.quality import score
 from tuner.runtime import create_session
+from tuner.study import load_finished_study
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -102,6 +103,7 @@ def test_run_resume_front_pick(tmp_path, monkeypatch, capsys, small_task):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = write_experiment(tmp_path, "e2e", trials=6)
     assert main(["run", str(config), "--workers", "2", "--tracking-uri", uri, "--no-progress"]) == 0
+    assert "latency re-check: " in capsys.readouterr().out
 
     client = MlflowClient(uri)
     parents, trials = runs_by_role(client, "e2e")
@@ -130,6 +132,12 @@ def test_run_resume_front_pick(tmp_path, monkeypatch, capsys, small_task):
 
     front_runs = [r for r in trials if r.data.tags["tuner.pareto"] == "true"]
     assert front_runs
+    # the front was timed again once no build ran, on the same meter, and both numbers are kept
+    for run in front_runs:
+        assert 0.5 < run.data.metrics["latency_ms"] / run.data.metrics["latency_alone_ms"] < 2.0
+    check = load_finished_study("e2e").user_attrs["latency_check"]
+    assert check["retimed"] == check["front_trials"] == len(front_runs)
+    assert "latency_check_median_ratio" in parent.data.metrics
     # fp32 (trial 0) and uniform int8 (trial 1) are trials, so the front contains or dominates them.
     by_number = {int(r.data.tags["tuner.trial_number"]): r for r in trials}
     for ref in (0, 1):

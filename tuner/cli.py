@@ -42,6 +42,11 @@ def _run(args: argparse.Namespace) -> int:
             spent = sum(result.live_front_s)
             print(f"live front: {len(result.live_front_s)} refreshes, {spent:.1f} s "
                   f"({spent / result.wall_s:.1%} of the study's wall time)")
+        check = result.latency_check
+        if check:
+            print(f"latency re-check: {check['retimed']} front models timed again with no build running; "
+                  f"during the study / alone = {check['median_ratio']:.3f} median "
+                  f"({check['min_ratio']:.3f}-{check['max_ratio']:.3f})")
         cached = sum(1 for t in result.timings if "export" not in t)
         print(f"pruned fp32 exports reused from the study's cache: {cached}/{len(result.timings)} trials")
     print(f"\nrun directory: {result.run_dir}\nMLflow: {result.tracking_uri} (experiment {result.name!r}); "

@@ -83,6 +83,13 @@ def latency_feeds(task: Task, input_names: list[str], batch_size: int) -> dict[s
     return feeds
 
 
+def artifact_feeds(task: Task, model_path: str | Path, batch_size: int) -> dict[str, np.ndarray]:
+    """The latency inputs for an artifact, by its graph's input names."""
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    return latency_feeds(task, [i.name for i in graph.input if i.name not in weights], batch_size)
+
+
 class Evaluator:
     """Holds one loaded task; evaluates candidates into ``artifact_root/<key>/``."""
 
@@ -144,10 +151,7 @@ class Evaluator:
     def feeds(self, model_path: str | Path) -> dict[str, np.ndarray]:
         """The latency inputs by the artifact's input names (every candidate keeps the export's inputs)."""
         if self._feeds is None:
-            graph = onnx.load(str(model_path), load_external_data=False).graph
-            weights = {t.name for t in graph.initializer}
-            names = [i.name for i in graph.input if i.name not in weights]
-            self._feeds = latency_feeds(self.task, names, self.settings.batch_size)
+            self._feeds = artifact_feeds(self.task, model_path, self.settings.batch_size)
         return self._feeds
 
     def build(self, candidate: Candidate, artifact: Path, timings: dict[str, float]) -> bool:

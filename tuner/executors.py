@@ -324,14 +324,17 @@ class RayExecutor:
             self._meters[host] = self._meter_class.options(scheduling_strategy=strategy).remote(self.settings)
         return host
 
-    def _time(self, job: _Job) -> bool:
+    def _time(self, job: _Job, into: dict | None = None) -> bool:
+        """Hand ``job``'s artifact to a meter (tracked in ``into``, default: the study's timings); False when
+        no machine can time it right now."""
         host = self._meter_for(job)
         if host is None:
             return False
         job.meter_host = host
         self._meter_busy[host] = self._meter_busy.get(host, 0) + 1
         job.queued = job.queued or time.perf_counter()
-        self._timing[self._meters[host].measure.remote(job.model, job.feeds)] = job
+        ref = self._meters[host].measure.remote(job.model, job.feeds)
+        (self._timing if into is None else into)[ref] = job
         return True
 
     def _drop_meter(self, host: str) -> None:
@@ -462,6 +465,30 @@ class RayExecutor:
                     stop(job)  # a hung call cannot be interrupted: its actor goes
                     finished.append((job.token, _failed(job, f"timed out after {self.timeout_s:g} s "
                                                              f"(candidate_timeout_s); {what}")))
+
+    def retime(self, artifacts: list[tuple[Any, Path, dict[str, str]]], feeds: dict[str, Any]
+               ) -> dict[Any, dict[str, float]]:
+        """Time finished artifacts again, each on the machine that timed it during the study (or any live
+        one that may): ``(token, model path, recorded environment)`` -> latency. For a quiet re-check once no
+        build is running; artifacts whose meter is lost or that take longer than ``pending_timeout_s`` are
+        left out."""
+        pending: dict[ray.ObjectRef, _Job] = {}
+        for token, path, environment in artifacts:
+            job = _Job(token, {}, time.perf_counter(), feeds=feeds, model=ray.put(Path(path).read_bytes()),
+                       node={k: environment.get(k, "") for k in ("node_id", "node_ip")})
+            self._time(job, into=pending)
+        measured = {}
+        deadline = time.perf_counter() + self.pending_timeout_s
+        while pending and time.perf_counter() < deadline:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.perf_counter()))
+            for ref in done:
+                job = pending.pop(ref)
+                self._meter_busy[job.meter_host] = max(0, self._meter_busy.get(job.meter_host, 1) - 1)
+                try:
+                    measured[job.token] = ray.get(ref)["latency"]
+                except ray.exceptions.RayError:
+                    self._drop_meter(job.meter_host)
+        return measured
 
     def shutdown(self) -> None:
         for actor in [*getattr(self, "_actors", []), *getattr(self, "_meters", {}).values()]:

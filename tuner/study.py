@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import time
 import uuid
 from collections.abc import Callable
@@ -48,6 +49,7 @@ class StudyResult:
     timings: list[dict[str, float]] = field(default_factory=list)
     references: list[dict[str, Any]] = field(default_factory=list)  # fp32 and uniform-precision trials
     live_front_s: list[float] = field(default_factory=list)  # seconds spent on each live-front refresh
+    latency_check: dict[str, Any] = field(default_factory=dict)  # the front re-timed with no build running
 
 
 def open_study(run_dir: Path, name: str, sampler: optuna.samplers.BaseSampler | None = None,
@@ -175,6 +177,7 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
         raise StudyError(f"{experiment.source or experiment.name}: {exc}") from None
     timings: list[dict[str, float]] = []
     live_front_s: list[float] = []
+    latency_check: dict[str, Any] = {}
     status = "FAILED"
     try:
         if "baseline_metric" not in study.user_attrs:
@@ -189,6 +192,7 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
 
         _loop(study, space, executor, recorder, trial_runs, budget, len(finished), experiment, timings, progress,
               publish)
+        latency_check = _recheck_front_latency(study, executor, task, experiment, recorder, trial_runs, log)
         status = "FINISHED"
     except ClusterError as exc:  # completed trials are kept; `tuner run` again continues the study
         raise StudyError(f"{experiment.source or experiment.name}: {exc}") from None
@@ -201,7 +205,7 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
                        states.count(TrialState.FAIL), time.perf_counter() - started,
                        {"metric": study.user_attrs["baseline_metric"],
                         "latency_ms": study.user_attrs["baseline_latency_ms"]},
-                       recorder.tracking_uri, timings, references, live_front_s)
+                       recorder.tracking_uri, timings, references, live_front_s, latency_check)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, outcome: dict[str, Any], max_metric_drop: float | None) -> bool:
@@ -251,6 +255,36 @@ def _resume_interrupted(study: optuna.Study, recorder: MlflowRecorder, trial_run
         study.enqueue_trial(trial.params, user_attrs={k: v for k, v in trial.user_attrs.items()
                                                       if k == "reference"})
         log(f"trial {trial.number} was interrupted; it will run again.")
+
+
+def _recheck_front_latency(study, executor, task, experiment: Experiment, recorder: MlflowRecorder,
+                           trial_runs: dict[int, str], log: Callable[[str], None]) -> dict[str, Any]:
+    """Once no build runs, time the front again where it was timed and compare with the latency measured
+    while the study was busy. The study's values stay as measured (the front is what its trials gave); the
+    re-check goes to the study's attributes and to MLflow (``latency_alone_ms`` on the trial runs)."""
+    from tuner.evaluate import artifact_feeds
+
+    front = [t for t in study.best_trials
+             if (experiment.run_dir / "artifacts" / t.user_attrs.get("key", "") / "model.onnx").is_file()]
+    if not front:
+        return {}
+    paths = {t.number: experiment.run_dir / "artifacts" / t.user_attrs["key"] / "model.onnx" for t in front}
+    feeds = artifact_feeds(task, paths[front[0].number], experiment.latency.batch_size)
+    alone = executor.retime([(t.number, paths[t.number], t.user_attrs.get("environment", {})) for t in front],
+                            feeds)
+    ratios = {n: study.trials[n].values[1] / lat["median_ms"] for n, lat in alone.items()}
+    if not ratios:
+        return {}
+    for number, lat in alone.items():
+        if number in trial_runs:
+            recorder.client.log_metric(trial_runs[number], "latency_alone_ms", lat["median_ms"])
+    values = sorted(ratios.values())
+    check = {"front_trials": len(front), "retimed": len(values), "median_ratio": statistics.median(values),
+             "min_ratio": values[0], "max_ratio": values[-1],
+             "latency_alone_ms": {str(n): lat["median_ms"] for n, lat in alone.items()}}
+    study.set_user_attr("latency_check", check)
+    recorder.client.log_metric(recorder.parent_run_id, "latency_check_median_ratio", check["median_ratio"])
+    return check
 
 
 def _measure_baseline(study, space: SearchSpace, executor, experiment: Experiment, log) -> None:
