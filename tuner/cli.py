@@ -20,9 +20,9 @@ def _run(args: argparse.Namespace) -> int:
         experiment = experiment.model_copy(update={"output_dir": args.output_dir})
     print(f"study {experiment.name!r}: task {experiment.task}, space {experiment.space_path}, "
           f"{args.trials or experiment.trials} trials, "
-          + (f"{args.workers} workers" if args.workers else "workers: every CPU of the cluster" if args.address
-             else f"{default_workers(experiment.latency.threads)} workers "
-                  f"({experiment.latency.threads} core(s) kept for latency)"))
+          + (_plural(args.workers, "worker") if args.workers else "workers: every CPU of the cluster" if args.address
+             else f"{_plural(default_workers(experiment.latency.threads), 'worker')} "
+                  f"({_plural(experiment.latency.threads, 'core')} kept for latency)"))
     result = run_study(experiment, trials=args.trials, workers=args.workers, address=args.address,
                        tracking_uri=args.tracking_uri, progress=not args.no_progress)
     metric = result.metric_name
@@ -52,6 +52,10 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\nrun directory: {result.run_dir}\nMLflow: {result.tracking_uri} (experiment {result.name!r}); "
           f"browse with `mlflow ui`\npick with: tuner pick {result.name} --min-{metric} X")
     return 0
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _front(args: argparse.Namespace) -> int:
