@@ -103,3 +103,21 @@ def test_unknown_sampler_is_rejected():
 
     with pytest.raises(ValueError, match="got 'cmaes'"):
         make_sampler("cmaes", 0)
+
+
+def test_resume_names_what_is_missing(tmp_path, monkeypatch, capsys):
+    import optuna
+
+    from tuner.cli import main
+    from tuner.study import open_study
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["resume", "nothing-here"]) == 2
+    assert "no study 'nothing-here'" in capsys.readouterr().err
+    run_dir = tmp_path / "tuner-runs" / "moved"
+    run_dir.mkdir(parents=True)
+    study = open_study(run_dir, "moved", optuna.samplers.RandomSampler(), ["maximize", "minimize"])
+    study.set_user_attr("experiment_file", str(tmp_path / "gone.yaml"))
+    assert main(["resume", "moved"]) == 2
+    err = capsys.readouterr().err
+    assert "gone.yaml no longer exists" in err and "tuner run EXPERIMENT" in err

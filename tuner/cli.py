@@ -1,4 +1,4 @@
-"""The `tuner` command: run, front, pick. Thin: parse, call the API, print."""
+"""The `tuner` command: run, resume, front, pick, verify. Thin: parse, call the API, print."""
 
 from __future__ import annotations
 
@@ -54,6 +54,21 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume(args: argparse.Namespace) -> int:
+    """Continue a study from its name: the experiment file it was run from, its run directory and MLflow store."""
+    from pathlib import Path
+
+    from tuner.study import StudyError, load_finished_study
+
+    study = load_finished_study(args.study, args.output_dir)
+    source = study.user_attrs.get("experiment_file")
+    if not source or not Path(source).is_file():
+        raise StudyError(f"study {args.study!r}: " + (f"its experiment file {source} no longer exists" if source else
+                         "it does not record its experiment file") + "; run `tuner run EXPERIMENT` with that file.")
+    args.config = source
+    return _run(args)
+
+
 def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
@@ -97,7 +112,8 @@ def _pick(args: argparse.Namespace, extra: list[str]) -> int:
     maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     row = choose(front, metric, maximize, min_metric, args.max_latency_ms, args.max_size_mb, args.knee)
     print(format_table([row], metric))
-    record = export_pick(study, row, args.out, args.tracking_uri, args.register, args.alias)
+    tracking_uri = args.tracking_uri or study.user_attrs.get("tracking_uri")  # where the study logged
+    record = export_pick(study, row, args.out, tracking_uri, args.register, args.alias)
     out = args.out
     print(f"\nwrote {os.path.join(out, 'model.onnx')}, {os.path.join(out, 'candidate.json')} and "
           f"{os.path.join(out, 'MODEL_CARD.md')}")
@@ -154,9 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trials", type=int, help="total trials the study should have (default: from the file)")
     run.add_argument("--workers", type=int, help="evaluations at a time (default: CPU cores)")
     run.add_argument("--address", help="Ray cluster address (default: a local Ray)")
-    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own, ./mlflow.db)")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one a continued study used, else "
+                     "MLflow's own, ./mlflow.db)")
     run.add_argument("--output-dir", help="where run directories go (default: from the file, tuner-runs)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    resume = sub.add_parser("resume", help="continue a study by name (after a stop, a crash or a killed driver)")
+    resume.add_argument("study")
+    resume.add_argument("--output-dir", default="tuner-runs", help="where the study's run directory is")
+    for flag, kind, text in (("--trials", int, "total trials the study should have"),
+                             ("--workers", int, "evaluations at a time"), ("--address", str, "Ray cluster address"),
+                             ("--tracking-uri", str, "MLflow tracking URI (default: the one the study used)")):
+        resume.add_argument(flag, type=kind, help=text)
+    resume.add_argument("--no-progress", action="store_true", help="no progress bar")
     front = sub.add_parser("front", help="print the Pareto front of a study")
     front.add_argument("study")
     front.add_argument("--output-dir", default="tuner-runs")
@@ -193,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "resume":
+            return _resume(args)
         if args.command == "front":
             return _front(args)
         if args.command == "verify":

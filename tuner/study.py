@@ -153,7 +153,12 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
     study.set_user_attr("opt_levels", list(space.opt_levels))
     study.set_user_attr("max_metric_drop", experiment.max_metric_drop)
 
+    if experiment.source:  # what `tuner resume STUDY` runs again
+        study.set_user_attr("experiment_file", str(Path(experiment.source).resolve()))
+    # A continued study keeps logging where it started, unless told otherwise.
+    tracking_uri = tracking_uri or study.user_attrs.get("tracking_uri")
     recorder = MlflowRecorder(tracking_uri, experiment.name, metric_name, study.user_attrs["uid"])
+    study.set_user_attr("tracking_uri", recorder.tracking_uri)
     recorder.log_study_inputs(
         [p for p in (experiment.source, experiment.space_path) if p],
         {"task": experiment.task, "sampler": experiment.sampler, "max_metric_drop": experiment.max_metric_drop,

@@ -32,7 +32,8 @@ def verify(study_name: str, trial_number: int, output_dir: str | Path = "tuner-r
     key = trial.user_attrs["key"]
     candidate_file = run_dir / "artifacts" / key / "candidate.json"
     candidate = json.loads(candidate_file.read_text())["candidate"] if candidate_file.is_file() else \
-        _candidate_from_mlflow(trial.user_attrs.get("mlflow_run_id"), tracking_uri)
+        _candidate_from_mlflow(trial.user_attrs.get("mlflow_run_id"),
+                               tracking_uri or study.user_attrs.get("tracking_uri"))
     job = {"task_ref": study.user_attrs["task_ref"], "settings": study.user_attrs["eval_settings"],
            "artifact_root": str(run_dir / "artifacts"), "candidate": candidate}
     proc = subprocess.run([sys.executable, "-m", "tuner.verify", json.dumps(job)], capture_output=True, text=True,
