@@ -144,6 +144,44 @@ def test_a_study_on_a_multi_node_cluster_survives_losing_a_node(tmp_path, monkey
     assert sorted(int(r.data.tags["tuner.trial_number"]) for r in trials) == [t.number for t in finished]
 
 
+def test_candidates_fail_with_the_reason_when_the_only_latency_node_is_lost(tmp_path, monkeypatch):
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.chdir(tmp_path)
+    budget = 6
+    config = write_job(tmp_path, "lost-timer", budget, """
+        latency: {threads: 1, warmup: 2, repeats: 10, resource: timing}
+        pending_timeout_s: 5
+    """)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    timer = cluster.add_node(num_cpus=0, resources={"timing": 1})  # times latency, builds nothing
+    cluster.wait_for_nodes()
+    artifacts = tmp_path / "tuner-runs" / "lost-timer" / "artifacts"
+    removed = threading.Event()
+
+    def remove_the_timer():
+        while not removed.is_set():
+            if artifacts.is_dir() and len(list(artifacts.iterdir())) >= 3:
+                cluster.remove_node(timer)
+                removed.set()
+            time.sleep(0.2)
+
+    threading.Thread(target=remove_the_timer, daemon=True).start()
+    try:
+        run_study(load_experiment(config), workers=2, address=cluster.address,
+                  tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", progress=False)
+    finally:
+        removed.set()
+        cluster.shutdown()
+    study = load_finished_study("lost-timer")
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) == budget  # waits end: the study still completes its budget
+    complete = [t for t in finished if t.state.name == "COMPLETE"]
+    assert complete and {t.user_attrs["environment"]["node_id"] for t in complete} == {timer.node_id}
+    reasons = [t.user_attrs.get("fail_reason", "") for t in finished if t.state.name == "FAIL"]
+    assert reasons and all("latency not measured: no live node carries resource 'timing'" in r for r in reasons)
+
+
 def test_a_driver_killed_with_sigkill_resumes_without_losing_or_duplicating_trials(tmp_path):
     """`tuner resume STUDY` after SIGKILL: completed trials kept, interrupted ones re-run, no MLflow duplicates."""
     budget = 8
