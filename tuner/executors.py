@@ -111,7 +111,10 @@ class _LatencyMeter:
         start = time.perf_counter()
         path = self.dir / "model.onnx"
         path.write_bytes(model)
-        latency, environment = time_artifact(path, feeds, self.settings)
+        try:
+            latency, environment = time_artifact(path, feeds, self.settings)
+        finally:
+            path.unlink(missing_ok=True)  # the driver keeps the artifact; a meter keeps no copies
         environment = {**environment, **_node(),
                        "pinned_cores": ",".join(map(str, sorted(self.cores))) if self.cores else "none"}
         return {"latency": latency, "environment": environment, "seconds": time.perf_counter() - start}
