@@ -1,6 +1,7 @@
 """Cluster mode and a killed driver, with real processes: a simulated multi-node Ray cluster that loses a node
 mid-study, a `ray job submit` job, a driver killed with SIGKILL and resumed, a resource no node has."""
 
+import contextlib
 import csv
 import json
 import os
@@ -50,6 +51,29 @@ def write_job(folder: Path, name: str, trials: int, extra: str = "") -> Path:
         front_every: 100
     """) + textwrap.dedent(extra))
     return path
+
+
+@contextlib.contextmanager
+def node_removed_mid_study(cluster, node, artifacts: Path, after: int):
+    """Remove ``node`` from ``cluster`` once ``after`` artifacts have come back to the driver; yields an Event
+    that tells whether it happened."""
+    removed, stop = threading.Event(), threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            if artifacts.is_dir() and len(list(artifacts.iterdir())) >= after:
+                cluster.remove_node(node)
+                removed.set()
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield removed
+    finally:
+        stop.set()
+        thread.join(timeout=30)
 
 
 def front_from_values(study: optuna.Study) -> set[int]:
@@ -107,22 +131,11 @@ def test_a_study_on_a_multi_node_cluster_survives_losing_a_node(tmp_path, monkey
     cluster.wait_for_nodes()
     head_id = cluster.head_node.node_id
     artifacts = tmp_path / "tuner-runs" / "cluster" / "artifacts"
-    removed = threading.Event()
-
-    def remove_a_node_mid_study():
-        while not removed.is_set():
-            if artifacts.is_dir() and len(list(artifacts.iterdir())) >= 4:  # baseline + 3 trials are back
-                cluster.remove_node(doomed)
-                removed.set()
-            time.sleep(0.2)
-
-    remover = threading.Thread(target=remove_a_node_mid_study, daemon=True)
-    remover.start()
     try:
-        result = run_study(experiment, workers=3, address=cluster.address,
-                           tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", progress=False)
+        with node_removed_mid_study(cluster, doomed, artifacts, after=4) as removed:  # baseline + 3 trials back
+            result = run_study(experiment, workers=3, address=cluster.address,
+                               tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", progress=False)
     finally:
-        removed.set()
         cluster.shutdown()
     assert removed.is_set()
     study = load_finished_study("cluster")
@@ -157,22 +170,13 @@ def test_candidates_fail_with_the_reason_when_the_only_latency_node_is_lost(tmp_
     timer = cluster.add_node(num_cpus=0, resources={"timing": 1})  # times latency, builds nothing
     cluster.wait_for_nodes()
     artifacts = tmp_path / "tuner-runs" / "lost-timer" / "artifacts"
-    removed = threading.Event()
-
-    def remove_the_timer():
-        while not removed.is_set():
-            if artifacts.is_dir() and len(list(artifacts.iterdir())) >= 3:
-                cluster.remove_node(timer)
-                removed.set()
-            time.sleep(0.2)
-
-    threading.Thread(target=remove_the_timer, daemon=True).start()
     try:
-        run_study(load_experiment(config), workers=2, address=cluster.address,
-                  tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", progress=False)
+        with node_removed_mid_study(cluster, timer, artifacts, after=3) as removed:
+            run_study(load_experiment(config), workers=2, address=cluster.address,
+                      tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", progress=False)
     finally:
-        removed.set()
         cluster.shutdown()
+    assert removed.is_set()
     study = load_finished_study("lost-timer")
     finished = [t for t in study.trials if t.state.is_finished()]
     assert len(finished) == budget  # waits end: the study still completes its budget
