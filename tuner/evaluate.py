@@ -22,8 +22,8 @@ from tuner.build.export import export_onnx, layer_weights, map_layers
 from tuner.build.fusion import apply_transformer_fusions
 from tuner.build.kernels import layer_kernels, mismatches
 from tuner.build.prune import prune
-from tuner.build.recovery import RecoverySettings, recover
 from tuner.build.quantize import apply_precisions
+from tuner.build.recovery import RecoverySettings, recover
 from tuner.candidate import Candidate
 from tuner.measure.environment import file_sha256, fingerprint
 from tuner.measure.latency import measure_latency

@@ -70,8 +70,8 @@ def load_finished_study(name: str, output_dir: str | Path = "tuner-runs") -> opt
 
 
 def default_workers(latency_threads: int) -> int:
-    """One worker per core, less the cores kept for latency measurement (on a cluster: all of its CPUs, less
-    those, counted once Ray is up)."""
+    """On a local Ray: one worker per core, less the cores kept for latency measurement. (On a cluster the
+    executor counts the cluster's CPUs once connected.)"""
     return max(1, (os.cpu_count() or 1) - latency_threads)
 
 
@@ -171,7 +171,10 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
     if len(finished) >= budget:
         log(f"study {experiment.name!r} already has {len(finished)}/{budget} trials; pass --trials N to add more.")
 
-    from tuner.executors import ClusterError, RayExecutor  # Ray is imported only when a study really runs
+    from tuner.executors import (  # Ray is imported only when a study really runs
+        ClusterError,
+        RayExecutor,
+    )
 
     try:
         executor = RayExecutor(experiment.task_ref(), experiment.eval_settings(), run_dir / "artifacts", workers,
@@ -197,7 +200,7 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
 
         _loop(study, space, executor, recorder, trial_runs, budget, len(finished), experiment, timings, progress,
               publish)
-        latency_check = _recheck_front_latency(study, executor, task, experiment, recorder, trial_runs, log)
+        latency_check = _recheck_front_latency(study, executor, task, experiment, recorder, trial_runs)
         status = "FINISHED"
     except ClusterError as exc:  # completed trials are kept; `tuner run` again continues the study
         raise StudyError(f"{experiment.source or experiment.name}: {exc}") from None
@@ -263,29 +266,28 @@ def _resume_interrupted(study: optuna.Study, recorder: MlflowRecorder, trial_run
 
 
 def _recheck_front_latency(study, executor, task, experiment: Experiment, recorder: MlflowRecorder,
-                           trial_runs: dict[int, str], log: Callable[[str], None]) -> dict[str, Any]:
+                           trial_runs: dict[int, str]) -> dict[str, Any]:
     """Once no build runs, time the front again where it was timed and compare with the latency measured
     while the study was busy. The study's values stay as measured (the front is what its trials gave); the
     re-check goes to the study's attributes and to MLflow (``latency_alone_ms`` on the trial runs)."""
     from tuner.evaluate import artifact_feeds
 
-    front = [t for t in study.best_trials
-             if (experiment.run_dir / "artifacts" / t.user_attrs.get("key", "") / "model.onnx").is_file()]
-    if not front:
+    models = {t.number: experiment.run_dir / "artifacts" / t.user_attrs.get("key", "") / "model.onnx"
+              for t in study.best_trials}
+    models = {n: path for n, path in models.items() if path.is_file()}
+    if not models:
         return {}
-    paths = {t.number: experiment.run_dir / "artifacts" / t.user_attrs["key"] / "model.onnx" for t in front}
-    feeds = artifact_feeds(task, paths[front[0].number], experiment.latency.batch_size)
-    alone = executor.retime([(t.number, paths[t.number], t.user_attrs.get("environment", {})) for t in front],
-                            feeds)
-    ratios = {n: study.trials[n].values[1] / lat["median_ms"] for n, lat in alone.items()}
-    if not ratios:
+    feeds = artifact_feeds(task, next(iter(models.values())), experiment.latency.batch_size)
+    alone = executor.retime([(n, path, study.trials[n].user_attrs.get("environment", {}))
+                             for n, path in models.items()], feeds)
+    if not alone:
         return {}
     for number, lat in alone.items():
         if number in trial_runs:
             recorder.client.log_metric(trial_runs[number], "latency_alone_ms", lat["median_ms"])
-    values = sorted(ratios.values())
-    check = {"front_trials": len(front), "retimed": len(values), "median_ratio": statistics.median(values),
-             "min_ratio": values[0], "max_ratio": values[-1],
+    ratios = sorted(study.trials[n].values[1] / lat["median_ms"] for n, lat in alone.items())
+    check = {"front_trials": len(models), "retimed": len(ratios), "median_ratio": statistics.median(ratios),
+             "min_ratio": ratios[0], "max_ratio": ratios[-1],
              "latency_alone_ms": {str(n): lat["median_ms"] for n, lat in alone.items()}}
     study.set_user_attr("latency_check", check)
     recorder.client.log_metric(recorder.parent_run_id, "latency_check_median_ratio", check["median_ratio"])

@@ -25,11 +25,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tuner.evaluate import Evaluator, time_artifact  # noqa: E402
-from tuner.experiment import Experiment  # noqa: E402
-from tuner.measure.environment import fingerprint  # noqa: E402
-from tuner.measure.latency import pin, split_cores  # noqa: E402
-from tuner.study import load_finished_study, run_study  # noqa: E402
+from tuner.evaluate import Evaluator, time_artifact
+from tuner.experiment import Experiment
+from tuner.measure.environment import fingerprint
+from tuner.measure.latency import pin, split_cores
+from tuner.study import load_finished_study, run_study
 
 
 def experiment(name: str, trials: int, out: Path, space: str) -> Experiment:

@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -58,9 +59,9 @@ def split_cores(threads: int) -> tuple[set[int], set[int]] | None:
 
 
 def _siblings(cpu: int) -> set[int]:
-    path = f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list"
+    path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
     try:
-        text = open(path).read().strip()
+        text = path.read_text().strip()
     except OSError:
         return {cpu}
     cpus: set[int] = set()
