@@ -189,7 +189,7 @@ def test_static_int8_below_extended_level_is_refused_before_building(tmp_path):
     ref = TaskRef("tuner.tasks.digits_cnn:make_task", SMALL_TASK_ARGS)
     evaluator = Evaluator(ref, EvalSettings(repeats=3, warmup=1), tmp_path)
     outcome = evaluator.evaluate(Candidate(precision=(("fc", "int8"),), opt_level="basic"))
-    assert outcome.state == "FAIL" and "static int8 needs opt_level 'extended' or 'all'" in outcome.error
+    assert outcome.state == "FAIL" and "int8 needs opt_level 'extended' or 'all'" in outcome.error
     assert outcome.timings == {} and not (tmp_path / outcome.key).exists()  # nothing was built
     assert evaluator.evaluate(Candidate(opt_level="basic")).state == "COMPLETE"  # fp32 at basic is fine
 

@@ -9,11 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tuner.build.prune import IMPORTANCE
-from tuner.build.recovery import RECOVERY_METHODS
-from tuner.precision import FP32, PrecisionError, check_precision, int4_block_size
-
-OPT_LEVELS = ("disable", "basic", "extended", "all")
+from tuner.precision import FP32, KINDS, PrecisionError, check_precision, family
+from tuner.vocab import IMPORTANCE_METHODS, OPT_LEVELS, RECOVERY_METHODS
 
 
 @dataclass(frozen=True)
@@ -55,8 +52,8 @@ class Candidate:
                 raise ValueError(f"pruning ratio of group {name!r} must be in [0, 1), but got {r}.")
         if self.opt_level not in OPT_LEVELS:
             raise ValueError(f"opt_level must be one of {OPT_LEVELS}, but got {self.opt_level!r}.")
-        if self.importance not in IMPORTANCE:
-            raise ValueError(f"importance must be one of {sorted(IMPORTANCE)}, but got {self.importance!r}.")
+        if self.importance not in IMPORTANCE_METHODS:
+            raise ValueError(f"importance must be one of {sorted(IMPORTANCE_METHODS)}, but got {self.importance!r}.")
         if self.recovery not in RECOVERY_METHODS:
             raise ValueError(f"recovery must be one of {RECOVERY_METHODS}, but got {self.recovery!r}.")
 
@@ -94,12 +91,12 @@ class Candidate:
 
     def precision_counts(self) -> dict[str, int]:
         """Layers per precision family, e.g. ``{"fp32": 3, "int8": 30, "int4": 3}``."""
-        return dict(Counter("int4" if int4_block_size(choice) else choice for _, choice in self.precision))
+        return dict(Counter(family(choice) for _, choice in self.precision))
 
     def summary(self) -> str:
         """A short human-readable description, e.g. ``int8 30, int4 3, fp32 3; pruned 2 groups; opt=all``."""
         counts = self.precision_counts()
-        order = ["int4", "int8-dynamic-pc", "int8-dynamic", "int8", FP32]
+        order = sorted(KINDS, key=lambda name: KINDS[name].summary_order)
         prec = ", ".join(f"{k} {counts[k]}" for k in order if counts.get(k)) or "fp32"
         pruned = [r for _, r in self.prune if r > 0]
         prune_txt = (f"pruned {len(pruned)} groups (max {max(pruned):.0%}, {self.recovery})" if pruned

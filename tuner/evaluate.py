@@ -28,10 +28,11 @@ from tuner.candidate import Candidate
 from tuner.measure.environment import file_sha256, fingerprint
 from tuner.measure.latency import measure_latency
 from tuner.measure.quality import score_all
-from tuner.precision import FP32, INT8
+from tuner.precision import FP32, KINDS, kind_of
 from tuner.runtime import RuntimeConfig, load_artifact
 from tuner.space import quantizable_layers
 from tuner.task import Task, TaskRef
+from tuner.vocab import OPT_LEVELS
 
 
 @dataclass(frozen=True)
@@ -276,11 +277,16 @@ def _fail(outcome: Outcome, stage: str, exc: Exception) -> None:
 
 def check_runnable(candidate: Candidate) -> None:
     """Combinations ORT cannot run as asked, refused before spending a build on them."""
-    static = [layer for layer, choice in candidate.precision if choice == INT8]
-    if static and candidate.opt_level in ("disable", "basic"):
-        raise ValueError(f"static int8 needs opt_level 'extended' or 'all': at {candidate.opt_level!r} ORT runs "
-                         f"QDQ layers as DequantizeLinear + float op (the QDQ -> QLinear fusion is an extended-level "
-                         f"optimizer), so {len(static)} int8 layer(s) would compute in fp32.")
+    level = OPT_LEVELS.index(candidate.opt_level)
+    for kind in KINDS.values():
+        if kind.min_opt_level is None or level >= OPT_LEVELS.index(kind.min_opt_level):
+            continue
+        layers = [layer for layer, choice in candidate.precision if kind_of(choice) is kind]
+        if layers:
+            allowed = " or ".join(repr(x) for x in OPT_LEVELS[OPT_LEVELS.index(kind.min_opt_level):])
+            raise ValueError(f"{kind.name} needs opt_level {allowed}: at {candidate.opt_level!r} "
+                             f"{kind.min_opt_level_reason}, so {len(layers)} {kind.name} layer(s) would compute "
+                             "in fp32.")
 
 
 def _check_nodes_survived(path: Path, nodes: dict[str, list[str]], fusions: tuple[str, ...]) -> None:

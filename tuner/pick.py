@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import optuna
 
+from tuner.vocab import ORT_LEVELS
+
 
 class PickError(ValueError):
     """No front member meets the constraint (the message says what the front offers)."""
@@ -85,8 +87,6 @@ def export_pick(study: optuna.Study, row: dict[str, Any], out_dir: str | Path, t
     import onnx
     from mlflow.tracking import MlflowClient
 
-    from tuner.runtime import LEVELS
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -120,7 +120,10 @@ def export_pick(study: optuna.Study, row: dict[str, Any], out_dir: str | Path, t
     (out_dir / "MODEL_CARD.md").write_text(model_card(record, metric_name))
     if register_as:
         mlflow.set_tracking_uri(client.tracking_uri)
-        session_options = {"graph_optimization_level": int(LEVELS[runtime["opt_level"]]),
+        import onnxruntime as ort
+
+        level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[runtime["opt_level"]])
+        session_options = {"graph_optimization_level": int(level),
                            "intra_op_num_threads": record["environment"].get("threads", 1)}
         with mlflow.start_run(run_id=run_id):
             info = mlflow.onnx.log_model(
@@ -176,7 +179,7 @@ def model_card(record: dict[str, Any], metric_name: str) -> str:
         "# or plain onnxruntime:",
         "import onnxruntime as ort",
         "options = ort.SessionOptions()",
-        f"options.graph_optimization_level = ort.GraphOptimizationLevel.{_ORT_LEVEL[runtime['opt_level']]}",
+        f"options.graph_optimization_level = ort.GraphOptimizationLevel.{ORT_LEVELS[runtime['opt_level']]}",
         f"options.intra_op_num_threads = {env.get('threads', 1)}",
         "session = ort.InferenceSession('model.onnx', options, providers=['CPUExecutionProvider']"
         + (f", disabled_optimizers={off!r})" if off else ")"),
@@ -197,6 +200,3 @@ def model_card(record: dict[str, Any], metric_name: str) -> str:
             lines += ["", f"Transformer fusions applied before quantization: {', '.join(cand['fusions'])}."]
     return "\n".join(lines) + "\n"
 
-
-_ORT_LEVEL = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-              "all": "ORT_ENABLE_ALL"}

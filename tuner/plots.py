@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-PRECISION_COLORS = {"fp32": "#4c6ef5", "int8": "#f59f00", "int8-dynamic": "#e8590c", "int8-dynamic-pc": "#d6336c",
-                    "int4": "#2b8a3e"}
+from tuner.precision import KINDS, family
+
+UNKNOWN_COLOR = "#ced4da"
 
 
 def hypervolume(points: Sequence[tuple[float, float]], reference: tuple[float, float]) -> float:
@@ -38,8 +39,8 @@ def layer_rows(front: Sequence[dict[str, Any]], params_of: dict[int, dict[str, A
     return {"layers": layers, "groups": groups, "members": members}
 
 
-def _family(choice: str | None) -> str | None:
-    return "int4" if choice and choice.startswith("int4-") else choice
+def _color(kind: str | None) -> str:
+    return KINDS[kind].color if kind in KINDS else UNKNOWN_COLOR
 
 
 def plot_layers(data: dict[str, Any], metric_name: str, metric_of: dict[int, float], path: str | Path) -> None:
@@ -62,15 +63,14 @@ def plot_layers(data: dict[str, Any], metric_name: str, metric_of: dict[int, flo
     ax = axes[0][0]
     for r, member in enumerate(members):
         for c, layer in enumerate(layers):
-            family = _family(member["precision"][layer])
-            ax.add_patch(plt.Rectangle((c, r), 1, 1, color=PRECISION_COLORS.get(family, "#ced4da")))
+            ax.add_patch(plt.Rectangle((c, r), 1, 1, color=_color(family(member["precision"][layer]))))
     ax.set_xlim(0, len(layers))
     ax.set_ylim(len(members), 0)
     ax.set_xticks([c + 0.5 for c in range(len(layers))], layers, rotation=90, fontsize=6)
     ax.set_yticks([r + 0.5 for r in range(len(members))], labels, fontsize=7)
     ax.set_title("precision per layer", fontsize=9)
-    used = sorted({_family(m["precision"][layer]) for m in members for layer in layers} - {None})
-    fig.legend(handles=[Patch(color=PRECISION_COLORS.get(f, "#ced4da"), label=f) for f in used],
+    used = sorted({family(m["precision"][layer]) for m in members for layer in layers} - {None})
+    fig.legend(handles=[Patch(color=_color(f), label=f) for f in used],
                loc="upper right", ncol=len(used), fontsize=7, frameon=False)
     if groups:
         ax2 = axes[0][1]

@@ -1,80 +1,142 @@
-"""Per-layer precision choices, named after what ONNX Runtime really runs, and where each one applies.
+"""Per-layer precision choices: one registry entry per kind, named after what ONNX Runtime really runs.
 
-=============  ===========================================  ====================  ===========================
-choice         what is built                                ORT CPU kernel        offered for ONNX op types
-=============  ===========================================  ====================  ===========================
-fp32           nothing                                      Conv / MatMul / Gemm  Conv, Gemm, MatMul
-int8           static QDQ: uint8 activations (calibrated),  QLinearConv,          Conv, Gemm, MatMul
-               int8 per-channel weights                     QGemm, QLinearMatMul
-int8-dynamic   ``quantize_dynamic``: int8 weights (one scale DynamicQuantizeMatMul MatMul
-               per tensor, ORT's default), activations      / MatMulIntegerToFloat
-               quantized at run time
-int8-dynamic-pc  the same with one weight scale per output  DynamicQuantizeMatMul MatMul
-               channel: same speed, far closer to fp32 on
-               transformers (MiniLM: cosine 0.957 -> 0.993)
-int4-b<N>      4-bit weight-only, block size N              MatMulNBits           MatMul
-               (``MatMulNBitsQuantizer``, accuracy level 4)  (int8 compute)
-=============  ===========================================  ====================  ===========================
+=================  ===========================================  ====================  ======================
+choice             what is built                                ORT CPU kernel        offered for op types
+=================  ===========================================  ====================  ======================
+fp32               nothing                                      Conv / MatMul / Gemm  Conv, Gemm, MatMul
+int8               static QDQ: uint8 activations (calibrated),  QLinearConv,          Conv, Gemm, MatMul
+                   int8 per-channel weights                     QGemm, QLinearMatMul
+int8-dynamic       ``quantize_dynamic``: int8 weights (one      DynamicQuantizeMatMul MatMul
+                   scale per tensor), activations quantized     / MatMulIntegerToFloat
+                   at run time
+int8-dynamic-pc    the same with one weight scale per output    DynamicQuantizeMatMul MatMul
+                   channel: same speed, far closer to fp32 on
+                   transformers (MiniLM: cosine 0.957 -> 0.993)
+int4-b<N>          4-bit weight-only, block size N              MatMulNBits           MatMul
+                   (``MatMulNBitsQuantizer``, accuracy level 4)  (int8 compute)
+=================  ===========================================  ====================  ======================
 
 Choices that ORT would run slower than fp32 on CPU are not offered: dynamic int8 on Conv becomes
 ConvInteger, and 4-bit QDQ on Conv/Gemm runs as float after DequantizeLinear (see FACTS in the docs).
 MatMulNBits rewrites MatMul only, so a Linear layer exported as Gemm (2-D input) cannot be 4-bit.
+
+A kind is one :class:`PrecisionKind` in ``KINDS`` (what it applies to, which kernels prove it, how it is
+drawn) plus one build handler registered for it in :mod:`tuner.build.quantize`. This module imports nothing
+heavy: the search space, the CLI and the plots read it without ONNX Runtime.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 FP32 = "fp32"
 INT8 = "int8"
 INT8_DYNAMIC = "int8-dynamic"
 INT8_DYNAMIC_PER_CHANNEL = "int8-dynamic-pc"
+INT4 = "int4"
 INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
-_INT4 = re.compile(r"int4-b(\d+)")
 
-_OP_TYPES = {
-    FP32: ("Conv", "Gemm", "MatMul"),
-    INT8: ("Conv", "Gemm", "MatMul"),
-    INT8_DYNAMIC: ("MatMul",),
-    INT8_DYNAMIC_PER_CHANNEL: ("MatMul",),
-}
-INT4_OP_TYPES = ("MatMul",)
+
+@dataclass(frozen=True)
+class PrecisionKind:
+    """What one kind of precision choice is.
+
+    name: the kind; a choice is the name itself or, for a parameterized kind, ``<name>-b<N>``.
+    op_types: the ONNX op types a layer must have become for the kind to be built.
+    kernels: the ORT kernels that prove a layer runs in this precision (read from the optimized graph).
+    computes_in_float: the layer's own op reads float activations (so static int8 upstream must not feed it
+        a DequantizeLinear that ORT would fold into an int8 kernel).
+    build_order: kinds are applied to a model in this order (4-bit first: it rewrites float MatMuls only).
+    color, summary_order: how the kind is drawn and listed.
+    block_sizes: for a parameterized kind (``int4-b32``), the allowed parameter values.
+    min_opt_level, min_opt_level_reason: candidates that use the kind at a weaker ORT level are refused.
+    """
+
+    name: str
+    description: str
+    op_types: tuple[str, ...]
+    kernels: frozenset[str]
+    color: str
+    computes_in_float: bool
+    build_order: int
+    summary_order: int
+    block_sizes: tuple[int, ...] = ()
+    min_opt_level: str | None = None  # the weakest ORT level (tuner.vocab.OPT_LEVELS) that runs it as asked
+    min_opt_level_reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.op_types or not self.kernels:
+            raise ValueError(f"precision kind {self.name!r} needs op_types and kernels.")
+
+
+KINDS: dict[str, PrecisionKind] = {k.name: k for k in (
+    PrecisionKind(FP32, "fp32", ("Conv", "Gemm", "MatMul"),
+                  frozenset({"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}),
+                  "#4c6ef5", computes_in_float=True, build_order=99, summary_order=4),
+    PrecisionKind(INT4, "'int4-b<N>' (4-bit weight-only, MatMul only)", ("MatMul",), frozenset({"MatMulNBits"}),
+                  "#2b8a3e", computes_in_float=False, build_order=0, summary_order=0, block_sizes=INT4_BLOCK_SIZES),
+    PrecisionKind(INT8, f"{INT8!r} (static QDQ)", ("Conv", "Gemm", "MatMul"),
+                  frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat"}),
+                  "#f59f00", computes_in_float=False, build_order=1, summary_order=3, min_opt_level="extended",
+                  min_opt_level_reason="ORT runs QDQ layers as DequantizeLinear + float op (the QDQ -> QLinear "
+                                       "fusion is an extended-level optimizer)"),
+    PrecisionKind(INT8_DYNAMIC, f"{INT8_DYNAMIC!r} (MatMul only)", ("MatMul",),
+                  frozenset({"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger"}),
+                  "#e8590c", computes_in_float=True, build_order=2, summary_order=2),
+    PrecisionKind(INT8_DYNAMIC_PER_CHANNEL, f"{INT8_DYNAMIC_PER_CHANNEL!r} (MatMul only)", ("MatMul",),
+                  frozenset({"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger"}),
+                  "#d6336c", computes_in_float=True, build_order=3, summary_order=1),
+)}
+_PARAMETERIZED = re.compile(r"([a-z0-9-]+?)-b(\d+)")
 
 
 class PrecisionError(ValueError):
     """A precision name `tuner` cannot build."""
 
 
+def parse(choice: str) -> tuple[PrecisionKind, int | None]:
+    """The kind of a choice and its block size (None for kinds without one); PrecisionError if unknown."""
+    spec = KINDS.get(str(choice))
+    if spec is not None and not spec.block_sizes:
+        return spec, None
+    match = _PARAMETERIZED.fullmatch(str(choice))
+    if match and match.group(1) in KINDS:
+        spec = KINDS[match.group(1)]
+        if int(match.group(2)) in spec.block_sizes:
+            return spec, int(match.group(2))
+    raise PrecisionError(f"precision {choice!r} cannot be built; choose from {_choices_text()}.")
+
+
+def _choices_text() -> str:
+    described = [k.description if k.name != FP32 else repr(FP32) for k in KINDS.values()]
+    sizes = [f"{k.name} block size N in {list(k.block_sizes)}" for k in KINDS.values() if k.block_sizes]
+    return ", ".join(described[:-1]) + f" or {described[-1]}" + (f"; {'; '.join(sizes)}" if sizes else "")
+
+
 def check_precision(name: str) -> str:
     """Return ``name`` if it is a precision choice `tuner` can build, else raise PrecisionError."""
-    if name in _OP_TYPES:
-        return name
-    match = _INT4.fullmatch(str(name))
-    if match and int(match.group(1)) in INT4_BLOCK_SIZES:
-        return name
-    raise PrecisionError(
-        f"precision {name!r} cannot be built; choose from {FP32!r}, {INT8!r} (static QDQ), {INT8_DYNAMIC!r} or "
-        f"{INT8_DYNAMIC_PER_CHANNEL!r} (MatMul only) or 'int4-b<N>' (4-bit weight-only, MatMul only) with block "
-        f"size N in {list(INT4_BLOCK_SIZES)}.")
+    parse(name)
+    return name
 
 
-def int4_block_size(name: str) -> int | None:
-    match = _INT4.fullmatch(name)
-    return int(match.group(1)) if match else None
+def kind_of(choice: str) -> PrecisionKind:
+    return parse(choice)[0]
 
 
-def applies_to(name: str, op_type: str) -> bool:
-    """Whether ``name`` can be built for a layer that became an ONNX ``op_type`` node."""
-    ops = INT4_OP_TYPES if int4_block_size(name) else _OP_TYPES[name]
-    return op_type in ops
+def block_size(choice: str) -> int | None:
+    return parse(choice)[1]
 
 
-def op_types_for(name: str) -> tuple[str, ...]:
-    return INT4_OP_TYPES if int4_block_size(name) else _OP_TYPES[name]
+def applies_to(choice: str, op_type: str) -> bool:
+    """Whether ``choice`` can be built for a layer that became an ONNX ``op_type`` node."""
+    return op_type in kind_of(choice).op_types
 
 
-def kind(name: str) -> str:
-    """The kernel family a choice belongs to: fp32, int8, int8-dynamic or int4 (block size, granularity dropped)."""
-    if int4_block_size(name):
-        return "int4"
-    return INT8_DYNAMIC if name == INT8_DYNAMIC_PER_CHANNEL else name
+def op_types_for(choice: str) -> tuple[str, ...]:
+    return kind_of(choice).op_types
+
+
+def family(choice: str | None) -> str | None:
+    """The kind's name (``int4`` for ``int4-b32``): what plots colour and summaries count."""
+    return None if choice is None else kind_of(choice).name

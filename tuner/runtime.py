@@ -9,12 +9,9 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
+from tuner.vocab import ORT_LEVELS
+
+LEVELS = {name: getattr(ort.GraphOptimizationLevel, member) for name, member in ORT_LEVELS.items()}
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,8 @@ from tuner.build.fusion import (
     TRANSFORMER_FUSIONS,
     session_optimizer_names,
 )
-from tuner.build.prune import IMPORTANCE, PruningGroup
-from tuner.build.recovery import RECOVERY_METHODS
-from tuner.candidate import OPT_LEVELS, Candidate
+from tuner.build.prune import PruningGroup
+from tuner.candidate import Candidate
 from tuner.precision import (
     FP32,
     PrecisionError,
@@ -49,6 +48,7 @@ from tuner.precision import (
     check_precision,
     op_types_for,
 )
+from tuner.vocab import IMPORTANCE_METHODS, OPT_LEVELS, RECOVERY_METHODS
 from tuner.yamlfile import read_mapping
 
 
@@ -128,8 +128,8 @@ def load_space_file(path: str | Path) -> SpaceFile:
                          f"model), got {data.get('recovery')!r}.")
     importance = data.get("importance", ["magnitude"])
     importance = [importance] if isinstance(importance, str) else importance
-    if not isinstance(importance, list) or not importance or any(m not in IMPORTANCE for m in importance):
-        raise SpaceError(f"{path}: importance must be one or more of {sorted(IMPORTANCE)} (how pruning ranks "
+    if not isinstance(importance, list) or not importance or any(m not in IMPORTANCE_METHODS for m in importance):
+        raise SpaceError(f"{path}: importance must be one or more of {sorted(IMPORTANCE_METHODS)} (how pruning ranks "
                          f"channels), got {data.get('importance')!r}.")
     return SpaceFile(path, rules, _parse_fusion(path, data.get("fusion") or {}), tuple(dict.fromkeys(recovery)),
                      tuple(dict.fromkeys(importance)))

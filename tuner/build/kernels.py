@@ -10,15 +10,9 @@ from collections.abc import Mapping
 
 import onnx
 
-from tuner.precision import kind
+from tuner.precision import FP32, KINDS, kind_of
 
-KERNELS = {
-    "fp32": {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"},
-    "int8": {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat"},
-    "int8-dynamic": {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger"},
-    "int4": {"MatMulNBits"},
-}
-_COMPUTE = set().union(*KERNELS.values())
+_COMPUTE = set().union(*(k.kernels for k in KINDS.values()))
 _SUFFIXES = ("_quantized", "_Q4")
 
 
@@ -45,10 +39,10 @@ def mismatches(kernels: Mapping[str, str | None], precision: Mapping[str, str]) 
     """
     wrong = []
     for layer, op in kernels.items():
-        choice = precision.get(layer, "fp32")
-        want = kind(choice)
-        if op is None and want != "fp32":
+        choice = precision.get(layer, FP32)
+        want = kind_of(choice)
+        if op is None and want.name != FP32:
             wrong.append(f"{layer} asked for {choice} but no quantized kernel reads its weight")
-        elif op is not None and op not in KERNELS[want]:
+        elif op is not None and op not in want.kernels:
             wrong.append(f"{layer} asked for {choice} but ORT runs it as {op}")
     return wrong

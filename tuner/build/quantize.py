@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
 from tuner.build.export import WEIGHTED_OPS
-from tuner.precision import (
-    FP32,
-    INT8,
-    INT8_DYNAMIC,
-    INT8_DYNAMIC_PER_CHANNEL,
-    int4_block_size,
-)
+from tuner.precision import FP32, INT4, INT8, INT8_DYNAMIC, INT8_DYNAMIC_PER_CHANNEL, KINDS, parse
 
 
 class _BatchReader(CalibrationDataReader):
@@ -38,6 +33,35 @@ class _BatchReader(CalibrationDataReader):
         return next(self._feeds, None)
 
 
+@dataclass(frozen=True)
+class BuildContext:
+    """What a precision builder may need beside the nodes it rewrites."""
+
+    input_names: tuple[str, ...]
+    calibration: Sequence[Sequence[np.ndarray]]
+    node_precision: Mapping[str, str]  # every node's choice: builders must leave other kinds' nodes alone
+
+    def float_nodes(self) -> list[str]:
+        """Nodes whose own op reads float activations (fp32 and dynamic int8)."""
+        return [n for n, c in self.node_precision.items() if parse(c)[0].computes_in_float]
+
+
+# (model, nodes of this choice, block size or None, context) -> the rewritten model
+PrecisionBuilder = Callable[[onnx.ModelProto, list[str], "int | None", BuildContext], onnx.ModelProto]
+_BUILDERS: dict[str, PrecisionBuilder] = {}
+
+
+def register_precision_builder(kind: str) -> Callable[[PrecisionBuilder], PrecisionBuilder]:
+    """Register the function that builds precision ``kind`` (a name in :data:`tuner.precision.KINDS`)."""
+    if kind not in KINDS:
+        raise ValueError(f"no precision kind {kind!r} in tuner.precision.KINDS; add its PrecisionKind first.")
+
+    def register(builder: PrecisionBuilder) -> PrecisionBuilder:
+        _BUILDERS[kind] = builder
+        return builder
+    return register
+
+
 def apply_precisions(
     src: str | Path,
     dst: str | Path,
@@ -46,48 +70,68 @@ def apply_precisions(
 ) -> None:
     """Give every listed node its precision (see :mod:`tuner.precision`); unlisted nodes stay fp32.
 
-    Order matters: 4-bit weight-only first (it only rewrites float MatMuls with constant weights), then
-    static QDQ (calibrated on the model as it will run, 4-bit layers included), then dynamic int8
-    (per-tensor, then per-channel weight scales).
-    Layers that must stay float are cut off from upstream DequantizeLinear (see `keep_float_inputs`).
+    Kinds are built in their ``build_order``: 4-bit weight-only first (it only rewrites float MatMuls with
+    constant weights), then static QDQ (calibrated on the model as it will run, 4-bit layers included), then
+    dynamic int8 (per-tensor, then per-channel weight scales).
     """
-    by_kind: dict[str, list[str]] = {}
+    by_choice: dict[str, list[str]] = {}
     for node, choice in node_precision.items():
-        by_kind.setdefault(choice, []).append(node)
+        by_choice.setdefault(choice, []).append(node)
     model = onnx.load(str(src))
-    input_names = [i.name for i in model.graph.input]
+    context = BuildContext(tuple(i.name for i in model.graph.input), calibration, dict(node_precision))
     with _quiet_root_logger():
-        for choice in sorted(by_kind):
-            block_size = int4_block_size(choice)
-            if block_size:
-                # nodes_to_include only *adds* to the op types it quantizes: exclude everything else instead.
-                others = [n.name for n in model.graph.node if n.name not in set(by_kind[choice])]
-                quantizer = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=True, accuracy_level=4,
-                                                 nodes_to_exclude=others)
-                quantizer.process()
-                model = quantizer.model.model
-        float_nodes = [n for n, c in node_precision.items() if c in (FP32, INT8_DYNAMIC, INT8_DYNAMIC_PER_CHANNEL)]
-        if by_kind.get(INT8):
-            with tempfile.TemporaryDirectory() as tmp:
-                onnx.save(model, f"{tmp}/in.onnx")
-                quantize_static(f"{tmp}/in.onnx", f"{tmp}/out.onnx", _BatchReader(input_names, calibration),
-                                quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                                weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=by_kind[INT8],
-                                op_types_to_quantize=list(WEIGHTED_OPS))
-                model = onnx.load(f"{tmp}/out.onnx")
-            keep_float_inputs(model, float_nodes)
-        for choice, per_channel in ((INT8_DYNAMIC, False), (INT8_DYNAMIC_PER_CHANNEL, True)):
-            if not by_kind.get(choice):
-                continue
-            with tempfile.TemporaryDirectory() as tmp:
-                onnx.save(model, f"{tmp}/in.onnx")
-                # DefaultTensorType: ORT's contrib ops (SkipLayerNormalization, ...) carry no type inference.
-                quantize_dynamic(f"{tmp}/in.onnx", f"{tmp}/out.onnx", weight_type=QuantType.QInt8,
-                                 per_channel=per_channel, nodes_to_quantize=by_kind[choice],
-                                 op_types_to_quantize=["MatMul"],
-                                 extra_options={"DefaultTensorType": TensorProto.FLOAT})
-                model = onnx.load(f"{tmp}/out.onnx")
+        for choice in sorted(by_choice, key=lambda c: (parse(c)[0].build_order, c)):
+            kind, block = parse(choice)
+            model = _BUILDERS[kind.name](model, by_choice[choice], block, context)
     onnx.save(model, str(dst))
+
+
+@register_precision_builder(FP32)
+def _fp32(model: onnx.ModelProto, nodes: list[str], block: int | None, context: BuildContext) -> onnx.ModelProto:
+    return model
+
+
+@register_precision_builder(INT4)
+def _int4(model: onnx.ModelProto, nodes: list[str], block: int | None, context: BuildContext) -> onnx.ModelProto:
+    # nodes_to_include only *adds* to the op types it quantizes: exclude everything else instead.
+    chosen = set(nodes)
+    others = [n.name for n in model.graph.node if n.name not in chosen]
+    quantizer = MatMulNBitsQuantizer(model, block_size=block, is_symmetric=True, accuracy_level=4,
+                                     nodes_to_exclude=others)
+    quantizer.process()
+    return quantizer.model.model
+
+
+@register_precision_builder(INT8)
+def _int8_static(model: onnx.ModelProto, nodes: list[str], block: int | None, context: BuildContext
+                 ) -> onnx.ModelProto:
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save(model, f"{tmp}/in.onnx")
+        quantize_static(f"{tmp}/in.onnx", f"{tmp}/out.onnx", _BatchReader(context.input_names, context.calibration),
+                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=nodes,
+                        op_types_to_quantize=list(WEIGHTED_OPS))
+        model = onnx.load(f"{tmp}/out.onnx")
+    # Layers that must stay float are cut off from upstream DequantizeLinear (see `keep_float_inputs`).
+    keep_float_inputs(model, context.float_nodes())
+    return model
+
+
+def _int8_dynamic(per_channel: bool) -> PrecisionBuilder:
+    def build(model: onnx.ModelProto, nodes: list[str], block: int | None, context: BuildContext
+              ) -> onnx.ModelProto:
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx.save(model, f"{tmp}/in.onnx")
+            # DefaultTensorType: ORT's contrib ops (SkipLayerNormalization, ...) carry no type inference.
+            quantize_dynamic(f"{tmp}/in.onnx", f"{tmp}/out.onnx", weight_type=QuantType.QInt8,
+                             per_channel=per_channel, nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"],
+                             extra_options={"DefaultTensorType": TensorProto.FLOAT})
+            return onnx.load(f"{tmp}/out.onnx")
+    return build
+
+
+register_precision_builder(INT8_DYNAMIC)(_int8_dynamic(per_channel=False))
+register_precision_builder(INT8_DYNAMIC_PER_CHANNEL)(_int8_dynamic(per_channel=True))
 
 
 @contextmanager

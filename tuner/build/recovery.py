@@ -11,8 +11,7 @@ import torch
 from torch import nn
 
 from tuner.build.prune import recalibrate_batchnorm
-
-RECOVERY_METHODS = ("none", "batchnorm", "distill", "task")
+from tuner.vocab import RECOVERY_METHODS
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,13 @@
+"""Names the search space, candidates and builders share. No imports: light modules read them."""
+
+# ONNX Runtime graph-optimization levels, weakest first, and the `onnxruntime.GraphOptimizationLevel` member of
+# each (`tuner.runtime` maps them; the model card prints them).
+ORT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+              "all": "ORT_ENABLE_ALL"}
+OPT_LEVELS = tuple(ORT_LEVELS)
+
+# How pruning ranks channels (torch-pruning importance criteria, built in `tuner.build.prune`).
+IMPORTANCE_METHODS = ("magnitude", "lamp", "fpgm", "bn_scale")
+
+# What repairs a pruned model (`tuner.build.recovery`).
+RECOVERY_METHODS = ("none", "batchnorm", "distill", "task")
