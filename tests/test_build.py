@@ -151,7 +151,7 @@ def test_evaluator_builds_cached_artifact_and_reproduces_metric(small_task, tmp_
     second = evaluator.evaluate(cand.to_dict())
     assert second.cached_build and "export" not in second.timings
     assert second.key == first.key and second.metric == first.metric
-    assert first.latency["median_ms"] > 0 and first.latency["p90_ms"] >= first.latency["median_ms"]
+    assert first.latency.median_ms > 0 and first.latency.p90_ms >= first.latency.median_ms
     # same pruning, other precision: the pruned export is reused
     third = evaluator.evaluate(Candidate(precision=(("fc", "int8"),), prune=(("layer3.conv1", 0.25),)))
     assert third.state == "COMPLETE" and third.cached_export and "export" not in third.timings

@@ -151,9 +151,12 @@ def test_run_resume_front_pick(tmp_path, monkeypatch, capsys, small_task):
         assert run.data.metrics["latency_alone_ms"] == pytest.approx(check["latency_alone_ms"][number])
     assert check["min_ratio"] <= check["median_ratio"] <= check["max_ratio"]
     assert "latency_check_median_ratio" in parent.data.metrics
-    # fp32 (trial 0) and uniform int8 (trial 1) are trials, so the front contains or dominates them.
+    # fp32 (trial 0) and uniform int8 (trial 1) are trials, so the front contains or dominates each one that
+    # meets the metric constraint (which one does depends on accuracy only; which is faster is not asserted).
     by_number = {int(r.data.tags["tuner.trial_number"]): r for r in trials}
-    for ref in (0, 1):
+    feasible_refs = [ref for ref in (0, 1) if study.trials[ref].user_attrs["metric_drop"] <= 0.02]
+    assert 0 in feasible_refs  # fp32 itself drops nothing
+    for ref in feasible_refs:
         m = by_number[ref].data.metrics
         assert any(f.data.metrics["accuracy"] >= m["accuracy"] and f.data.metrics["latency_ms"] <= m["latency_ms"]
                    for f in front_runs)
@@ -288,6 +291,7 @@ def test_a_result_logged_before_the_driver_died_is_adopted_not_rerun(tmp_path, m
     import optuna
 
     from tuner.study import load_finished_study, open_study
+    from tuner.records import TrialResult
     from tuner.tracking import MlflowRecorder
 
     monkeypatch.chdir(tmp_path)
@@ -303,7 +307,7 @@ def test_a_result_logged_before_the_driver_died_is_adopted_not_rerun(tmp_path, m
     study = open_study(run_dir, "killed", optuna.samplers.RandomSampler())
     logged = study.ask(fixed_distributions=donor.distributions)  # trial 3: logged to MLflow, never told
     recorder = MlflowRecorder(uri, "killed", "accuracy", study.user_attrs["uid"])
-    recorder.log_trial(logged.number, donor_outcome, donor.user_attrs["summary"])
+    recorder.log_trial(logged.number, TrialResult.from_dict(donor_outcome), donor.user_attrs["summary"])
     lost = study.ask(fixed_distributions=donor.distributions)  # trial 4: died before anything was logged
     assert (logged.number, lost.number) == (3, 4)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from tuner.candidate import Candidate
+from tuner.records import LatencyStats, TrialResult
 from tuner.tracking import MlflowRecorder
 
 
@@ -19,10 +20,10 @@ def test_a_600_layer_candidate_logs_within_mlflow_limits(tmp_path):
                                           for i, name in enumerate(layers)),
                           prune=tuple((f"group.{i}", 0.25) for i in range(300)),
                           disabled_optimizers=("NchwcTransformer", "ConvActivationFusion"))
-    outcome = {"state": "COMPLETE", "key": "k" * 16, "candidate": candidate.to_dict(), "metric": 0.9,
-               "latency": {"median_ms": 1.0, "p90_ms": 1.1, "cv": 0.01}, "size_mb": 3.0,
-               "timings": {"quantize": 1.0}, "artifact_sha256": "0" * 64, "environment": {"cpu": "x", "threads": 1}}
-    run_id = recorder.log_trial(0, outcome, candidate.summary())
+    result = TrialResult("k" * 16, candidate.to_dict(), metric=0.9, latency=LatencyStats(1.0, 1.1, 0.01, 10),
+                         size_mb=3.0, timings={"quantize": 1.0}, artifact_sha256="0" * 64,
+                         environment={"cpu": "x", "threads": 1})
+    run_id = recorder.log_trial(0, result, candidate.summary())
     run = MlflowClient(uri).get_run(run_id)
     params = run.data.params
     assert len(params) <= MAX_PARAMS_TAGS_PER_BATCH and all(len(v) <= MAX_PARAM_VAL_LENGTH for v in params.values())
@@ -32,3 +33,4 @@ def test_a_600_layer_candidate_logs_within_mlflow_limits(tmp_path):
     logged = json.loads(Path(MlflowClient(uri).download_artifacts(run_id, "candidate.json", str(tmp_path))).read_text())
     assert len(logged["candidate"]["precision"]) == 600 and len(logged["candidate"]["prune"]) == 300
     assert run.data.tags["tuner.artifact_sha256"] == "0" * 64 and run.data.tags["tuner.env.cpu"] == "x"
+    assert recorder.logged_result(run_id) == result  # what a resumed driver adopts is what was logged

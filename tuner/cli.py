@@ -9,22 +9,21 @@ from statistics import median
 
 import optuna
 
+from tuner import api
+from tuner.errors import USER_ERRORS
+
 
 def _run(args: argparse.Namespace) -> int:
     from tuner.experiment import load_experiment
     from tuner.pareto import format_table
-    from tuner.study import default_workers, run_study
 
     experiment = load_experiment(args.config)
     if args.output_dir:
         experiment = experiment.model_copy(update={"output_dir": args.output_dir})
     print(f"study {experiment.name!r}: task {experiment.task}, space {experiment.space_path}, "
-          f"{args.trials or experiment.trials} trials, "
-          + (_plural(args.workers, "worker") if args.workers else "workers: every CPU of the cluster" if args.address
-             else f"{_plural(default_workers(experiment.latency.threads), 'worker')} "
-                  f"({_plural(experiment.latency.threads, 'core')} kept for latency)"))
-    result = run_study(experiment, trials=args.trials, workers=args.workers, address=args.address,
-                       tracking_uri=args.tracking_uri, progress=not args.no_progress)
+          f"{args.trials or experiment.trials} trials, " + _workers_text(args, experiment.latency.threads))
+    result = api.run(experiment, trials=args.trials, workers=args.workers, address=args.address,
+                     tracking_uri=args.tracking_uri, progress=not args.no_progress, in_process=args.in_process)
     metric = result.metric_name
     print(f"\n{result.n_complete} complete, {result.n_failed} failed trials in {result.wall_s:.1f} s; "
           f"fp32 baseline {metric}={result.baseline['metric']:.4f}, {result.baseline['latency_ms']:.3f} ms")
@@ -34,38 +33,45 @@ def _run(args: argparse.Namespace) -> int:
         print("References (measured in this run):")
         print(format_table(result.references, metric))
     if result.timings:
-        keys = ("prune", "export", "fuse", "quantize", "verify_kernels", "accuracy", "latency", "orchestration")
-        print("median seconds per trial: " + ", ".join(
-            f"{k} {median(t.get(k, 0.0) for t in result.timings):.3f}" for k in keys
-            if any(k in t for t in result.timings)))
-        if result.live_front_s:
-            spent = sum(result.live_front_s)
-            print(f"live front: {len(result.live_front_s)} refreshes, {spent:.1f} s "
-                  f"({spent / result.wall_s:.1%} of the study's wall time)")
-        check = result.latency_check
-        if check:
-            print(f"latency re-check: {check['retimed']} front models timed again with no build running; "
-                  f"during the study / alone = {check['median_ratio']:.3f} median "
-                  f"({check['min_ratio']:.3f}-{check['max_ratio']:.3f})")
-        cached = sum(1 for t in result.timings if "export" not in t)
-        print(f"pruned fp32 exports reused from the study's cache: {cached}/{len(result.timings)} trials")
+        _print_timings(result)
     print(f"\nrun directory: {result.run_dir}\nMLflow: {result.tracking_uri} (experiment {result.name!r}); "
           f"browse with `mlflow ui`\npick with: tuner pick {result.name} --min-{metric} X")
     return 0
 
 
+def _workers_text(args: argparse.Namespace, latency_threads: int) -> str:
+    from tuner.study import default_workers
+
+    if args.in_process:
+        return "in this process, one at a time (no Ray)"
+    if args.workers:
+        return _plural(args.workers, "worker")
+    if args.address:
+        return "workers: every CPU of the cluster"
+    return f"{_plural(default_workers(latency_threads), 'worker')} ({_plural(latency_threads, 'core')} kept for latency)"
+
+
+def _print_timings(result) -> None:
+    keys = ("prune", "export", "fuse", "quantize", "verify_kernels", "accuracy", "latency", "orchestration")
+    print("median seconds per trial: " + ", ".join(
+        f"{k} {median(t.get(k, 0.0) for t in result.timings):.3f}" for k in keys
+        if any(k in t for t in result.timings)))
+    if result.live_front_s:
+        spent = sum(result.live_front_s)
+        print(f"live front: {len(result.live_front_s)} refreshes, {spent:.1f} s "
+              f"({spent / result.wall_s:.1%} of the study's wall time)")
+    check = result.latency_check
+    if check:
+        print(f"latency re-check: {check['retimed']} front models timed again with no build running; "
+              f"during the study / alone = {check['median_ratio']:.3f} median "
+              f"({check['min_ratio']:.3f}-{check['max_ratio']:.3f})")
+    cached = sum(1 for t in result.timings if "export" not in t)
+    print(f"pruned fp32 exports reused from the study's cache: {cached}/{len(result.timings)} trials")
+
+
 def _resume(args: argparse.Namespace) -> int:
     """Continue a study from its name: the experiment file it was run from, its run directory and MLflow store."""
-    from pathlib import Path
-
-    from tuner.study import StudyError, load_finished_study
-
-    study = load_finished_study(args.study, args.output_dir)
-    source = study.user_attrs.get("experiment_file")
-    if not source or not Path(source).is_file():
-        raise StudyError(f"study {args.study!r}: " + (f"its experiment file {source} no longer exists" if source else
-                         "it does not record its experiment file") + "; run `tuner run EXPERIMENT` with that file.")
-    args.config = source
+    args.config = api.experiment_file_of(args.study, args.output_dir)
     return _run(args)
 
 
@@ -74,75 +80,69 @@ def _plural(n: int, noun: str) -> str:
 
 
 def _front(args: argparse.Namespace) -> int:
-    from tuner.pareto import completed_rows, format_table, front_rows
-    from tuner.study import load_finished_study
+    from tuner.pareto import format_table
 
-    study = load_finished_study(args.study, args.output_dir)
-    rows = front_rows(study)
-    metric = study.user_attrs.get("metric_name", "metric")
-    base = study.user_attrs.get("baseline_latency_ms")
-    print(f"study {args.study!r}: {len(study.trials)} trials; fp32 baseline "
-          f"{metric}={study.user_attrs.get('baseline_metric', float('nan')):.4f}, {base or float('nan'):.3f} ms")
-    print(format_table(rows, metric))
-    references = [r for r in completed_rows(study) if r["reference"]]
-    if references:
+    table = api.front(args.study, args.output_dir)
+    metric = table.metric_name
+    print(f"study {args.study!r}: {table.n_trials} trials; fp32 baseline "
+          f"{metric}={_or_nan(table.baseline_metric):.4f}, {_or_nan(table.baseline_latency_ms):.3f} ms")
+    print(format_table(table.rows, metric))
+    if table.references:
         print("References:")
-        print(format_table(references, metric))
+        print(format_table(table.references, metric))
     return 0
 
 
-def _pick(args: argparse.Namespace, extra: list[str]) -> int:
-    from tuner.pareto import format_table, front_rows
-    from tuner.pick import choose, export_pick
-    from tuner.study import load_finished_study
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
-    study = load_finished_study(args.study, args.output_dir)
-    metric = study.user_attrs.get("metric_name", "metric")
+
+def _pick(args: argparse.Namespace, extra: list[str]) -> int:
+    from tuner.pareto import format_table
+
+    table = api.front(args.study, args.output_dir)
+    metric = table.metric_name
     min_metric = _parse_min_metric(extra, metric)
-    front = front_rows(study)
+    constraints = dict(min_metric=min_metric, max_latency_ms=args.max_latency_ms, max_size_mb=args.max_size_mb,
+                       knee=args.knee)
     if min_metric is None and args.max_latency_ms is None and args.max_size_mb is None and not args.knee:
-        print(f"study {args.study!r}: Pareto front ({len(front)} models)")
-        print(format_table(front, metric))
+        print(f"study {args.study!r}: Pareto front ({len(table.rows)} models)")
+        print(format_table(table.rows, metric))
         print(f"\npick one with a constraint: --min-{metric} X, --max-latency-ms Y, --max-size-mb Z (combinable), "
               "or --knee")
         return 0
     if args.alias and not args.register:
         print("error: --alias needs --register NAME", file=sys.stderr)
         return 2
-    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-    row = choose(front, metric, maximize, min_metric, args.max_latency_ms, args.max_size_mb, args.knee)
-    print(format_table([row], metric))
-    tracking_uri = args.tracking_uri or study.user_attrs.get("tracking_uri")  # where the study logged
-    record = export_pick(study, row, args.out, tracking_uri, args.register, args.alias)
+    print(format_table([api.choose(table, **constraints)], metric))
+    record = api.pick(args.study, **constraints, out=args.out, register=args.register, alias=args.alias,
+                      tracking_uri=args.tracking_uri, output_dir=args.output_dir)
     out = args.out
     print(f"\nwrote {os.path.join(out, 'model.onnx')}, {os.path.join(out, 'candidate.json')} and "
           f"{os.path.join(out, 'MODEL_CARD.md')}")
-    if "registered_model" in record:
-        reg = record["registered_model"]
+    if record.registered_model:
+        reg = record.registered_model
         print(f"registered in MLflow as {reg['name']!r} version {reg['version']}"
               + (f" with alias {reg['alias']!r} (models:/{reg['name']}@{reg['alias']})" if reg["alias"] else ""))
-    runtime = record["runtime"]
-    off = runtime.get("disabled_optimizers") or []
+    off = record.runtime.get("disabled_optimizers") or []
     print(f"load it with tuner.runtime.load_artifact('model.onnx'), or in plain onnxruntime with graph optimization "
-          f"level {runtime['opt_level']!r}" + (f" and disabled_optimizers={off}" if off else "")
+          f"level {record.runtime['opt_level']!r}" + (f" and disabled_optimizers={off}" if off else "")
           + " (both are stored in the file's metadata as tuner.runtime)")
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from tuner.pareto import front_rows
-    from tuner.study import load_finished_study
-    from tuner.verify import format_report, verify
+    from tuner.verify import format_report
 
     trials = list(args.trial or [])
     if args.front:
-        trials += [r["trial"] for r in front_rows(load_finished_study(args.study, args.output_dir))]
+        trials += [r["trial"] for r in api.front(args.study, args.output_dir).rows]
     if not trials:
         print("error: give --trial N (repeatable) or --front", file=sys.stderr)
         return 2
     exact = True
     for number in dict.fromkeys(trials):
-        report = verify(args.study, number, args.output_dir, args.tracking_uri)
+        report = api.verify(args.study, number, args.output_dir, args.tracking_uri)
         exact &= report["metric"]["diff"] == 0 and report["artifact_sha256"]["same"]
         print(format_report(report))
     return 0 if exact else 1
@@ -174,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "MLflow's own, ./mlflow.db)")
     run.add_argument("--output-dir", help="where run directories go (default: from the file, tuner-runs)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--in-process", action="store_true", help="evaluate in this process, one candidate at a time, "
+                     "without Ray (to debug a task; nothing else should run meanwhile, latency is timed here too)")
     resume = sub.add_parser("resume", help="continue a study by name (after a stop, a crash or a killed driver)")
     resume.add_argument("study")
     resume.add_argument("--output-dir", default="tuner-runs", help="where the study's run directory is")
@@ -182,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                              ("--tracking-uri", str, "MLflow tracking URI (default: the one the study used)")):
         resume.add_argument(flag, type=kind, help=text)
     resume.add_argument("--no-progress", action="store_true", help="no progress bar")
+    resume.add_argument("--in-process", action="store_true", help="evaluate in this process, without Ray")
     front = sub.add_parser("front", help="print the Pareto front of a study")
     front.add_argument("study")
     front.add_argument("--output-dir", default="tuner-runs")
@@ -208,8 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tuner.errors import USER_ERRORS
-
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "pick":

@@ -1,9 +1,32 @@
-"""Errors that are the user's to fix: the CLI prints them as one line, without a traceback."""
+"""Errors that are the user's to fix: the CLI prints them as one line, without a traceback.
 
-from tuner.experiment import ExperimentError
-from tuner.pick import PickError
-from tuner.space import SpaceError
-from tuner.study import StudyError
-from tuner.task import TaskError
+Defined here, in a module that imports nothing, so that any module can raise them and the CLI can catch them
+without loading the modules that raise them.
+"""
+
+
+class ExperimentError(ValueError):
+    """An experiment file that cannot run; the message names file, field and value."""
+
+
+class SpaceError(ValueError):
+    """A search-space file that cannot be searched; the message names file, rule and value."""
+
+
+class TaskError(ValueError):
+    """A task reference that cannot be loaded; the message names the spec and what is wrong."""
+
+
+class StudyError(RuntimeError):
+    """The study cannot go on (for example: the fp32 model itself does not build)."""
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot run the study as configured (missing resource, workers that cannot start)."""
+
+
+class PickError(ValueError):
+    """No front member meets the constraint (the message says what the front offers)."""
+
 
 USER_ERRORS = (ExperimentError, SpaceError, StudyError, PickError, TaskError, FileNotFoundError)

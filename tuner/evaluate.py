@@ -9,7 +9,7 @@ import tempfile
 import time
 import traceback
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,49 +29,12 @@ from tuner.measure.environment import file_sha256, fingerprint
 from tuner.measure.latency import measure_latency
 from tuner.measure.quality import score_all
 from tuner.precision import FP32, KINDS, kind_of
+from tuner.records import ArtifactRecord, LatencyStats, TrialResult
 from tuner.runtime import RuntimeConfig, load_artifact
 from tuner.space import quantizable_layers
+from tuner.experiment import EvalSettings
 from tuner.task import Task, TaskRef
 from tuner.vocab import OPT_LEVELS
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """How candidates are built and measured (from the experiment file)."""
-
-    threads: int = 1
-    batch_size: int = 1
-    warmup: int = 10
-    repeats: int = 50
-    round_to: int = 8
-    distill_steps: int = 100
-    distill_lr: float = 1e-4
-    recovery_time_limit_s: float = 120.0
-
-
-@dataclass
-class Outcome:
-    """Plain-data result of one evaluation; crosses process boundaries as a dict."""
-
-    key: str
-    candidate: dict[str, Any]
-    state: str = "COMPLETE"  # or "FAIL"
-    error: str | None = None
-    traceback: str | None = None
-    metric: float | None = None
-    extra_metrics: dict[str, float] = field(default_factory=dict)
-    latency: dict[str, float] = field(default_factory=dict)
-    size_mb: float | None = None
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-    artifact_dir: str | None = None
-    artifact_sha256: str | None = None
-    environment: dict[str, Any] = field(default_factory=dict)  # node fingerprint + package versions
-    cached_build: bool = False
-    cached_export: bool = False
-    model_stats: dict[str, Any] = field(default_factory=dict)  # MACs/params (ratios to unpruned), recovery
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def latency_feeds(task: Task, input_names: list[str], batch_size: int) -> dict[str, np.ndarray]:
@@ -107,47 +70,47 @@ class Evaluator:
         self._base_size: tuple[float, float] | None = None
         self._feeds: dict[str, np.ndarray] | None = None
 
-    def evaluate(self, candidate: Candidate | dict) -> Outcome:
+    def evaluate(self, candidate: Candidate | dict) -> TrialResult:
         """Build, score and time in this process (what `tuner verify` does; the study splits the last step off)."""
-        outcome = self.build_and_score(candidate)
-        if outcome.state == "COMPLETE":
-            try:
-                with _timed(outcome.timings, "latency"):
-                    model_path = Path(outcome.artifact_dir) / "model.onnx"
-                    outcome.latency, outcome.environment = time_artifact(model_path, self.feeds(model_path),
-                                                                         self.settings)
-            except Exception as exc:
-                _fail(outcome, "latency", exc)
-        return outcome
+        result = self.build_and_score(candidate)
+        if not result.completed:
+            return result
+        start = time.perf_counter()
+        try:
+            model_path = Path(result.artifact_dir) / "model.onnx"
+            latency, environment = time_artifact(model_path, self.feeds(model_path), self.settings)
+        except Exception as exc:
+            return _failed(result.with_timings(latency=time.perf_counter() - start), "latency", exc)
+        return replace(result, latency=latency, environment=environment).with_timings(
+            latency=time.perf_counter() - start)
 
-    def build_and_score(self, candidate: Candidate | dict) -> Outcome:
+    def build_and_score(self, candidate: Candidate | dict) -> TrialResult:
         """Build the artifact into ``artifact_root/<key>/`` and score it with the task's metric; no latency."""
         if isinstance(candidate, dict):
             candidate = Candidate.from_dict(candidate)
         key = candidate.key(self.fingerprint)
-        outcome = Outcome(key=key, candidate=candidate.to_dict())
+        result = TrialResult(key=key, candidate=candidate.to_dict())
+        timings: dict[str, float] = {}
         stage = "build"
         try:
             check_runnable(candidate)
             artifact = self.artifact_root / key
-            outcome.artifact_dir = str(artifact)
-            if (artifact / "model.onnx").is_file():
-                outcome.cached_build = True
-            else:
-                outcome.cached_export = self.build(candidate, artifact, outcome.timings)
+            result = replace(result, artifact_dir=str(artifact))
+            cached_build = (artifact / "model.onnx").is_file()
+            cached_export = False if cached_build else self.build(candidate, artifact, timings)
             model_path = artifact / "model.onnx"
-            outcome.size_mb = model_path.stat().st_size / 1e6
             stats_file = self.export_root / candidate.prune_key(self.fingerprint) / "stats.json"
-            if stats_file.is_file():
-                outcome.model_stats = json.loads(stats_file.read_text())
-            outcome.artifact_sha256 = file_sha256(model_path)
+            result = replace(result, cached_build=cached_build, cached_export=cached_export,
+                             size_mb=model_path.stat().st_size / 1e6, artifact_sha256=file_sha256(model_path),
+                             model_stats=json.loads(stats_file.read_text()) if stats_file.is_file() else {})
             stage = "accuracy"
-            with _timed(outcome.timings, "accuracy"):
+            with _timed(timings, "accuracy"):
                 session = load_artifact(model_path, self.settings.threads)  # exactly as deployed
-                outcome.metric, outcome.extra_metrics = score_all(session, self.task.evaluation)
+                metric, extra = score_all(session, self.task.evaluation)
+            result = replace(result, metric=metric, extra_metrics=extra)
         except Exception as exc:  # a broken candidate is a result (FAIL), not a crash of the study
-            _fail(outcome, stage, exc)
-        return outcome
+            return _failed(result.with_timings(**timings), stage, exc)
+        return result.with_timings(**timings)
 
     def feeds(self, model_path: str | Path) -> dict[str, np.ndarray]:
         """The latency inputs by the artifact's input names (every candidate keeps the export's inputs)."""
@@ -184,11 +147,9 @@ class Evaluator:
                 _stamp(tmp / "model.onnx", candidate, self.fingerprint)
             with _timed(timings, "verify_kernels"):
                 kernels = self._check_kernels(tmp, candidate, {layer: v[2] for layer, v in nodes.items()})
-            record = {"key": candidate.key(self.fingerprint), "task": self.task_ref.spec,
-                      "task_fingerprint": self.fingerprint, "candidate": candidate.to_dict(),
-                      "fused_operators": fused, "kernels": kernels,
-                      "layer_nodes": {layer: v[0] for layer, v in nodes.items()}}
-            (tmp / "candidate.json").write_text(json.dumps(record, indent=2))
+            ArtifactRecord(candidate.to_dict(), key=candidate.key(self.fingerprint), task=self.task_ref.spec,
+                           task_fingerprint=self.fingerprint, fused_operators=fused, kernels=kernels,
+                           layer_nodes={layer: v[0] for layer, v in nodes.items()}).write(tmp / "candidate.json")
             try:
                 os.rename(tmp, artifact)
             except OSError:  # another worker built the same key first; theirs is identical
@@ -262,17 +223,15 @@ class Evaluator:
 
 
 def time_artifact(model_path: str | Path, feeds: dict[str, np.ndarray], settings: EvalSettings
-                  ) -> tuple[dict[str, float], dict[str, Any]]:
+                  ) -> tuple[LatencyStats, dict[str, Any]]:
     """Latency of an artifact in a session opened as deployed, and the fingerprint of where it was taken."""
     session = load_artifact(model_path, settings.threads)
     stats = measure_latency(session, feeds, settings.warmup, settings.repeats)
-    return stats.to_dict(), fingerprint(settings.threads)
+    return stats, fingerprint(settings.threads)
 
 
-def _fail(outcome: Outcome, stage: str, exc: Exception) -> None:
-    outcome.state = "FAIL"
-    outcome.error = f"{stage} failed: {type(exc).__name__}: {exc}"
-    outcome.traceback = traceback.format_exc(limit=8)
+def _failed(result: TrialResult, stage: str, exc: Exception) -> TrialResult:
+    return result.failed(f"{stage} failed: {type(exc).__name__}: {exc}", traceback.format_exc(limit=8))
 
 
 def check_runnable(candidate: Candidate) -> None:

@@ -15,18 +15,32 @@ Example (``experiments/digits_cnn/experiment.yaml``)::
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tuner.evaluate import EvalSettings
-from tuner.task import TaskRef
+from tuner.errors import ExperimentError
+from tuner.taskref import TaskRef
 from tuner.yamlfile import read_mapping
 
 
-class ExperimentError(ValueError):
-    """An experiment file that cannot run; the message names file, field and value."""
+@dataclass(frozen=True)
+class EvalSettings:
+    """How candidates are built and measured (from the experiment file)."""
+
+    threads: int = 1
+    batch_size: int = 1
+    warmup: int = 10
+    repeats: int = 50
+    round_to: int = 8
+    distill_steps: int = 100
+    distill_lr: float = 1e-4
+    recovery_time_limit_s: float = 120.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class LatencyConfig(BaseModel):

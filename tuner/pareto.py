@@ -10,40 +10,42 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.records import StudyMeta, TrialMeta
+
 COLUMNS = ("trial", "metric", "latency_ms", "latency_p90_ms", "speedup", "size_mb", "summary", "key")
 
 
 def trial_row(trial: FrozenTrial, metric_name: str, baseline_latency: float | None) -> dict[str, Any]:
-    attrs = trial.user_attrs
+    """One completed trial as a table row (the metric's column is named after it)."""
+    meta = TrialMeta.of(trial)
     latency = trial.values[1]
     return {
         "trial": trial.number,
         metric_name: trial.values[0],
         "latency_ms": latency,
-        "latency_p90_ms": attrs.get("latency_p90_ms"),
+        "latency_p90_ms": meta.latency_p90_ms,
         "speedup": (baseline_latency / latency) if baseline_latency else None,
-        "size_mb": attrs.get("size_mb"),
-        "macs_ratio": attrs.get("model_stats", {}).get("macs_ratio"),
-        **attrs.get("extra_metrics", {}),
-        "reference": attrs.get("reference", ""),
-        "summary": attrs.get("summary", ""),
-        "key": attrs.get("key", ""),
-        "mlflow_run_id": attrs.get("mlflow_run_id"),
+        "size_mb": meta.size_mb,
+        "macs_ratio": meta.model_stats.get("macs_ratio"),
+        **meta.extra_metrics,
+        "reference": meta.reference,
+        "summary": meta.summary,
+        "key": meta.key,
+        "mlflow_run_id": meta.mlflow_run_id,
     }
 
 
 def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """Feasible Pareto-optimal trials, fastest first (Optuna computes the front and the constraints)."""
-    metric = study.user_attrs.get("metric_name", "metric")
-    baseline = study.user_attrs.get("baseline_latency_ms")
-    rows = [trial_row(t, metric, baseline) for t in study.best_trials]
+    meta = StudyMeta.load(study)
+    rows = [trial_row(t, meta.metric_name, meta.baseline_latency_ms) for t in study.best_trials]
     return sorted(rows, key=lambda r: r["latency_ms"])
 
 
 def completed_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    metric = study.user_attrs.get("metric_name", "metric")
-    baseline = study.user_attrs.get("baseline_latency_ms")
-    return [trial_row(t, metric, baseline) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    meta = StudyMeta.load(study)
+    return [trial_row(t, meta.metric_name, meta.baseline_latency_ms)
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
 
 
 def format_table(rows: Sequence[dict[str, Any]], metric_name: str) -> str:

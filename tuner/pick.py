@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 
+from tuner.errors import PickError
+from tuner.records import ArtifactRecord, StudyMeta, TrialMeta
 from tuner.vocab import ORT_LEVELS
-
-
-class PickError(ValueError):
-    """No front member meets the constraint (the message says what the front offers)."""
 
 
 def choose(front: list[dict[str, Any]], metric_name: str, maximize: bool, min_metric: float | None = None,
@@ -79,7 +78,7 @@ def knee_point(rows: list[dict[str, Any]], metric_name: str, maximize: bool) -> 
 
 
 def export_pick(study: optuna.Study, row: dict[str, Any], out_dir: str | Path, tracking_uri: str | None,
-                register_as: str | None, alias: str | None = None) -> dict[str, Any]:
+                register_as: str | None, alias: str | None = None) -> ArtifactRecord:
     """Download the member's ``model.onnx`` from its MLflow trial run; write ``candidate.json`` and
     ``MODEL_CARD.md``; optionally register it (with metrics, candidate and card) and set an alias."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -95,28 +94,21 @@ def export_pick(study: optuna.Study, row: dict[str, Any], out_dir: str | Path, t
     shutil.move(local, out_dir / "model.onnx")
     shutil.rmtree(out_dir / ".download", ignore_errors=True)
     trial = study.trials[row["trial"]]
-    metric_name = study.user_attrs["metric_name"]
+    meta, trial_meta = StudyMeta.load(study), TrialMeta.of(trial)
+    metric_name = meta.metric_name
     model = onnx.load(str(out_dir / "model.onnx"))
     props = {p.key: p.value for p in model.metadata_props}
     runtime = json.loads(props.get("tuner.runtime", json.dumps({"opt_level": props.get("tuner.opt_level")})))
-    record = {
-        "study": study.study_name,
-        "trial": row["trial"],
-        "mlflow_run_id": run_id,
-        "key": row["key"],
-        "artifact_sha256": trial.user_attrs.get("artifact_sha256"),
-        "metrics": {metric_name: row[metric_name], "latency_ms": row["latency_ms"],
-                    "latency_p90_ms": row["latency_p90_ms"], "size_mb": row["size_mb"], "speedup": row["speedup"],
-                    **trial.user_attrs.get("extra_metrics", {})},
-        "baseline": {metric_name: study.user_attrs.get("baseline_metric"),
-                     "latency_ms": study.user_attrs.get("baseline_latency_ms")},
-        "runtime": {**runtime, "provider": "CPUExecutionProvider"},
-        "environment": trial.user_attrs.get("environment", {}),
-        "summary": row["summary"],
-        "candidate": json.loads(props["tuner.candidate"]),
-        "params": trial.params,
-    }
-    (out_dir / "candidate.json").write_text(json.dumps(record, indent=2))
+    record = ArtifactRecord(
+        json.loads(props["tuner.candidate"]), key=row["key"], study=study.study_name, trial=row["trial"],
+        mlflow_run_id=run_id, artifact_sha256=trial_meta.artifact_sha256, summary=row["summary"],
+        metrics={metric_name: row[metric_name], "latency_ms": row["latency_ms"],
+                 "latency_p90_ms": row["latency_p90_ms"], "size_mb": row["size_mb"], "speedup": row["speedup"],
+                 **trial_meta.extra_metrics},
+        baseline={metric_name: meta.baseline_metric, "latency_ms": meta.baseline_latency_ms},
+        runtime={**runtime, "provider": "CPUExecutionProvider"}, environment=trial_meta.environment,
+        params=trial.params)
+    record.write(out_dir / "candidate.json")
     (out_dir / "MODEL_CARD.md").write_text(model_card(record, metric_name))
     if register_as:
         mlflow.set_tracking_uri(client.tracking_uri)
@@ -124,7 +116,7 @@ def export_pick(study: optuna.Study, row: dict[str, Any], out_dir: str | Path, t
 
         level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[runtime["opt_level"]])
         session_options = {"graph_optimization_level": int(level),
-                           "intra_op_num_threads": record["environment"].get("threads", 1)}
+                           "intra_op_num_threads": record.environment.get("threads", 1)}
         with mlflow.start_run(run_id=run_id):
             info = mlflow.onnx.log_model(
                 model, name="model", registered_model_name=register_as, onnx_session_options=session_options,
@@ -133,26 +125,26 @@ def export_pick(study: optuna.Study, row: dict[str, Any], out_dir: str | Path, t
                 metadata={"tuner_summary": row["summary"], "tuner_runtime": runtime})
         version = info.registered_model_version
         tags = {"tuner.study": study.study_name, "tuner.trial": str(row["trial"]), "tuner.summary": row["summary"],
-                "tuner.artifact_sha256": record["artifact_sha256"] or ""}
-        tags.update({f"metric.{k}": f"{v:.6g}" for k, v in record["metrics"].items() if isinstance(v, (int, float))})
+                "tuner.artifact_sha256": record.artifact_sha256 or ""}
+        tags.update({f"metric.{k}": f"{v:.6g}" for k, v in record.metrics.items() if isinstance(v, (int, float))})
         for key, value in tags.items():
             client.set_model_version_tag(register_as, version, key, value[:5000])
         if alias:
             client.set_registered_model_alias(register_as, alias, version)
-        record["registered_model"] = {"name": register_as, "version": version, "alias": alias}
+        record = replace(record, registered_model={"name": register_as, "version": version, "alias": alias})
     return record
 
 
-def model_card(record: dict[str, Any], metric_name: str) -> str:
+def model_card(record: ArtifactRecord, metric_name: str) -> str:
     """A short Markdown card: what the model is, how it scored and ran, on what, and how to load it."""
-    m, base, env, runtime = record["metrics"], record["baseline"], record["environment"], record["runtime"]
-    cand = record["candidate"]
+    m, base, env, runtime = record.metrics, record.baseline, record.environment, record.runtime
+    cand = record.candidate
     precision = cand.get("precision", {})
     off = runtime.get("disabled_optimizers") or []
     lines = [
-        f"# {record['study']} — trial {record['trial']}",
+        f"# {record.study} — trial {record.trial}",
         "",
-        f"Picked from the Pareto front of study `{record['study']}` by `tuner pick`. Choices: {record['summary']}.",
+        f"Picked from the Pareto front of study `{record.study}` by `tuner pick`. Choices: {record.summary}.",
         "",
         "| | this model | fp32 baseline |",
         "|---|---|---|",
@@ -169,7 +161,7 @@ def model_card(record: dict[str, Any], metric_name: str) -> str:
         f"Measured with ONNX Runtime {env.get('onnxruntime', '?')} on {env.get('cpu', '?')} "
         f"({env.get('cores', '?')} cores, flags {', '.join(env.get('cpu_flags', [])) or '?'}), "
         f"{env.get('threads', '?')} intra-op thread(s), host `{env.get('host', '?')}`; "
-        f"model.onnx sha256 `{record.get('artifact_sha256')}`.",
+        f"model.onnx sha256 `{record.artifact_sha256}`.",
         "",
         "## Load it",
         "",

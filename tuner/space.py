@@ -41,6 +41,7 @@ from tuner.build.fusion import (
 )
 from tuner.build.prune import PruningGroup
 from tuner.candidate import Candidate
+from tuner.errors import SpaceError
 from tuner.precision import (
     FP32,
     PrecisionError,
@@ -50,10 +51,6 @@ from tuner.precision import (
 )
 from tuner.vocab import IMPORTANCE_METHODS, OPT_LEVELS, RECOVERY_METHODS
 from tuner.yamlfile import read_mapping
-
-
-class SpaceError(ValueError):
-    """A search-space file that cannot be searched; the message names file, rule and value."""
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,6 @@ The function takes the experiment's ``task_args`` as keyword arguments and retur
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
-import json
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +14,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-
-class TaskError(ValueError):
-    """A task reference that cannot be loaded; the message names the spec and what is wrong."""
+from tuner.errors import TaskError  # noqa: F401  (raised by task loading; importable from here)
+from tuner.taskref import TaskRef, resolve_task_function  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -81,53 +75,3 @@ class Task:
             if not last:
                 raise ValueError("the model has no Conv2d or Linear layer to tune.")
             object.__setattr__(self, "output_layers", (last[-1],))
-
-
-@dataclass(frozen=True)
-class TaskRef:
-    """A task by reference: what crosses process boundaries instead of the task itself."""
-
-    spec: str
-    args: dict[str, Any] = field(default_factory=dict)
-    base_dir: str = "."  # relative file specs resolve against this (the experiment file's folder)
-
-    def fingerprint(self) -> str:
-        """Stable identity of the task for artifact keys (spec + arguments)."""
-        payload = json.dumps({"spec": self.spec, "args": self.args}, sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-    def load(self) -> Task:
-        fn = resolve_task_function(self.spec, self.base_dir)
-        task = fn(**self.args)
-        if not isinstance(task, Task):
-            raise TaskError(f"task function {self.spec!r} must return tuner.Task, but returned {type(task).__name__}.")
-        return task
-
-
-def resolve_task_function(spec: str, base_dir: str = ".") -> Callable[..., Task]:
-    """Import ``package.module:function`` or ``path/to/file.py:function``."""
-    module_part, sep, func_name = spec.rpartition(":")
-    if not sep or not module_part or not func_name:
-        raise TaskError(f"task {spec!r} must look like 'package.module:function' or 'path/to/file.py:function'.")
-    if module_part.endswith(".py"):
-        path = Path(module_part)
-        if not path.is_absolute():
-            path = Path(base_dir) / path
-        if not path.is_file():
-            raise TaskError(f"task {spec!r}: file {path} does not exist.")
-        mod_name = f"tuner_user_task_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
-        module = sys.modules.get(mod_name)
-        if module is None:
-            module_spec = importlib.util.spec_from_file_location(mod_name, path)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[mod_name] = module
-            module_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(module_part)
-        except ImportError as exc:
-            raise TaskError(f"task {spec!r}: cannot import module {module_part!r}: {exc}") from exc
-    fn = getattr(module, func_name, None)
-    if not callable(fn):
-        raise TaskError(f"task {spec!r}: {module_part!r} has no function {func_name!r}.")
-    return fn

@@ -12,6 +12,8 @@ from typing import Any
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from tuner.records import ArtifactRecord, TrialResult
+
 ROLE = "tuner.role"
 
 
@@ -63,51 +65,42 @@ class MlflowRecorder:
             max_results=50000)
         return {int(r.data.tags["tuner.trial_number"]): r.info.run_id for r in runs}
 
-    def log_trial(self, number: int, outcome: dict[str, Any], summary: str) -> str:
+    def log_trial(self, number: int, result: TrialResult, summary: str) -> str:
         """One nested run for a finished trial (COMPLETE or FAIL)."""
-        failed = outcome["state"] != "COMPLETE"
+        failed = not result.completed
         tags = {"mlflow.parentRunId": self.parent_run_id, ROLE: "trial", "tuner.trial_number": str(number),
-                "tuner.study": self.study_name, "tuner.state": outcome["state"],
-                "tuner.artifact_key": outcome.get("key") or "", "tuner.pareto": "false"}
+                "tuner.study": self.study_name, "tuner.state": result.state,
+                "tuner.artifact_key": result.key or "", "tuner.pareto": "false"}
         if failed:
-            tags["tuner.fail_reason"] = (outcome.get("error") or "unknown")[:5000]
-        if outcome.get("artifact_sha256"):
-            tags["tuner.artifact_sha256"] = outcome["artifact_sha256"]
-        for key, value in (outcome.get("environment") or {}).items():
+            tags["tuner.fail_reason"] = (result.error or "unknown")[:5000]
+        if result.artifact_sha256:
+            tags["tuner.artifact_sha256"] = result.artifact_sha256
+        for key, value in result.environment.items():
             tags[f"tuner.env.{key}"] = (",".join(value) if isinstance(value, list) else str(value))[:500]
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number:04d}", tags=tags)
-        run_id = run.info.run_id
-        candidate = outcome.get("candidate") or {}
+        run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{number:04d}", tags=tags).info.run_id
+        candidate = result.candidate
         params = [Param("summary", summary[:500]), Param("opt_level", str(candidate.get("opt_level"))),
                   Param("fusions", "+".join(candidate.get("fusions", ())) or "none"),
                   Param("disabled_optimizers", "+".join(candidate.get("disabled_optimizers", ()))[:500] or "none")]
-        metrics = []
-        if not failed:
-            lat = outcome["latency"]
-            values = {self.metric_name: outcome["metric"], "latency_ms": lat["median_ms"],
-                      "latency_p90_ms": lat["p90_ms"], "latency_cv": lat["cv"], "size_mb": outcome["size_mb"]}
-            values.update(outcome.get("extra_metrics", {}))
-            values.update({k: v for k, v in (outcome.get("model_stats") or {}).items()
-                           if isinstance(v, (int, float)) and v == v})  # MACs/params ratios, recovery cost
-            values.update({f"time_{k}_s": v for k, v in outcome.get("timings", {}).items()})
-            metrics = [Metric(k, float(v), 0, 0) for k, v in values.items()]
+        metrics = [Metric(k, float(v), 0, 0) for k, v in _trial_metrics(result, self.metric_name).items()]
         self.client.log_batch(run_id, metrics=metrics, params=params)
-        self.client.log_dict(run_id, {"trial": number, "key": outcome.get("key"), "candidate": candidate,
-                                      "artifact_sha256": outcome.get("artifact_sha256"),
-                                      "environment": outcome.get("environment")}, "candidate.json")
-        if failed and outcome.get("traceback"):
-            self.client.log_text(run_id, outcome["traceback"], "error.txt")
-        self.client.log_dict(run_id, outcome, "outcome.json")  # lets a resumed driver adopt this result
+        record = ArtifactRecord(candidate, key=result.key, trial=number, artifact_sha256=result.artifact_sha256,
+                                summary=summary, environment=result.environment)
+        self.client.log_dict(run_id, record.to_dict(), "candidate.json")
+        if failed and result.traceback:
+            self.client.log_text(run_id, result.traceback, "error.txt")
+        self.client.log_dict(run_id, result.to_dict(), "outcome.json")  # lets a resumed driver adopt this result
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
         return run_id
 
-    def logged_outcome(self, run_id: str) -> dict[str, Any] | None:
-        """The outcome a trial run recorded (``outcome.json``), or None if its logging did not finish."""
+    def logged_result(self, run_id: str) -> TrialResult | None:
+        """The result a trial run recorded (``outcome.json``), or None if its logging did not finish."""
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                return json.loads(Path(self.client.download_artifacts(run_id, "outcome.json", tmp)).read_text())
+                data = json.loads(Path(self.client.download_artifacts(run_id, "outcome.json", tmp)).read_text())
         except Exception:  # a run created but killed before its outcome was written
             return None
+        return TrialResult.from_dict(data)
 
     def mark_front(self, trial_runs: dict[int, str], front_trials: set[int], models: dict[int, Path]) -> None:
         """Tag every trial run with ``tuner.pareto`` and attach ``model.onnx`` to front members."""
@@ -138,3 +131,17 @@ class MlflowRecorder:
 
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_run_id, status)
+
+
+def _trial_metrics(result: TrialResult, metric_name: str) -> dict[str, float]:
+    """A completed trial's MLflow metrics: its values, model statistics and seconds per stage."""
+    if not result.completed or result.latency is None:
+        return {}
+    lat = result.latency
+    values = {metric_name: result.metric, "latency_ms": lat.median_ms, "latency_p90_ms": lat.p90_ms,
+              "latency_cv": lat.cv, "size_mb": result.size_mb}
+    values.update(result.extra_metrics)
+    values.update({k: v for k, v in result.model_stats.items()
+                   if isinstance(v, (int, float)) and v == v})  # MACs/params ratios, recovery cost
+    values.update({f"time_{k}_s": v for k, v in result.timings.items()})
+    return values

@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tuner.study import StudyError, load_finished_study
+from tuner.errors import StudyError
+from tuner.records import ArtifactRecord, StudyMeta, TrialMeta, TrialResult
+from tuner.storage import load_finished_study
 
 
 def verify(study_name: str, trial_number: int, output_dir: str | Path = "tuner-runs",
@@ -26,35 +28,35 @@ def verify(study_name: str, trial_number: int, output_dir: str | Path = "tuner-r
     if trial.state.name != "COMPLETE":
         raise StudyError(f"trial {trial_number} of {study_name!r} is {trial.state.name}; only COMPLETE trials "
                          "have an artifact to verify.")
-    if "task_ref" not in study.user_attrs:
+    meta, trial_meta = StudyMeta.load(study), TrialMeta.of(trial)
+    if meta.task_ref is None:
         raise StudyError(f"study {study_name!r} predates `tuner verify` (no task reference stored).")
     run_dir = Path(output_dir) / study_name
-    key = trial.user_attrs["key"]
+    key = trial_meta.key
     candidate_file = run_dir / "artifacts" / key / "candidate.json"
-    candidate = json.loads(candidate_file.read_text())["candidate"] if candidate_file.is_file() else \
-        _candidate_from_mlflow(trial.user_attrs.get("mlflow_run_id"),
-                               tracking_uri or study.user_attrs.get("tracking_uri"))
-    job = {"task_ref": study.user_attrs["task_ref"], "settings": study.user_attrs["eval_settings"],
-           "artifact_root": str(run_dir / "artifacts"), "candidate": candidate}
+    candidate = ArtifactRecord.read(candidate_file).candidate if candidate_file.is_file() else \
+        _candidate_from_mlflow(trial_meta.mlflow_run_id, tracking_uri or meta.tracking_uri)
+    job = {"task_ref": dict(meta.task_ref), "settings": dict(meta.eval_settings),
+           "artifact_root": str(run_dir / "artifacts"), "candidate": dict(candidate)}
     proc = subprocess.run([sys.executable, "-m", "tuner.verify", json.dumps(job)], capture_output=True, text=True,
                           timeout=timeout_s)
     if proc.returncode != 0:
         raise RuntimeError(f"the verifying process failed: {proc.stderr[-2000:]}")
-    fresh = json.loads(proc.stdout.strip().splitlines()[-1])
-    if fresh["state"] != "COMPLETE":
-        raise RuntimeError(f"trial {trial_number} no longer builds or runs: {fresh['error']}")
-    recorded_env = trial.user_attrs.get("environment", {})
+    fresh = TrialResult.from_dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+    if not fresh.completed:
+        raise RuntimeError(f"trial {trial_number} no longer builds or runs: {fresh.error}")
+    recorded_env = trial_meta.environment
     return {
         "study": study_name, "trial": trial_number, "key": key,
-        "rebuilt": not fresh["cached_build"],
-        "metric_name": study.user_attrs["metric_name"],
-        "metric": {"recorded": trial.values[0], "now": fresh["metric"], "diff": fresh["metric"] - trial.values[0]},
-        "latency_ms": {"recorded": trial.values[1], "now": fresh["latency"]["median_ms"],
-                       "ratio": fresh["latency"]["median_ms"] / trial.values[1]},
-        "artifact_sha256": {"recorded": trial.user_attrs.get("artifact_sha256"), "now": fresh["artifact_sha256"],
-                            "same": trial.user_attrs.get("artifact_sha256") == fresh["artifact_sha256"]},
+        "rebuilt": not fresh.cached_build,
+        "metric_name": meta.metric_name,
+        "metric": {"recorded": trial.values[0], "now": fresh.metric, "diff": fresh.metric - trial.values[0]},
+        "latency_ms": {"recorded": trial.values[1], "now": fresh.latency.median_ms,
+                       "ratio": fresh.latency.median_ms / trial.values[1]},
+        "artifact_sha256": {"recorded": trial_meta.artifact_sha256, "now": fresh.artifact_sha256,
+                            "same": trial_meta.artifact_sha256 == fresh.artifact_sha256},
         "environment_changes": {k: {"recorded": recorded_env.get(k), "now": v}
-                                for k, v in fresh["environment"].items() if recorded_env.get(k) != v},
+                                for k, v in fresh.environment.items() if recorded_env.get(k) != v},
     }
 
 
@@ -70,7 +72,7 @@ def _candidate_from_mlflow(run_id: str | None, tracking_uri: str | None) -> dict
 
     with tempfile.TemporaryDirectory() as tmp:
         path = MlflowClient(tracking_uri).download_artifacts(run_id, "candidate.json", tmp)
-        return json.loads(Path(path).read_text())["candidate"]
+        return ArtifactRecord.read(path).candidate
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -90,8 +92,9 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def _worker(job_json: str) -> None:
-    from tuner.evaluate import EvalSettings, Evaluator
-    from tuner.task import TaskRef
+    from tuner.evaluate import Evaluator
+    from tuner.experiment import EvalSettings
+    from tuner.taskref import TaskRef
 
     job = json.loads(job_json)
     ref = TaskRef(job["task_ref"]["spec"], job["task_ref"]["args"], job["task_ref"]["base_dir"])

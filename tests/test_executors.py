@@ -1,0 +1,97 @@
+"""The executor contract, one suite run against every implementation (as Optuna's sampler tests do): the
+in-process executor here, the Ray executor (slow: a real local Ray) below."""
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tuner.candidate import Candidate
+from tuner.executors import Executor, InProcessExecutor, Retime
+from tuner.experiment import EvalSettings
+from tuner.records import ArtifactRecord, LatencyStats, TrialResult
+from tuner.taskref import TaskRef
+
+SETTINGS = EvalSettings(warmup=1, repeats=3)
+FP32 = Candidate()
+INT8 = Candidate(precision=(("0", "int8"), ("2", "int8"), ("4", "int8")))
+UNRUNNABLE = Candidate(precision=(("0", "int8"),), opt_level="basic")  # refused before any build
+
+
+def drain(executor: Executor, n: int, deadline_s: float = 120.0) -> dict:
+    got: dict = {}
+    deadline = time.monotonic() + deadline_s
+    while len(got) < n and time.monotonic() < deadline:
+        got.update(executor.results(timeout=1.0))
+    assert len(got) == n, f"only {len(got)} of {n} results within {deadline_s} s"
+    return got
+
+
+class ExecutorContract:
+    """Every executor: results for every token, artifacts under the root, failures as FAIL results."""
+
+    @pytest.fixture
+    def executor(self, tmp_path):
+        raise NotImplementedError
+
+    def test_a_candidate_comes_back_built_scored_and_timed(self, executor, tmp_path):
+        assert executor.idle >= 1
+        executor.submit("a", FP32)
+        result = drain(executor, 1)["a"]
+        assert isinstance(result, TrialResult) and result.completed, result.error
+        assert isinstance(result.latency, LatencyStats) and result.latency.repeats == 3
+        assert 0 < result.metric <= 1 and result.environment["threads"] == 1
+        artifact = tmp_path / "artifacts" / result.key
+        assert (artifact / "model.onnx").is_file() and result.artifact_dir == str(artifact)
+        record = ArtifactRecord.read(artifact / "candidate.json")
+        assert record.candidate == FP32.to_dict() and record.key == result.key
+        assert {"wall", "worker_total", "accuracy"} <= set(result.timings)
+
+    def test_a_failing_candidate_is_a_fail_result_and_the_executor_goes_on(self, executor):
+        executor.submit("bad", UNRUNNABLE)
+        bad = drain(executor, 1)["bad"]
+        assert not bad.completed and "int8 needs opt_level" in bad.error and bad.latency is None
+        executor.submit("good", INT8)
+        assert drain(executor, 1)["good"].completed
+
+    def test_idle_counts_free_capacity(self, executor):
+        slots = executor.idle
+        for i in range(slots):
+            executor.submit(i, FP32)
+        assert executor.idle == 0
+        assert set(drain(executor, slots)) == set(range(slots))
+        assert executor.idle == slots
+
+    def test_retime_times_finished_artifacts_again(self, executor):
+        from tuner.evaluate import artifact_feeds
+
+        executor.submit("a", FP32)
+        result = drain(executor, 1)["a"]
+        model = Path(result.artifact_dir) / "model.onnx"
+        task = TaskRef("tiny_mlp:make_task").load()
+        again = executor.retime([Retime("x", model, result.environment)], artifact_feeds(task, model, 1))
+        assert set(again) == {"x"} and isinstance(again["x"], LatencyStats)
+
+
+class TestInProcessExecutor(ExecutorContract):
+    @pytest.fixture
+    def executor(self, tmp_path):
+        with InProcessExecutor(TaskRef("tiny_mlp:make_task"), SETTINGS, tmp_path / "artifacts") as executor:
+            yield executor
+
+
+@pytest.mark.slow
+class TestRayExecutor(ExecutorContract):
+    @pytest.fixture
+    def executor(self, tmp_path, monkeypatch):
+        from tuner.executors import RayExecutor
+
+        tests = os.path.dirname(__file__)  # Ray workers import the task module as the driver does
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
+        executor = RayExecutor(TaskRef("tiny_mlp:make_task"), SETTINGS, tmp_path / "artifacts", workers=1,
+                               timeout_s=300)
+        try:
+            yield executor
+        finally:
+            executor.close()

@@ -1,0 +1,186 @@
+"""The study loop's behaviour, fast: real Optuna journal, real MLflow sqlite store, real builds and ORT sessions,
+evaluated by the in-process executor (no Ray). Nothing here asserts on a measured latency."""
+
+import json
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+import tuner
+from tuner.executors import InProcessExecutor
+from tuner.records import StudyMeta, TrialMeta, TrialResult
+from tuner.storage import load_finished_study, open_study
+from tuner.tracking import MlflowRecorder
+
+SPACE = """
+layers:
+  - match: "4"
+    precision: [fp32, int8]
+  - match: "re:.*"
+    precision: [fp32, int8]
+    prune: {low: 0.0, high: 0.5, step: 0.25}
+"""
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One MLflow store for the module (creating its tables costs seconds); studies have their own names."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def experiment(tmp_path, name, trials=4, fragile=False, max_drop=0.02):
+    (tmp_path / "space.yaml").write_text(SPACE)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: {name}
+        task: tiny_mlp:make_task
+        task_args: {json.dumps({"fragile": fragile})}
+        search_space: space.yaml
+        trials: {trials}
+        seed: 3
+        max_metric_drop: {max_drop}
+        front_every: 2
+        latency: {{threads: 1, warmup: 1, repeats: 5}}
+    """))
+    return path
+
+
+def run(path, tmp_path, store, **kwargs):
+    return tuner.run(path, output_dir=tmp_path / "runs", tracking_uri=store, in_process=True, progress=False,
+                     log=lambda line: None, **kwargs)
+
+
+def trial_runs(store, name):
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("tuner.role") == "study"]
+    trials = {int(r.data.tags["tuner.trial_number"]): r for r in runs if r.data.tags.get("tuner.role") == "trial"}
+    return parents, trials
+
+
+def test_references_first_constraints_live_front_and_resume(tmp_path, store):
+    path = experiment(tmp_path, "loop")
+    result = run(path, tmp_path, store)
+    study = load_finished_study("loop", tmp_path / "runs")
+    meta = StudyMeta.load(study)
+    # the fp32 baseline is measured first; the references are the first trials, before the sampler's
+    assert meta.has_baseline and meta.metric_name == "accuracy" and meta.max_metric_drop == 0.02
+    assert [TrialMeta.of(t).reference for t in study.trials[:2]] == ["fp32", "uniform int8"]
+    assert set(study.trials[0].params.values()) <= {"fp32", 0.0, "all"}
+    # every completed trial carries its metric-drop constraint (<= 0 is feasible), which the front respects
+    for trial in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        drop = meta.baseline_metric - trial.values[0]
+        assert trial.user_attrs["metric_drop"] == pytest.approx(drop)
+        assert trial.system_attrs["constraints:metric_drop"] == pytest.approx(drop - 0.02)
+    front = {t.number for t in study.best_trials}
+    assert all(study.trials[n].user_attrs["metric_drop"] <= 0.02 for n in front)
+    assert {r["trial"] for r in result.front} == front
+    # MLflow: one parent, one run per trial, front tags and models, the live front logged every 2 trials
+    parents, runs = trial_runs(store, "loop")
+    assert len(parents) == 1 and sorted(runs) == [0, 1, 2, 3]
+    assert {n for n, r in runs.items() if r.data.tags["tuner.pareto"] == "true"} == front
+    client = MlflowClient(store)
+    assert [m.step for m in client.get_metric_history(parents[0].info.run_id, "front_size")] == [2, 4]
+    for number, run_ in runs.items():
+        files = {f.path for f in client.list_artifacts(run_.info.run_id)}
+        assert ("model.onnx" in files) == (number in front)
+        assert TrialResult.from_dict(json.loads(Path(client.download_artifacts(
+            run_.info.run_id, "outcome.json", str(tmp_path / f"dl{number}"))).read_text())).key == \
+            study.trials[number].user_attrs["key"]
+    assert len((tmp_path / "runs" / "loop" / "pareto.csv").read_text().strip().splitlines()) == 1 + len(front)
+    assert result.n_complete == 4 and len(result.timings) == 4
+
+    # the same experiment again with a larger budget continues the study: same parent, no duplicate runs
+    run(path, tmp_path, store, trials=6)
+    parents, runs = trial_runs(store, "loop")
+    assert len(parents) == 1 and sorted(runs) == list(range(6))
+    assert len(load_finished_study("loop", tmp_path / "runs").trials) == 6
+
+
+def test_failed_candidates_are_recorded_and_the_study_goes_on(tmp_path, store):
+    result = run(experiment(tmp_path, "fragile", trials=4, fragile=True), tmp_path, store)
+    study = load_finished_study("fragile", tmp_path / "runs")
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 4 and set(states) <= {"COMPLETE", "FAIL"}  # budget reached; never PRUNED
+    assert states[0] == "COMPLETE" and states[1] == "FAIL"  # fp32 scores; uniform int8 drifts and fails
+    assert "synthetic failure" in study.trials[1].user_attrs["fail_reason"]
+    assert result.n_failed == states.count("FAIL")
+    _, runs = trial_runs(store, "fragile")
+    for number, state in enumerate(states):
+        assert runs[number].data.tags["tuner.state"] == state
+        if state == "FAIL":
+            assert runs[number].info.status == "FAILED"
+            assert "synthetic failure" in runs[number].data.tags["tuner.fail_reason"]
+    assert {r["trial"] for r in result.front} <= {n for n, s in enumerate(states) if s == "COMPLETE"}
+
+
+class _StopAfter(InProcessExecutor):
+    """Stops the study like Ctrl-C once ``n`` results came back, with a candidate still submitted."""
+
+    def __init__(self, n, *args):
+        super().__init__(*args)
+        self.n = n
+
+    def results(self, timeout=1.0):
+        if self.n == 0:
+            raise KeyboardInterrupt
+        finished = super().results(timeout)[:1]
+        self.n -= len(finished)
+        return finished
+
+
+def test_a_stopped_study_leaves_nothing_running_and_continues(tmp_path, store):
+    from tuner.experiment import load_experiment
+    from tuner.study import run_study
+
+    exp = load_experiment(experiment(tmp_path, "stopped", trials=4)).model_copy(
+        update={"output_dir": str(tmp_path / "runs")})
+    with pytest.raises(KeyboardInterrupt):
+        run_study(exp, tracking_uri=store, progress=False, log=lambda line: None,
+                  executor=lambda e, uid: _StopAfter(2, e.task_ref(), e.eval_settings(), e.run_dir / "artifacts"))
+    study = load_finished_study("stopped", tmp_path / "runs")
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    stopped = [t for t in study.trials if t.user_attrs.get("interrupted")]
+    assert len(stopped) == 1 and stopped[0].state.name == "FAIL"
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert stopped[0].params in [t.system_attrs["fixed_params"] for t in waiting]  # queued to run again
+    parents, runs = trial_runs(store, "stopped")
+    assert parents[0].info.status == "FAILED" and stopped[0].number not in runs
+
+    run(experiment(tmp_path, "stopped", trials=4), tmp_path, store)
+    study = load_finished_study("stopped", tmp_path / "runs")
+    counted = [t for t in study.trials if t.state.is_finished() and not t.user_attrs.get("interrupted")]
+    assert len(counted) == 4
+    _, runs = trial_runs(store, "stopped")
+    assert sorted(runs) == sorted(t.number for t in counted)  # exactly one MLflow run per told trial
+
+
+def test_a_result_logged_before_the_driver_died_is_adopted_not_rerun(tmp_path, store):
+    """The window exactly-once must cover: the driver logged a trial's MLflow run, then died before telling
+    Optuna. Built from real parts: the study's own journal and MLflow store, a trial left RUNNING in between."""
+    path = experiment(tmp_path, "adopt", trials=3)
+    run(path, tmp_path, store)
+    run_dir = tmp_path / "runs" / "adopt"
+    study = load_finished_study("adopt", tmp_path / "runs")
+    donor = study.trials[1]
+    client = MlflowClient(store)
+    donor_result = TrialResult.from_dict(json.loads(Path(client.download_artifacts(
+        donor.user_attrs["mlflow_run_id"], "outcome.json", str(tmp_path / "dl"))).read_text()))
+    study = open_study(run_dir, "adopt", optuna.samplers.RandomSampler())
+    logged = study.ask(fixed_distributions=donor.distributions)  # trial 3: logged to MLflow, never told
+    MlflowRecorder(store, "adopt", "accuracy", study.user_attrs["uid"]).log_trial(
+        logged.number, donor_result, donor.user_attrs["summary"])
+    lost = study.ask(fixed_distributions=donor.distributions)  # trial 4: died before anything was logged
+    assert (logged.number, lost.number) == (3, 4)
+
+    run(path, tmp_path, store, trials=5)
+    study = load_finished_study("adopt", tmp_path / "runs")
+    states = [t.state.name for t in study.trials]
+    assert states[3] == "COMPLETE" and study.trials[3].values == [donor_result.metric, donor_result.latency.median_ms]
+    assert states[4] == "FAIL" and study.trials[4].user_attrs["interrupted"]  # re-queued and run as trial 5
+    assert len(states) == 6 and states[5] in ("COMPLETE", "FAIL")
+    _, runs = trial_runs(store, "adopt")
+    assert sorted(runs) == [0, 1, 2, 3, 5]  # exactly one MLflow run per told trial; none for the lost trial 4

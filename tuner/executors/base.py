@@ -1,0 +1,69 @@
+"""The executor interface: what the study loop needs from whatever runs evaluations.
+
+A candidate goes through two explicit stages (:class:`Stage`): BUILD (build the artifact, score it with the
+task's metric) and TIMING (time that artifact in ONNX Runtime). An executor takes candidates with
+``submit``, hands back finished :class:`~tuner.records.TrialResult` s from ``results`` (COMPLETE after both
+stages, or FAIL with the reason), times finished artifacts again with ``retime`` and releases what it holds
+with ``close``. Artifacts land in ``<artifact_root>/<key>/`` on the driver's machine.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuner.candidate import Candidate
+from tuner.records import LatencyStats, TrialResult
+
+
+class Stage(enum.Enum):
+    """Where a submitted candidate is."""
+
+    BUILD = "build"  # waiting for a worker, or being built and scored
+    TIMING = "timing"  # built, waiting for a latency meter, or being timed
+
+
+@dataclass(frozen=True)
+class Retime:
+    """A finished artifact to time again: ``token`` names it in the answer; ``environment`` is where it was
+    timed during the study (a distributed executor times it on that machine again)."""
+
+    token: Hashable
+    model_path: Path
+    environment: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Executor(abc.ABC):
+    """Runs evaluations for the study loop; see the module docstring for the contract."""
+
+    @property
+    @abc.abstractmethod
+    def idle(self) -> int:
+        """How many more candidates it can start now (the loop submits at most this many)."""
+
+    @abc.abstractmethod
+    def submit(self, token: Hashable, candidate: Candidate) -> None:
+        """Start evaluating ``candidate``; its result comes back from ``results`` under ``token``."""
+
+    @abc.abstractmethod
+    def results(self, timeout: float = 1.0) -> list[tuple[Hashable, TrialResult]]:
+        """Finished evaluations; waits at most ``timeout`` seconds for the first one."""
+
+    @abc.abstractmethod
+    def retime(self, artifacts: Sequence[Retime], feeds: Mapping[str, Any]) -> dict[Hashable, LatencyStats]:
+        """Time finished artifacts again (for a quiet re-check once no build runs); those that cannot be timed
+        are left out of the answer."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release workers and meters; the executor cannot be used afterwards."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,73 @@
+"""The study's front, computed once from the trials and written out: CSV tables, plots and hypervolume in the
+run directory and the MLflow parent run; at the end, front tags and models on the trial runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from tuner.pareto import completed_rows, front_rows, plot_front, write_csv
+from tuner.plots import hypervolume, layer_rows, plot_front_html, plot_layers
+from tuner.records import StudyMeta, TrialMeta
+from tuner.tracking import MlflowRecorder
+
+FRONT_FILES = ("pareto.csv", "references.csv", "pareto.png", "pareto.html", "front_layers.png")
+
+
+def front_hypervolume(front: list[dict[str, Any]], meta: StudyMeta, worst_metric: float) -> float:
+    """Area of (latency, metric) the front dominates up to the fp32 latency and the metric constraint (or the
+    worst metric seen, without one)."""
+    sign = -1 if meta.maximize else 1
+    threshold = meta.metric_threshold()
+    worst = threshold if threshold is not None else worst_metric
+    return hypervolume([(r["latency_ms"], sign * r[meta.metric_name]) for r in front],
+                       (meta.baseline_latency_ms, sign * worst))
+
+
+def publish_front(study: optuna.Study, recorder: MlflowRecorder, run_dir: Path, step: int):
+    """Compute the front once; write its table, plots and hypervolume to the run directory and MLflow."""
+    meta = StudyMeta.load(study)
+    metric_name = meta.metric_name
+    front = front_rows(study)
+    rows = completed_rows(study)
+    by_trial = {r["trial"]: r for r in rows}
+    references = {}
+    for trial in study.get_trials(deepcopy=False):
+        label = TrialMeta.of(trial).reference
+        if label and trial.number in by_trial:
+            references[label] = by_trial[trial.number]
+    threshold = meta.metric_threshold()
+    write_csv(front, run_dir / "pareto.csv", metric_name)
+    write_csv(list(references.values()), run_dir / "references.csv", metric_name)
+    plot_front(rows, front, metric_name, run_dir / "pareto.png", references, threshold)
+    plot_front_html(rows, front, metric_name, run_dir / "pareto.html", references, threshold)
+    params_of = {r["trial"]: study.trials[r["trial"]].params for r in front}
+    plot_layers(layer_rows(front, params_of), metric_name, {r["trial"]: r[metric_name] for r in front},
+                run_dir / "front_layers.png")
+    worst = (min if meta.maximize else max)(r[metric_name] for r in rows)
+    hv = front_hypervolume(front, meta, worst)
+    files = [run_dir / name for name in FRONT_FILES if (run_dir / name).is_file()]
+    recorder.log_front(files, {"front_size": len(front), "hypervolume": hv}, step=step)
+    return front, references
+
+
+def finish_front(study: optuna.Study, recorder: MlflowRecorder, trial_runs: dict[int, str], run_dir: Path):
+    """The front once more at the end: files, ``tuner.pareto`` tags, front models attached, a study summary."""
+    meta = StudyMeta.load(study)
+    if not meta.has_baseline:
+        return [], []
+    n_finished = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+    front, references = publish_front(study, recorder, run_dir, n_finished)
+    models = {}
+    for r in front:
+        path = run_dir / "artifacts" / r["key"] / "model.onnx"
+        if path.is_file():
+            models[r["trial"]] = path
+    recorder.mark_front(trial_runs, {r["trial"] for r in front}, models)
+    summary = {"baseline_" + meta.metric_name: meta.baseline_metric, "baseline_latency_ms": meta.baseline_latency_ms}
+    if front:
+        summary["best_speedup"] = max(r["speedup"] for r in front)
+    recorder.log_summary(summary)
+    return front, list(references.values())

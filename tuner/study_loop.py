@@ -1,0 +1,174 @@
+"""The ask/tell loop, as Optuna's own `study/_optimize.py` writes it: the loop asks, submits and tells; what else
+happens when a trial finishes (MLflow, progress, the live front, timing statistics) is a callback.
+
+Two kinds of hook, in this order, for each finished trial:
+
+* ``recorders(trial, result)`` run *before* Optuna is told: they make the result durable (the MLflow trial
+  run). A driver that dies between the two finds the result there on resume and adopts it, so every trial is
+  recorded exactly once.
+* ``callbacks(study, finished)`` run after: side effects that read the told study.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.executors.base import Executor
+from tuner.records import StudyMeta, TrialMeta, TrialResult
+from tuner.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class FinishedTrial:
+    """What a callback receives: the told trial, its result, when the result came back, and progress."""
+
+    trial: FrozenTrial
+    result: TrialResult
+    received: float  # time.perf_counter() when the executor handed the result back
+    done: int  # trials finished toward the budget, this one included
+    budget: int
+
+
+Recorder = Callable[[optuna.Trial, TrialResult], None]
+Callback = Callable[[optuna.Study, FinishedTrial], None]
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, meta: StudyMeta) -> bool:
+    """Record a result on its trial (values, metric-drop constraint, attributes); returns whether it completed."""
+    drop = None
+    if result.completed:
+        drop = (meta.baseline_metric - result.metric) if meta.maximize else (result.metric - meta.baseline_metric)
+        if meta.max_metric_drop is not None:  # <= 0 is feasible
+            trial.set_constraint("metric_drop", drop - meta.max_metric_drop)
+    for key, value in TrialMeta.attrs_of(result, drop).items():
+        trial.set_user_attr(key, value)
+    if not result.completed:
+        study.tell(trial, state=TrialState.FAIL)
+        return False
+    study.tell(trial, [result.metric, result.latency.median_ms])
+    return True
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> None:
+    """Queue the parameters of a trial that was stopped again, keeping its reference label."""
+    reference = trial.user_attrs.get("reference")
+    study.enqueue_trial(trial.params, user_attrs={"reference": reference} if reference else {})
+
+
+def n_finished(study: optuna.Study) -> int:
+    """Trials that count toward the budget: COMPLETE or FAIL, except those a stop interrupted (re-run)."""
+    return len([t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+                if not t.user_attrs.get("interrupted")])
+
+
+class StudyLoop:
+    """Ask for candidates while the executor has room, tell results as they come, until ``budget`` trials."""
+
+    def __init__(self, study: optuna.Study, space: SearchSpace, executor: Executor, budget: int,
+                 recorders: Sequence[Recorder] = (), callbacks: Sequence[Callback] = ()):
+        self.study = study
+        self.space = space
+        self.executor = executor
+        self.budget = budget
+        self.recorders = list(recorders)
+        self.callbacks = list(callbacks)
+
+    def run(self) -> None:
+        dists = self.space.distributions()
+        meta = StudyMeta.load(self.study)
+        done = n_finished(self.study)
+        in_flight: dict[int, optuna.Trial] = {}
+        try:
+            while done < self.budget or in_flight:
+                while self.executor.idle and done + len(in_flight) < self.budget:
+                    trial = self.study.ask(fixed_distributions=dists)
+                    candidate = self.space.decode(trial.params)
+                    trial.set_user_attr("summary", candidate.summary())
+                    in_flight[trial.number] = trial
+                    self.executor.submit(trial.number, candidate)
+                for number, result in self.executor.results(timeout=1.0):
+                    received = time.perf_counter()
+                    trial = in_flight.pop(number)
+                    for record in self.recorders:
+                        record(trial, result)
+                    tell(self.study, trial, result, meta)
+                    done += 1
+                    finished = FinishedTrial(self.study.get_trials(deepcopy=False)[number], result, received, done,
+                                             self.budget)
+                    for callback in self.callbacks:
+                        callback(self.study, finished)
+        finally:
+            for trial in in_flight.values():  # stopped early: leave nothing RUNNING, run them again next time
+                trial.set_user_attr("fail_reason", "interrupted: the study stopped")
+                trial.set_user_attr("interrupted", True)
+                requeue(self.study, trial)
+                self.study.tell(trial, state=TrialState.FAIL)
+
+
+# -- callbacks ------------------------------------------------------------------------------------------------
+
+class TimingStats:
+    """Seconds per stage of every finished trial, plus ``orchestration``: time spent on neither building,
+    scoring, timing nor waiting for a meter (Ray's round trips and transfers, the driver writing the artifact,
+    MLflow and Optuna). Put it first among the callbacks: it counts the time since the result came back."""
+
+    def __init__(self):
+        self.rows: list[dict[str, float]] = []
+
+    def __call__(self, study: optuna.Study, finished: FinishedTrial) -> None:
+        row = dict(finished.result.timings)
+        row["orchestration"] = row.get("wall", 0.0) - row.get("worker_total", 0.0) - row.get("latency", 0.0) \
+            - row.get("latency_wait", 0.0) + (time.perf_counter() - finished.received)
+        self.rows.append(row)
+
+
+class Progress:
+    """A tqdm bar: trials done, failures, front size and the fastest front member."""
+
+    def __init__(self, study: optuna.Study, budget: int, enabled: bool):
+        self.bar: Any = None
+        self.metric_name = StudyMeta.load(study).metric_name
+        self.failed = len([t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                           if not t.user_attrs.get("interrupted")])
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=budget, initial=min(n_finished(study), budget), unit="trial", dynamic_ncols=True)
+
+    def __call__(self, study: optuna.Study, finished: FinishedTrial) -> None:
+        self.failed += not finished.result.completed
+        if self.bar is None:
+            return
+        front = study.best_trials
+        best = ""
+        if front:
+            fastest = min(front, key=lambda t: t.values[1])
+            best = f"fastest={fastest.values[1]:.3f}ms@{self.metric_name}={fastest.values[0]:.4f}"
+        self.bar.set_postfix_str(f"failed={self.failed} front={len(front)} {best}")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class Every:
+    """Calls ``action(done)`` every ``n`` finished trials, except after the last one (the study's end does it)."""
+
+    def __init__(self, n: int, action: Callable[[int], None]):
+        self.n = n
+        self.action = action
+        self.seconds: list[float] = []  # what each call took
+
+    def __call__(self, study: optuna.Study, finished: FinishedTrial) -> None:
+        if finished.done % self.n == 0 and finished.done < finished.budget:
+            start = time.perf_counter()
+            self.action(finished.done)
+            self.seconds.append(time.perf_counter() - start)

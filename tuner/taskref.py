@@ -1,0 +1,73 @@
+"""A task by reference (``package.module:function`` or ``path/to/file.py:function`` plus arguments): what an
+experiment names and what crosses process boundaries. Loading it imports the user's code; naming it imports
+nothing heavy."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuner.errors import TaskError
+
+if TYPE_CHECKING:
+    from tuner.task import Task
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """A task by reference: what crosses process boundaries instead of the task itself."""
+
+    spec: str
+    args: dict[str, Any] = field(default_factory=dict)
+    base_dir: str = "."  # relative file specs resolve against this (the experiment file's folder)
+
+    def fingerprint(self) -> str:
+        """Stable identity of the task for artifact keys (spec + arguments)."""
+        payload = json.dumps({"spec": self.spec, "args": self.args}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def load(self) -> Task:
+        """Import the task function and call it with ``args`` (the user's model is built or loaded here)."""
+        from tuner.task import Task  # torch: only where a task is really loaded
+
+        fn = resolve_task_function(self.spec, self.base_dir)
+        task = fn(**self.args)
+        if not isinstance(task, Task):
+            raise TaskError(f"task function {self.spec!r} must return tuner.Task, but returned {type(task).__name__}.")
+        return task
+
+
+def resolve_task_function(spec: str, base_dir: str = ".") -> Callable[..., Task]:
+    """Import ``package.module:function`` or ``path/to/file.py:function``."""
+    module_part, sep, func_name = spec.rpartition(":")
+    if not sep or not module_part or not func_name:
+        raise TaskError(f"task {spec!r} must look like 'package.module:function' or 'path/to/file.py:function'.")
+    if module_part.endswith(".py"):
+        path = Path(module_part)
+        if not path.is_absolute():
+            path = Path(base_dir) / path
+        if not path.is_file():
+            raise TaskError(f"task {spec!r}: file {path} does not exist.")
+        mod_name = f"tuner_user_task_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
+        module = sys.modules.get(mod_name)
+        if module is None:
+            module_spec = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[mod_name] = module
+            module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_part)
+        except ImportError as exc:
+            raise TaskError(f"task {spec!r}: cannot import module {module_part!r}: {exc}") from exc
+    fn = getattr(module, func_name, None)
+    if not callable(fn):
+        raise TaskError(f"task {spec!r}: {module_part!r} has no function {func_name!r}.")
+    return fn
