@@ -25,6 +25,10 @@ from tuner.runtime import RuntimeConfig, create_session, load_artifact
 from tuner.space import quantizable_layers
 from tuner.task import TaskRef
 
+# Builds of the example CNN (trained first): seconds each. The fast suite builds a small MLP instead
+# (tests/test_executors.py, tests/test_study_loop.py).
+pytestmark = pytest.mark.slow
+
 FP32_LAYERS = {"layer1.0.conv1", "layer2.conv2", "fc"}
 
 

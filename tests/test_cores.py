@@ -7,14 +7,14 @@ import textwrap
 
 import pytest
 
-from tuner.measure import latency
-from tuner.measure.latency import split_cores
+from tuner.measure import cores
+from tuner.measure.cores import split_cores
 
 
 def test_the_latency_cores_and_their_siblings_are_kept_from_builds(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
     siblings = {7: {3, 7}, 6: {2, 6}}  # a 4-core machine with 2 hyperthreads per core, numbered as Linux does
-    monkeypatch.setattr(latency, "_siblings", lambda cpu: siblings.get(cpu, {cpu}))
+    monkeypatch.setattr(cores, "_siblings", lambda cpu: siblings.get(cpu, {cpu}))
     timed, builds = split_cores(1)
     assert timed == {7} and builds == {0, 1, 2, 4, 5, 6}  # 3 shares core 7's execution units
     timed, builds = split_cores(2)
@@ -23,17 +23,17 @@ def test_the_latency_cores_and_their_siblings_are_kept_from_builds(monkeypatch):
 
 def test_no_split_when_no_core_is_left_for_builds(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setattr(latency, "_siblings", lambda cpu: {cpu})
+    monkeypatch.setattr(cores, "_siblings", lambda cpu: {cpu})
     assert split_cores(2) is None
     assert split_cores(1) == ({1}, {0})
-    monkeypatch.setattr(latency, "_siblings", lambda cpu: {0, 1})  # one core, two hyperthreads
+    monkeypatch.setattr(cores, "_siblings", lambda cpu: {0, 1})  # one core, two hyperthreads
     assert split_cores(1) is None
 
 
 def test_sibling_lists_are_read_from_sysfs():
     if not os.path.exists("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list"):
         pytest.skip("no CPU topology in sysfs")
-    assert 0 in latency._siblings(0)
+    assert 0 in cores._siblings(0)
 
 
 def test_default_ort_sessions_become_single_threaded_and_still_run(tmp_path):

@@ -31,18 +31,18 @@ def drain(executor: Executor, n: int, deadline_s: float = 120.0) -> dict:
 class ExecutorContract:
     """Every executor: results for every token, artifacts under the root, failures as FAIL results."""
 
-    @pytest.fixture
-    def executor(self, tmp_path):
+    @pytest.fixture(scope="class")
+    def executor(self, tmp_path_factory):
         raise NotImplementedError
 
-    def test_a_candidate_comes_back_built_scored_and_timed(self, executor, tmp_path):
+    def test_a_candidate_comes_back_built_scored_and_timed(self, executor):
         assert executor.idle >= 1
         executor.submit("a", FP32)
         result = drain(executor, 1)["a"]
         assert isinstance(result, TrialResult) and result.completed, result.error
         assert isinstance(result.latency, LatencyStats) and result.latency.repeats == 3
         assert 0 < result.metric <= 1 and result.environment["threads"] == 1
-        artifact = tmp_path / "artifacts" / result.key
+        artifact = executor.artifact_root / result.key
         assert (artifact / "model.onnx").is_file() and result.artifact_dir == str(artifact)
         record = ArtifactRecord.read(artifact / "candidate.json")
         assert record.candidate == FP32.to_dict() and record.key == result.key
@@ -75,23 +75,26 @@ class ExecutorContract:
 
 
 class TestInProcessExecutor(ExecutorContract):
-    @pytest.fixture
-    def executor(self, tmp_path):
-        with InProcessExecutor(TaskRef("tiny_mlp:make_task"), SETTINGS, tmp_path / "artifacts") as executor:
+    @pytest.fixture(scope="class")
+    def executor(self, tmp_path_factory):
+        root = tmp_path_factory.mktemp("in-process") / "artifacts"
+        with InProcessExecutor(TaskRef("tiny_mlp:make_task"), SETTINGS, root) as executor:
             yield executor
 
 
 @pytest.mark.slow
 class TestRayExecutor(ExecutorContract):
-    @pytest.fixture
-    def executor(self, tmp_path, monkeypatch):
+    @pytest.fixture(scope="class")
+    def executor(self, tmp_path_factory):
         from tuner.executors import RayExecutor
 
         tests = os.path.dirname(__file__)  # Ray workers import the task module as the driver does
-        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
-        executor = RayExecutor(TaskRef("tiny_mlp:make_task"), SETTINGS, tmp_path / "artifacts", workers=1,
-                               timeout_s=300)
+        mp = pytest.MonkeyPatch()
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
+        root = tmp_path_factory.mktemp("ray") / "artifacts"
+        executor = RayExecutor(TaskRef("tiny_mlp:make_task"), SETTINGS, root, workers=1, timeout_s=300)
         try:
             yield executor
         finally:
             executor.close()
+            mp.undo()

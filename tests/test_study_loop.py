@@ -61,7 +61,7 @@ def trial_runs(store, name):
     return parents, trials
 
 
-def test_references_first_constraints_live_front_and_resume(tmp_path, store):
+def test_references_first_constraints_and_the_live_front(tmp_path, store):
     path = experiment(tmp_path, "loop")
     result = run(path, tmp_path, store)
     study = load_finished_study("loop", tmp_path / "runs")
@@ -93,18 +93,12 @@ def test_references_first_constraints_live_front_and_resume(tmp_path, store):
     assert len((tmp_path / "runs" / "loop" / "pareto.csv").read_text().strip().splitlines()) == 1 + len(front)
     assert result.n_complete == 4 and len(result.timings) == 4
 
-    # the same experiment again with a larger budget continues the study: same parent, no duplicate runs
-    run(path, tmp_path, store, trials=6)
-    parents, runs = trial_runs(store, "loop")
-    assert len(parents) == 1 and sorted(runs) == list(range(6))
-    assert len(load_finished_study("loop", tmp_path / "runs").trials) == 6
-
 
 def test_failed_candidates_are_recorded_and_the_study_goes_on(tmp_path, store):
-    result = run(experiment(tmp_path, "fragile", trials=4, fragile=True), tmp_path, store)
+    result = run(experiment(tmp_path, "fragile", trials=3, fragile=True), tmp_path, store)
     study = load_finished_study("fragile", tmp_path / "runs")
     states = [t.state.name for t in study.trials]
-    assert len(states) == 4 and set(states) <= {"COMPLETE", "FAIL"}  # budget reached; never PRUNED
+    assert len(states) == 3 and set(states) <= {"COMPLETE", "FAIL"}  # budget reached; never PRUNED
     assert states[0] == "COMPLETE" and states[1] == "FAIL"  # fp32 scores; uniform int8 drifts and fails
     assert "synthetic failure" in study.trials[1].user_attrs["fail_reason"]
     assert result.n_failed == states.count("FAIL")
@@ -127,60 +121,58 @@ class _StopAfter(InProcessExecutor):
     def results(self, timeout=1.0):
         if self.n == 0:
             raise KeyboardInterrupt
-        finished = super().results(timeout)[:1]
+        finished = super().results(timeout)
         self.n -= len(finished)
         return finished
 
 
-def test_a_stopped_study_leaves_nothing_running_and_continues(tmp_path, store):
+def test_a_study_continues_after_a_dead_driver_or_a_stop_with_every_trial_recorded_once(tmp_path, store):
     from tuner.experiment import load_experiment
     from tuner.study import run_study
 
-    exp = load_experiment(experiment(tmp_path, "stopped", trials=4)).model_copy(
+    path = experiment(tmp_path, "resume", trials=3)
+    run(path, tmp_path, store)
+    parents, runs = trial_runs(store, "resume")
+    assert len(parents) == 1 and sorted(runs) == [0, 1, 2]
+
+    # A driver that died: it had logged trial 3's MLflow run but not told Optuna; trial 4 had logged nothing.
+    # Built from real parts: the study's own journal and MLflow store, trials left RUNNING in between.
+    study = load_finished_study("resume", tmp_path / "runs")
+    donor = study.trials[1]
+    donor_result = TrialResult.from_dict(json.loads(Path(MlflowClient(store).download_artifacts(
+        donor.user_attrs["mlflow_run_id"], "outcome.json", str(tmp_path / "dl"))).read_text()))
+    study = open_study(tmp_path / "runs" / "resume", "resume", optuna.samplers.RandomSampler())
+    logged = study.ask(fixed_distributions=donor.distributions)
+    MlflowRecorder(store, "resume", "accuracy", study.user_attrs["uid"]).log_trial(
+        logged.number, donor_result, donor.user_attrs["summary"])
+    lost = study.ask(fixed_distributions=donor.distributions)
+    assert (logged.number, lost.number) == (3, 4)
+
+    # Continued, and stopped like Ctrl-C once one new result came back, with the next candidate in flight.
+    exp = load_experiment(experiment(tmp_path, "resume", trials=8)).model_copy(
         update={"output_dir": str(tmp_path / "runs")})
     with pytest.raises(KeyboardInterrupt):
         run_study(exp, tracking_uri=store, progress=False, log=lambda line: None,
-                  executor=lambda e, uid: _StopAfter(2, e.task_ref(), e.eval_settings(), e.run_dir / "artifacts"))
-    study = load_finished_study("stopped", tmp_path / "runs")
+                  executor=lambda e, uid: _StopAfter(1, e.task_ref(), e.eval_settings(), e.run_dir / "artifacts"))
+    study = load_finished_study("resume", tmp_path / "runs")
+    # the logged trial is adopted from MLflow, not run again; the lost one is FAIL and queued again
+    assert study.trials[3].state.name == "COMPLETE"
+    assert study.trials[3].values == [donor_result.metric, donor_result.latency.median_ms]
+    assert study.trials[4].state.name == "FAIL" and study.trials[4].user_attrs["interrupted"]
+    # the stop leaves nothing RUNNING: the trial in flight is FAIL `interrupted`, its parameters queued again
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-    stopped = [t for t in study.trials if t.user_attrs.get("interrupted")]
+    stopped = [t for t in study.trials[5:] if t.user_attrs.get("interrupted")]
     assert len(stopped) == 1 and stopped[0].state.name == "FAIL"
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
-    assert stopped[0].params in [t.system_attrs["fixed_params"] for t in waiting]  # queued to run again
-    parents, runs = trial_runs(store, "stopped")
-    assert parents[0].info.status == "FAILED" and stopped[0].number not in runs
+    assert stopped[0].params in [t.system_attrs["fixed_params"] for t in waiting]
+    parents, runs = trial_runs(store, "resume")
+    assert parents[0].info.status == "FAILED" and stopped[0].number not in runs and 4 not in runs
 
-    run(experiment(tmp_path, "stopped", trials=4), tmp_path, store)
-    study = load_finished_study("stopped", tmp_path / "runs")
+    # And run again: the budget is reached, with exactly one MLflow run per told trial under one parent.
+    run(path, tmp_path, store, trials=8)
+    study = load_finished_study("resume", tmp_path / "runs")
     counted = [t for t in study.trials if t.state.is_finished() and not t.user_attrs.get("interrupted")]
-    assert len(counted) == 4
-    _, runs = trial_runs(store, "stopped")
-    assert sorted(runs) == sorted(t.number for t in counted)  # exactly one MLflow run per told trial
-
-
-def test_a_result_logged_before_the_driver_died_is_adopted_not_rerun(tmp_path, store):
-    """The window exactly-once must cover: the driver logged a trial's MLflow run, then died before telling
-    Optuna. Built from real parts: the study's own journal and MLflow store, a trial left RUNNING in between."""
-    path = experiment(tmp_path, "adopt", trials=3)
-    run(path, tmp_path, store)
-    run_dir = tmp_path / "runs" / "adopt"
-    study = load_finished_study("adopt", tmp_path / "runs")
-    donor = study.trials[1]
-    client = MlflowClient(store)
-    donor_result = TrialResult.from_dict(json.loads(Path(client.download_artifacts(
-        donor.user_attrs["mlflow_run_id"], "outcome.json", str(tmp_path / "dl"))).read_text()))
-    study = open_study(run_dir, "adopt", optuna.samplers.RandomSampler())
-    logged = study.ask(fixed_distributions=donor.distributions)  # trial 3: logged to MLflow, never told
-    MlflowRecorder(store, "adopt", "accuracy", study.user_attrs["uid"]).log_trial(
-        logged.number, donor_result, donor.user_attrs["summary"])
-    lost = study.ask(fixed_distributions=donor.distributions)  # trial 4: died before anything was logged
-    assert (logged.number, lost.number) == (3, 4)
-
-    run(path, tmp_path, store, trials=5)
-    study = load_finished_study("adopt", tmp_path / "runs")
-    states = [t.state.name for t in study.trials]
-    assert states[3] == "COMPLETE" and study.trials[3].values == [donor_result.metric, donor_result.latency.median_ms]
-    assert states[4] == "FAIL" and study.trials[4].user_attrs["interrupted"]  # re-queued and run as trial 5
-    assert len(states) == 6 and states[5] in ("COMPLETE", "FAIL")
-    _, runs = trial_runs(store, "adopt")
-    assert sorted(runs) == [0, 1, 2, 3, 5]  # exactly one MLflow run per told trial; none for the lost trial 4
+    assert len(counted) == 8 and not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    parents, runs = trial_runs(store, "resume")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(runs) == sorted(t.number for t in counted)

@@ -21,6 +21,8 @@ from tuner.runtime import load_artifact
 from tuner.space import SearchSpace, layer_op_types, load_space_file, quantizable_layers
 from tuner.task import TaskRef
 
+pytestmark = pytest.mark.slow  # builds of a BERT-style encoder, seconds each
+
 TESTS = str(Path(__file__).parent)
 KINDS = ("fp32", "int8", "int8-dynamic", "int4-b16", "int8-dynamic-pc")
 

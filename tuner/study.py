@@ -137,15 +137,7 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
         if src:
             shutil.copy(src, run_dir / Path(src).name)
     study, meta = open_experiment_study(experiment, space, task.evaluation.metric_name, task.evaluation.direction)
-    # A continued study keeps logging where it started, unless told otherwise.
-    recorder = MlflowRecorder(tracking_uri or meta.tracking_uri, experiment.name, meta.metric_name, meta.uid)
-    meta = replace(meta, tracking_uri=recorder.tracking_uri)
-    meta.save(study)
-    recorder.log_study_inputs(
-        [p for p in (experiment.source, experiment.space_path) if p],
-        {"task": experiment.task, "sampler": experiment.sampler, "max_metric_drop": experiment.max_metric_drop,
-         "threads": experiment.latency.threads, "batch_size": experiment.latency.batch_size,
-         "layers": len(space.layers), "searched_params": len(space.distributions())})
+    recorder = open_recorder(study, experiment, space, tracking_uri)
     trial_runs = recorder.existing_trial_runs()
     resume_interrupted(study, recorder, trial_runs, log)
     if n_finished(study) >= budget:
@@ -177,12 +169,26 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
         runner.close()
         front, references = finish_front(study, recorder, trial_runs, run_dir)
         recorder.close(status)
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    meta = StudyMeta.load(study)
+    states, meta = [t.state for t in study.get_trials(deepcopy=False)], StudyMeta.load(study)
     return StudyResult(experiment.name, meta.metric_name, run_dir, front, states.count(TrialState.COMPLETE),
                        states.count(TrialState.FAIL), time.perf_counter() - started,
                        {"metric": meta.baseline_metric, "latency_ms": meta.baseline_latency_ms},
                        recorder.tracking_uri, timings.rows, references, live_front.seconds, latency_check)
+
+
+def open_recorder(study: optuna.Study, experiment: Experiment, space: SearchSpace, tracking_uri: str | None
+                  ) -> MlflowRecorder:
+    """The study's MLflow parent run, with its input files and settings. A continued study keeps logging to
+    the store it started with, unless ``tracking_uri`` says otherwise."""
+    meta = StudyMeta.load(study)
+    recorder = MlflowRecorder(tracking_uri or meta.tracking_uri, experiment.name, meta.metric_name, meta.uid)
+    replace(meta, tracking_uri=recorder.tracking_uri).save(study)
+    recorder.log_study_inputs(
+        [p for p in (experiment.source, experiment.space_path) if p],
+        {"task": experiment.task, "sampler": experiment.sampler, "max_metric_drop": experiment.max_metric_drop,
+         "threads": experiment.latency.threads, "batch_size": experiment.latency.batch_size,
+         "layers": len(space.layers), "searched_params": len(space.distributions())})
+    return recorder
 
 
 def log_to_mlflow(recorder: MlflowRecorder, trial_runs: dict[int, str]):

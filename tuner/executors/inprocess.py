@@ -26,6 +26,7 @@ class InProcessExecutor(Executor):
         from tuner.evaluate import Evaluator  # torch and ORT, only once an executor is really made
 
         # Pruned exports are a cache outside the run directory, as on Ray workers (node-local scratch).
+        self.artifact_root = Path(artifact_root)
         self._scratch = None if export_root else tempfile.TemporaryDirectory(prefix="tuner-exports-")
         self.evaluator = Evaluator(task_ref, settings, artifact_root,
                                    export_root=export_root or self._scratch.name)

@@ -39,6 +39,7 @@ class _Job:
     token: Any
     candidate: dict[str, Any]
     submitted: float
+    started: float = 0.0  # when its current stage began on a worker or meter (a retry starts anew)
     stage: Stage = Stage.BUILD
     attempt: int = 0  # worker deaths so far
     actor: Any = None  # the worker building it
@@ -60,8 +61,8 @@ class RayExecutor(Executor):
     """``workers`` evaluations at a time on a local Ray (default) or the cluster at ``address``.
 
     A worker that dies mid-candidate (process crash, lost node) is replaced and the candidate retried up to
-    ``retries`` times, then reported FAIL with the reason. A candidate running longer than ``timeout_s`` is
-    reported FAIL and its worker is killed and replaced (a hung evaluation cannot be interrupted otherwise).
+    ``retries`` times, then reported FAIL with the reason. A candidate whose build (or timing) runs longer than
+    ``timeout_s`` is reported FAIL and its worker (or meter) is killed and replaced (a hung evaluation cannot be interrupted otherwise).
     Nothing waits forever: workers that cannot be placed, or latency with no live node carrying
     ``latency_resource``, raise ``ClusterError`` / fail the candidate after ``pending_timeout_s``.
     """
@@ -119,6 +120,7 @@ class RayExecutor(Executor):
 
     def _build(self, job: _Job) -> None:
         job.actor, job.node = self._pool.take()
+        job.started = time.perf_counter()
         self._running[job.actor.evaluate.remote(job.candidate)] = job
 
     def _time(self, job: _Job, into: dict | None = None) -> bool:
@@ -129,6 +131,7 @@ class RayExecutor(Executor):
             return False
         job.stage, job.meter_host = Stage.TIMING, host
         job.queued = job.queued or time.perf_counter()
+        job.started = time.perf_counter()
         (self._running if into is None else into)[self._meters.measure(host, job.model, job.feeds)] = job
         return True
 
@@ -139,7 +142,7 @@ class RayExecutor(Executor):
         self._dispatch_waiting(finished)
         if self._running:
             if self.timeout_s is not None:  # wake up in time to notice a candidate that overran
-                oldest = min(job.submitted for job in self._running.values())
+                oldest = min(job.started for job in self._running.values())
                 timeout = max(0.0, min(timeout, oldest + self.timeout_s - time.perf_counter() + 0.05))
             if self._waiting or self._pool.starting:
                 timeout = min(timeout, 0.5)
@@ -237,7 +240,7 @@ class RayExecutor(Executor):
             return
         now = time.perf_counter()
         for ref, job in list(self._running.items()):
-            if now - job.submitted <= self.timeout_s:
+            if now - job.started <= self.timeout_s:
                 continue
             del self._running[ref]
             if job.stage is Stage.BUILD:  # a hung call cannot be interrupted: its actor goes
