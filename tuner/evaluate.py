@@ -25,6 +25,7 @@ from tuner.build.prune import prune
 from tuner.build.quantize import apply_precisions
 from tuner.build.recovery import RecoverySettings, recover
 from tuner.candidate import Candidate
+from tuner.experiment import EvalSettings
 from tuner.measure.environment import file_sha256, fingerprint
 from tuner.measure.latency import measure_latency
 from tuner.measure.quality import score_all
@@ -32,7 +33,6 @@ from tuner.precision import FP32, KINDS, kind_of
 from tuner.records import ArtifactRecord, LatencyStats, TrialResult
 from tuner.runtime import RuntimeConfig, load_artifact
 from tuner.space import quantizable_layers
-from tuner.experiment import EvalSettings
 from tuner.task import Task, TaskRef
 from tuner.vocab import OPT_LEVELS
 
