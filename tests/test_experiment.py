@@ -1,7 +1,9 @@
+import re
 import textwrap
 
 import pytest
 
+from tuner.cli import main
 from tuner.experiment import ExperimentError, load_experiment
 from tuner.task import TaskError, TaskRef
 
@@ -79,7 +81,6 @@ def test_bad_task_specs(tmp_path, spec, message):
 def test_cli_reports_config_errors_before_any_trial(tmp_path, monkeypatch, capsys, space, message):
     from conftest import SMALL_TASK_ARGS
 
-    from tuner.cli import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "space.yaml").write_text(space)
@@ -108,7 +109,6 @@ def test_unknown_sampler_is_rejected():
 def test_resume_names_what_is_missing(tmp_path, monkeypatch, capsys):
     import optuna
 
-    from tuner.cli import main
     from tuner.study import open_study
 
     monkeypatch.chdir(tmp_path)
@@ -121,3 +121,33 @@ def test_resume_names_what_is_missing(tmp_path, monkeypatch, capsys):
     assert main(["resume", "moved"]) == 2
     err = capsys.readouterr().err
     assert "gone.yaml no longer exists" in err and "tuner run EXPERIMENT" in err
+
+
+def test_a_task_that_raises_while_loading_is_one_error_line_naming_task_and_place(tmp_path, monkeypatch, capsys):
+    (tmp_path / "broken.py").write_text("def build():\n    raise FileNotFoundError('weights.pt')\n")
+    (tmp_path / "bad_import.py").write_text("import no_such_module_xyz\n\ndef build():\n    pass\n")
+    (tmp_path / "space.yaml").write_text("layers:\n  - match: fc\n    precision: [fp32]\n")
+    monkeypatch.chdir(tmp_path)
+    for task, message in (("broken.py:build", r"task 'broken.py:build' raised while loading \(at .*broken.py:2\): "
+                                              r"FileNotFoundError: weights.pt"),
+                          ("bad_import.py:build", r"importing .*bad_import.py raised \(at .*bad_import.py:1\): "
+                                                  r"ModuleNotFoundError")):
+        (tmp_path / "exp.yaml").write_text(f"name: broken\ntask: {task}\nsearch_space: space.yaml\n")
+        assert main(["run", "exp.yaml", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert re.search(message, err) and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_ctrl_c_during_run_says_the_study_is_saved_and_how_to_continue(tmp_path, monkeypatch, capsys):
+    import tuner.api
+
+    (tmp_path / "space.yaml").write_text("layers:\n  - match: fc\n    precision: [fp32]\n")
+    (tmp_path / "exp.yaml").write_text("name: stopped\ntask: tuner.tasks.digits_cnn:make_task\nsearch_space: space.yaml\n")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tuner.api, "run", interrupted)
+    assert main(["run", str(tmp_path / "exp.yaml"), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: study 'stopped' is saved" in err and "tuner resume stopped" in err

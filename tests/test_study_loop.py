@@ -166,7 +166,7 @@ def test_a_study_continues_after_a_dead_driver_or_a_stop_with_every_trial_record
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert stopped[0].params in [t.system_attrs["fixed_params"] for t in waiting]
     parents, runs = trial_runs(store, "resume")
-    assert parents[0].info.status == "FAILED" and stopped[0].number not in runs and 4 not in runs
+    assert parents[0].info.status == "KILLED" and stopped[0].number not in runs and 4 not in runs
 
     # And run again: the budget is reached, with exactly one MLflow run per told trial under one parent.
     run(path, tmp_path, store, trials=8)

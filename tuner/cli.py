@@ -22,8 +22,15 @@ def _run(args: argparse.Namespace) -> int:
         experiment = experiment.model_copy(update={"output_dir": args.output_dir})
     print(f"study {experiment.name!r}: task {experiment.task}, space {experiment.space_path}, "
           f"{args.trials or experiment.trials} trials, " + _workers_text(args, experiment.latency.threads))
-    result = api.run(experiment, trials=args.trials, workers=args.workers, address=args.address,
-                     tracking_uri=args.tracking_uri, progress=not args.no_progress, in_process=args.in_process)
+    try:
+        result = api.run(experiment, trials=args.trials, workers=args.workers, address=args.address,
+                         tracking_uri=args.tracking_uri, progress=not args.no_progress, in_process=args.in_process)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: study {experiment.name!r} is saved in {experiment.run_dir}; its finished trials "
+              "are kept and the ones in flight will run again. Continue with "
+              f"`tuner resume {experiment.name}`" + (f" --output-dir {args.output_dir}" if args.output_dir else "")
+              + ".", file=sys.stderr)
+        return 130
     metric = result.metric_name
     print(f"\n{result.n_complete} complete, {result.n_failed} failed trials in {result.wall_s:.1f} s; "
           f"fp32 baseline {metric}={result.baseline['metric']:.4f}, {result.baseline['latency_ms']:.3f} ms")
@@ -32,8 +39,7 @@ def _run(args: argparse.Namespace) -> int:
     if result.references:
         print("References (measured in this run):")
         print(format_table(result.references, metric))
-    if result.timings:
-        _print_timings(result)
+    _print_timings(result)
     print(f"\nrun directory: {result.run_dir}\nMLflow: {result.tracking_uri} (experiment {result.name!r}); "
           f"browse with `mlflow ui`\npick with: tuner pick {result.name} --min-{metric} X")
     return 0
@@ -53,9 +59,10 @@ def _workers_text(args: argparse.Namespace, latency_threads: int) -> str:
 
 def _print_timings(result) -> None:
     keys = ("prune", "export", "fuse", "quantize", "verify_kernels", "accuracy", "latency", "orchestration")
-    print("median seconds per trial: " + ", ".join(
-        f"{k} {median(t.get(k, 0.0) for t in result.timings):.3f}" for k in keys
-        if any(k in t for t in result.timings)))
+    if result.timings:
+        print(f"median seconds per completed trial ({len(result.timings)}): " + ", ".join(
+            f"{k} {median(t.get(k, 0.0) for t in result.timings):.3f}" for k in keys
+            if any(k in t for t in result.timings)))
     if result.live_front_s:
         spent = sum(result.live_front_s)
         print(f"live front: {len(result.live_front_s)} refreshes, {spent:.1f} s "
@@ -65,8 +72,10 @@ def _print_timings(result) -> None:
         print(f"latency re-check: {check['retimed']} front models timed again with no build running; "
               f"during the study / alone = {check['median_ratio']:.3f} median "
               f"({check['min_ratio']:.3f}-{check['max_ratio']:.3f})")
+    if not result.timings:
+        return
     cached = sum(1 for t in result.timings if "export" not in t)
-    print(f"pruned fp32 exports reused from the study's cache: {cached}/{len(result.timings)} trials")
+    print(f"pruned fp32 exports reused from the study's cache: {cached}/{len(result.timings)} completed trials")
 
 
 def _resume(args: argparse.Namespace) -> int:

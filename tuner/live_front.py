@@ -16,12 +16,14 @@ from tuner.tracking import MlflowRecorder
 FRONT_FILES = ("pareto.csv", "references.csv", "pareto.png", "pareto.html", "front_layers.png")
 
 
-def front_hypervolume(front: list[dict[str, Any]], meta: StudyMeta, worst_metric: float) -> float:
+def front_hypervolume(front: list[dict[str, Any]], rows: list[dict[str, Any]], meta: StudyMeta) -> float:
     """Area of (latency, metric) the front dominates up to the fp32 latency and the metric constraint (or the
-    worst metric seen, without one)."""
+    worst metric among ``rows``, without one); 0 with nothing completed."""
+    if not rows:
+        return 0.0
     sign = -1 if meta.maximize else 1
     threshold = meta.metric_threshold()
-    worst = threshold if threshold is not None else worst_metric
+    worst = threshold if threshold is not None else (min if meta.maximize else max)(r[meta.metric_name] for r in rows)
     return hypervolume([(r["latency_ms"], sign * r[meta.metric_name]) for r in front],
                        (meta.baseline_latency_ms, sign * worst))
 
@@ -46,8 +48,7 @@ def publish_front(study: optuna.Study, recorder: MlflowRecorder, run_dir: Path, 
     params_of = {r["trial"]: study.trials[r["trial"]].params for r in front}
     plot_layers(layer_rows(front, params_of), metric_name, {r["trial"]: r[metric_name] for r in front},
                 run_dir / "front_layers.png")
-    worst = (min if meta.maximize else max)(r[metric_name] for r in rows)
-    hv = front_hypervolume(front, meta, worst)
+    hv = front_hypervolume(front, rows, meta)
     files = [run_dir / name for name in FRONT_FILES if (run_dir / name).is_file()]
     recorder.log_front(files, {"front_size": len(front), "hypervolume": hv}, step=step)
     return front, references

@@ -163,6 +163,9 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
         status = "FINISHED"
     except ClusterError as exc:  # completed trials are kept; `tuner run` again continues the study
         raise StudyError(f"{experiment.source or experiment.name}: {exc}") from None
+    except KeyboardInterrupt:  # stopped by the user: finished trials are kept, the ones in flight re-queued
+        status = "KILLED"
+        raise
     finally:
         if progress_bar is not None:
             progress_bar.close()

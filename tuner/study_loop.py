@@ -114,7 +114,8 @@ class StudyLoop:
 # -- callbacks ------------------------------------------------------------------------------------------------
 
 class TimingStats:
-    """Seconds per stage of every finished trial, plus ``orchestration``: time spent on neither building,
+    """Seconds per stage of every completed trial (a failure stops early, so its stages would pull the medians
+    down), plus ``orchestration``: time spent on neither building,
     scoring, timing nor waiting for a meter (Ray's round trips and transfers, the driver writing the artifact,
     MLflow and Optuna). Put it first among the callbacks: it counts the time since the result came back."""
 
@@ -122,6 +123,8 @@ class TimingStats:
         self.rows: list[dict[str, float]] = []
 
     def __call__(self, study: optuna.Study, finished: FinishedTrial) -> None:
+        if not finished.result.completed:
+            return
         row = dict(finished.result.timings)
         row["orchestration"] = row.get("wall", 0.0) - row.get("worker_total", 0.0) - row.get("latency", 0.0) \
             - row.get("latency_wait", 0.0) + (time.perf_counter() - finished.received)

@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import json
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,11 @@ class TaskRef:
         from tuner.task import Task  # torch: only where a task is really loaded
 
         fn = resolve_task_function(self.spec, self.base_dir)
-        task = fn(**self.args)
+        try:
+            task = fn(**self.args)
+        except Exception as exc:  # the user's code: say where it failed, in one line
+            raise TaskError(f"task {self.spec!r} raised while loading{_where(exc)}: {type(exc).__name__}: {exc}"
+                            ) from exc
         if not isinstance(task, Task):
             raise TaskError(f"task function {self.spec!r} must return tuner.Task, but returned {type(task).__name__}.")
         return task
@@ -61,7 +66,12 @@ def resolve_task_function(spec: str, base_dir: str = ".") -> Callable[..., Task]
             module_spec = importlib.util.spec_from_file_location(mod_name, path)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[mod_name] = module
-            module_spec.loader.exec_module(module)
+            try:
+                module_spec.loader.exec_module(module)
+            except Exception as exc:
+                del sys.modules[mod_name]
+                raise TaskError(f"task {spec!r}: importing {path} raised{_where(exc)}: {type(exc).__name__}: {exc}"
+                                ) from exc
     else:
         try:
             module = importlib.import_module(module_part)
@@ -71,3 +81,9 @@ def resolve_task_function(spec: str, base_dir: str = ".") -> Callable[..., Task]
     if not callable(fn):
         raise TaskError(f"task {spec!r}: {module_part!r} has no function {func_name!r}.")
     return fn
+
+
+def _where(exc: BaseException) -> str:
+    """`` (at file:line)`` of the innermost frame of ``exc``'s traceback, or nothing."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
