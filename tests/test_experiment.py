@@ -142,7 +142,8 @@ def test_ctrl_c_during_run_says_the_study_is_saved_and_how_to_continue(tmp_path,
     import tuner.api
 
     (tmp_path / "space.yaml").write_text("layers:\n  - match: fc\n    precision: [fp32]\n")
-    (tmp_path / "exp.yaml").write_text("name: stopped\ntask: tuner.tasks.digits_cnn:make_task\nsearch_space: space.yaml\n")
+    (tmp_path / "exp.yaml").write_text("name: stopped\ntask: tuner.tasks.digits_cnn:make_task\n"
+                                       "search_space: space.yaml\n")
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -153,7 +153,7 @@ def test_a_study_continues_after_a_dead_driver_or_a_stop_with_every_trial_record
         update={"output_dir": str(tmp_path / "runs")})
     with pytest.raises(KeyboardInterrupt):
         run_study(exp, tracking_uri=store, progress=False, log=lambda line: None,
-                  executor=lambda e, uid: _StopAfter(1, e.task_ref(), e.eval_settings(), e.run_dir / "artifacts"))
+                  executor=lambda e, uid, task: _StopAfter(1, e.task_ref(), e.eval_settings(), e.run_dir / "artifacts"))
     study = load_finished_study("resume", tmp_path / "runs")
     # the logged trial is adopted from MLflow, not run again; the lost one is FAIL and queued again
     assert study.trials[3].state.name == "COMPLETE"

@@ -60,8 +60,8 @@ def run(experiment: str | Path | Experiment, *, trials: int | None = None, worke
     if in_process:
         from tuner.executors import InProcessExecutor
 
-        def executor(exp, uid):
-            return InProcessExecutor(exp.task_ref(), exp.eval_settings(), exp.run_dir / "artifacts")
+        def executor(exp, uid, task):
+            return InProcessExecutor(exp.task_ref(), exp.eval_settings(), exp.run_dir / "artifacts", task=task)
     return run_study(experiment, trials=trials, workers=workers, address=address, tracking_uri=tracking_uri,
                      progress=progress, log=log, executor=executor)
 
@@ -77,11 +77,14 @@ def experiment_file_of(study: str, output_dir: str | Path = "tuner-runs") -> str
 
 def front(study: str, output_dir: str | Path = "tuner-runs") -> Front:
     """The Pareto front of a study (feasible, Pareto-optimal trials) and its reference trials."""
+    return _front_of(load_finished_study(study, output_dir))
+
+
+def _front_of(opened) -> Front:
     from tuner.pareto import completed_rows, front_rows
 
-    opened = load_finished_study(study, output_dir)
     meta = StudyMeta.load(opened)
-    return Front(study, meta.metric_name, meta.maximize, len(opened.trials), meta.baseline_metric,
+    return Front(opened.study_name, meta.metric_name, meta.maximize, len(opened.trials), meta.baseline_metric,
                  meta.baseline_latency_ms, meta.tracking_uri, front_rows(opened),
                  [r for r in completed_rows(opened) if r["reference"]])
 
@@ -104,10 +107,10 @@ def pick(study: str, *, min_metric: float | None = None, max_latency_ms: float |
 
     if alias and not register:
         raise ValueError("an alias needs register=NAME.")
-    table = front(study, output_dir)
+    opened = load_finished_study(study, output_dir)
+    table = _front_of(opened)
     row = choose(table, min_metric=min_metric, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb, knee=knee)
-    return export_pick(load_finished_study(study, output_dir), row, out, tracking_uri or table.tracking_uri,
-                       register, alias)
+    return export_pick(opened, row, out, tracking_uri or table.tracking_uri, register, alias)
 
 
 def verify(study: str, trial: int, output_dir: str | Path = "tuner-runs", tracking_uri: str | None = None

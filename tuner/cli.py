@@ -54,7 +54,8 @@ def _workers_text(args: argparse.Namespace, latency_threads: int) -> str:
         return _plural(args.workers, "worker")
     if args.address:
         return "workers: every CPU of the cluster"
-    return f"{_plural(default_workers(latency_threads), 'worker')} ({_plural(latency_threads, 'core')} kept for latency)"
+    workers = _plural(default_workers(latency_threads), "worker")
+    return f"{workers} ({_plural(latency_threads, 'core')} kept for latency)"
 
 
 def _print_timings(result) -> None:
@@ -123,7 +124,7 @@ def _pick(args: argparse.Namespace, extra: list[str]) -> int:
     if args.alias and not args.register:
         print("error: --alias needs --register NAME", file=sys.stderr)
         return 2
-    print(format_table([api.choose(table, **constraints)], metric))
+    print(format_table([api.choose(table, **constraints)], metric))  # a wrong constraint fails here, fast
     record = api.pick(args.study, **constraints, out=args.out, register=args.register, alias=args.alias,
                       tracking_uri=args.tracking_uri, output_dir=args.output_dir)
     out = args.out

@@ -58,9 +58,9 @@ class Evaluator:
     """Holds one loaded task; evaluates candidates into ``artifact_root/<key>/``."""
 
     def __init__(self, task_ref: TaskRef, settings: EvalSettings, artifact_root: str | Path,
-                 export_root: str | Path | None = None):
+                 export_root: str | Path | None = None, task: Task | None = None):
         self.task_ref = task_ref
-        self.task = task_ref.load()
+        self.task = task if task is not None else task_ref.load()  # `task`: already loaded from `task_ref`
         self.fingerprint = task_ref.fingerprint()
         self.settings = settings
         self.artifact_root = Path(artifact_root)
@@ -75,14 +75,14 @@ class Evaluator:
         result = self.build_and_score(candidate)
         if not result.completed:
             return result
-        start = time.perf_counter()
+        timings: dict[str, float] = {}
         try:
-            model_path = Path(result.artifact_dir) / "model.onnx"
-            latency, environment = time_artifact(model_path, self.feeds(model_path), self.settings)
+            with _timed(timings, "latency"):
+                model_path = Path(result.artifact_dir) / "model.onnx"
+                latency, environment = time_artifact(model_path, self.feeds(model_path), self.settings)
         except Exception as exc:
-            return _failed(result.with_timings(latency=time.perf_counter() - start), "latency", exc)
-        return replace(result, latency=latency, environment=environment).with_timings(
-            latency=time.perf_counter() - start)
+            return _failed(result.with_timings(**timings), "latency", exc)
+        return replace(result, latency=latency, environment=environment).with_timings(**timings)
 
     def build_and_score(self, candidate: Candidate | dict) -> TrialResult:
         """Build the artifact into ``artifact_root/<key>/`` and score it with the task's metric; no latency."""

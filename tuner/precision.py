@@ -124,10 +124,6 @@ def kind_of(choice: str) -> PrecisionKind:
     return parse(choice)[0]
 
 
-def block_size(choice: str) -> int | None:
-    return parse(choice)[1]
-
-
 def applies_to(choice: str, op_type: str) -> bool:
     """Whether ``choice`` can be built for a layer that became an ONNX ``op_type`` node."""
     return op_type in kind_of(choice).op_types

@@ -81,20 +81,23 @@ class TrialResult:
         return replace(self, timings={**self.timings, **seconds})
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["latency"] = self.latency.to_dict() if self.latency else {}
-        for name in ("candidate", "extra_metrics", "timings", "environment", "model_stats"):
-            data[name] = dict(data[name])
+        data = asdict(self)
+        data["latency"] = data["latency"] or {}  # the outcome.json layout: {} when not timed
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrialResult:
         """From ``to_dict`` output, including the outcome dicts (``outcome.json``) of earlier versions."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
+        values = _known_fields(cls, data)
         values["latency"] = LatencyStats.from_dict(data.get("latency"))
         values["worker_deaths"] = int(data.get("worker_deaths") or 0)
         return cls(**values)
+
+
+def _known_fields(cls, data: Mapping[str, Any], skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The entries of ``data`` that are fields of the dataclass ``cls``: records ignore keys they do not know,
+    so files and attributes written by other versions still load."""
+    return {f.name: data[f.name] for f in fields(cls) if f.name in data and f.name not in skip}
 
 
 # -- what the study stores ------------------------------------------------------------------------------------
@@ -125,7 +128,7 @@ class StudyMeta:
     @classmethod
     def load(cls, study) -> StudyMeta:
         attrs = study.user_attrs
-        values = {f.name: attrs[f.name] for f in fields(cls) if f.name in attrs and f.name != "direction"}
+        values = _known_fields(cls, attrs, skip=("direction",))
         if "opt_levels" in values:
             values["opt_levels"] = tuple(values["opt_levels"])
         values["direction"] = study.directions[0].name.lower()
@@ -183,8 +186,7 @@ class TrialMeta:
     @classmethod
     def of(cls, trial) -> TrialMeta:
         """From an Optuna trial (frozen or running)."""
-        attrs = trial.user_attrs
-        return cls(**{f.name: attrs[f.name] for f in fields(cls) if f.name in attrs})
+        return cls(**_known_fields(cls, trial.user_attrs))
 
     @staticmethod
     def attrs_of(result: TrialResult, metric_drop: float | None) -> dict[str, Any]:
@@ -195,7 +197,8 @@ class TrialMeta:
         if not result.completed:
             attrs["fail_reason"] = result.error
             return attrs
-        assert result.latency is not None
+        if result.latency is None:
+            raise ValueError(f"a COMPLETE result must carry its latency, but {result.key!r} has none.")
         attrs.update(key=result.key, metric_drop=metric_drop, latency_p90_ms=result.latency.p90_ms,
                      latency_cv=result.latency.cv, size_mb=result.size_mb, extra_metrics=dict(result.extra_metrics),
                      artifact_sha256=result.artifact_sha256, model_stats=dict(result.model_stats),
@@ -253,8 +256,7 @@ class ArtifactRecord:
                              f"(format {ARTIFACT_FORMAT}); upgrade tuner.")
         if "candidate" not in data:
             raise ValueError(f"{source}: not an artifact record (no 'candidate' field).")
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
+        values = _known_fields(cls, data)
         values["format"] = ARTIFACT_FORMAT
         return cls(**values)
 

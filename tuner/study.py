@@ -120,10 +120,11 @@ def make_ray_executor(experiment: Experiment, workers: int | None, address: str 
 def run_study(experiment: Experiment, trials: int | None = None, workers: int | None = None,
               address: str | None = None, tracking_uri: str | None = None, progress: bool = True,
               log: Callable[[str], None] = print,
-              executor: Callable[[Experiment, str], Executor] | None = None) -> StudyResult:
+              executor: Callable[[Experiment, str, Any], Executor] | None = None) -> StudyResult:
     """Run (or continue) the study of ``experiment`` until it has ``trials`` finished trials.
 
-    ``executor`` makes the executor from the experiment and the study's uid; default: Ray, locally with
+    ``executor`` makes the executor from the experiment, the study's uid and the task the driver loaded (an
+    in-process executor uses it rather than loading it again); default: Ray, locally with
     ``workers`` workers or on the cluster at ``address``. The study closes the executor it made.
     """
     started = time.perf_counter()
@@ -144,7 +145,8 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
         log(f"study {experiment.name!r} already has {n_finished(study)}/{budget} trials; pass --trials N to add "
             "more.")
     try:
-        runner = (executor or (lambda exp, uid: make_ray_executor(exp, workers, address, uid)))(experiment, meta.uid)
+        make = executor or (lambda exp, uid, _: make_ray_executor(exp, workers, address, uid))
+        runner = make(experiment, meta.uid, task)
     except ClusterError as exc:
         recorder.close("FAILED")
         raise StudyError(f"{experiment.source or experiment.name}: {exc}") from None

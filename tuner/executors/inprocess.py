@@ -22,14 +22,15 @@ class InProcessExecutor(Executor):
     """Builds, scores and times each candidate in this process when ``results`` is called."""
 
     def __init__(self, task_ref: TaskRef, settings: EvalSettings, artifact_root: str | Path,
-                 export_root: str | Path | None = None):
+                 export_root: str | Path | None = None, task=None):
+        """``task``: the task ``task_ref`` names, when the caller has loaded it already (it is not loaded again)."""
         from tuner.evaluate import Evaluator  # torch and ORT, only once an executor is really made
 
         # Pruned exports are a cache outside the run directory, as on Ray workers (node-local scratch).
         self.artifact_root = Path(artifact_root)
         self._scratch = None if export_root else tempfile.TemporaryDirectory(prefix="tuner-exports-")
         self.evaluator = Evaluator(task_ref, settings, artifact_root,
-                                   export_root=export_root or self._scratch.name)
+                                   export_root=export_root or self._scratch.name, task=task)
         self._pending: deque[tuple[Hashable, Candidate, float]] = deque()
 
     @property

@@ -62,7 +62,8 @@ class RayExecutor(Executor):
 
     A worker that dies mid-candidate (process crash, lost node) is replaced and the candidate retried up to
     ``retries`` times, then reported FAIL with the reason. A candidate whose build (or timing) runs longer than
-    ``timeout_s`` is reported FAIL and its worker (or meter) is killed and replaced (a hung evaluation cannot be interrupted otherwise).
+    ``timeout_s`` is reported FAIL and its worker (or meter) is killed and replaced (a hung evaluation cannot be
+    interrupted otherwise).
     Nothing waits forever: workers that cannot be placed, or latency with no live node carrying
     ``latency_resource``, raise ``ClusterError`` / fail the candidate after ``pending_timeout_s``.
     """
