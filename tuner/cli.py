@@ -20,7 +20,7 @@ def _run(args: argparse.Namespace) -> int:
     experiment = load_experiment(args.config)
     if args.output_dir:
         experiment = experiment.model_copy(update={"output_dir": args.output_dir})
-    print(f"study {experiment.name!r}: task {experiment.task}, space {experiment.space_path}, "
+    print(f"study {experiment.name!r}: task {experiment.task}, space {'auto' if experiment.auto_space else experiment.space_path}, "
           f"{args.trials or experiment.trials} trials, " + _workers_text(args, experiment.latency.threads))
     try:
         result = api.run(experiment, trials=args.trials, workers=args.workers, address=args.address,
@@ -73,6 +73,10 @@ def _print_timings(result) -> None:
         print(f"latency re-check: {check['retimed']} front models timed again with no build running; "
               f"during the study / alone = {check['median_ratio']:.3f} median "
               f"({check['min_ratio']:.3f}-{check['max_ratio']:.3f})")
+    if result.failures:
+        print(f"failed trials by reason ({sum(result.failures.values())}):")
+        for reason, count in result.failures.items():
+            print(f"  {count} x {reason}")
     if not result.timings:
         return
     cached = sum(1 for t in result.timings if "export" not in t)

@@ -17,6 +17,11 @@ class TaskError(ValueError):
     """A task reference that cannot be loaded; the message names the spec and what is wrong."""
 
 
+class ExportError(RuntimeError):
+    """A model the chosen exporter cannot turn into ONNX; the message names the model, the exporter, the line of
+    the user's code it stopped at and what to try."""
+
+
 class StudyError(RuntimeError):
     """The study cannot go on (for example: the fp32 model itself does not build)."""
 
@@ -29,4 +34,4 @@ class PickError(ValueError):
     """No front member meets the constraint (the message says what the front offers)."""
 
 
-USER_ERRORS = (ExperimentError, SpaceError, StudyError, PickError, TaskError, FileNotFoundError)
+USER_ERRORS = (ExperimentError, SpaceError, StudyError, PickError, TaskError, ExportError, FileNotFoundError)

@@ -34,6 +34,7 @@ from tuner.records import ArtifactRecord, LatencyStats, TrialResult
 from tuner.runtime import RuntimeConfig, load_artifact
 from tuner.space import quantizable_layers
 from tuner.task import Task, TaskRef
+from tuner.taskref import user_frame
 from tuner.vocab import OPT_LEVELS
 
 
@@ -178,7 +179,7 @@ class Evaluator:
                                          self._recovery_settings(), task.finetune))
             stats.update(self._size_stats(model))
             with _timed(timings, "export"), torch.no_grad():
-                export_onnx(model, task.example_inputs, tmp / "fp32.onnx")
+                export_onnx(model, task.example_inputs, tmp / "fp32.onnx", self.settings.exporter)
                 nodes = map_layers(onnx.load(str(tmp / "fp32.onnx")), layer_weights(model, self.layers),
                                    allow_missing=True)
             (tmp / "layers.json").write_text(json.dumps({k: [v.name, v.op_type, v.weight] for k, v in nodes.items()}))
@@ -231,7 +232,11 @@ def time_artifact(model_path: str | Path, feeds: dict[str, np.ndarray], settings
 
 
 def _failed(result: TrialResult, stage: str, exc: Exception) -> TrialResult:
-    return result.failed(f"{stage} failed: {type(exc).__name__}: {exc}", traceback.format_exc(limit=8))
+    """A FAIL result naming the stage, the line of the user's code (model, metric, hook) if that is where the
+    exception came from, and the exception."""
+    frame = user_frame(exc, fallback=False)
+    at = f" (at {frame.filename}:{frame.lineno})" if frame else ""
+    return result.failed(f"{stage} failed{at}: {type(exc).__name__}: {exc}", traceback.format_exc(limit=8))
 
 
 def check_runnable(candidate: Candidate) -> None:

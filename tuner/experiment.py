@@ -5,12 +5,13 @@ Example (``experiments/digits_cnn/experiment.yaml``)::
     name: digits-cnn
     task: tuner.tasks.digits_cnn:make_task     # or path/to/file.py:function (relative to this file)
     task_args: {}
-    search_space: ../../search_spaces/cnn_int8_prune.yaml
+    search_space: ../../search_spaces/cnn_int8_prune.yaml   # or auto (the default): generated from the model
     trials: 60
     sampler: tpe                  # tpe | nsga2 | random
     seed: 0
     max_metric_drop: 0.01         # constraint against the fp32 baseline
     latency: {threads: 1, batch_size: 1, warmup: 10, repeats: 50}   # + resource: <Ray resource> on a cluster
+    exporter: dynamo              # dynamo | torchscript (traces the branch the example takes)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuner.errors import ExperimentError
 from tuner.taskref import TaskRef
+from tuner.vocab import EXPORTERS
 from tuner.yamlfile import read_mapping
 
 
@@ -38,6 +40,7 @@ class EvalSettings:
     distill_steps: int = 100
     distill_lr: float = 1e-4
     recovery_time_limit_s: float = 120.0
+    exporter: str = "dynamo"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,7 +70,7 @@ class Experiment(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     task: str
     task_args: dict[str, Any] = {}
-    search_space: str
+    search_space: str = "auto"  # a space file, or "auto": every kind each layer can run, pruning where prunable
     trials: int = Field(60, ge=1)
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     seed: int | None = 0
@@ -80,6 +83,9 @@ class Experiment(BaseModel):
     retries: int = Field(1, ge=0)  # re-runs of a candidate whose worker died before FAIL
     pending_timeout_s: float = Field(120.0, gt=0)  # longest wait for a worker or a latency node to be placed
     recovery: RecoveryConfig = RecoveryConfig()
+    # torch.export-based, or the TorchScript tracer for models that branch on tensor values (it follows the
+    # branch the example input takes)
+    exporter: Literal[EXPORTERS] = "dynamo"
 
     # Set by load_experiment: where the file lives, for resolving relative paths.
     source: str = Field("", exclude=True)
@@ -87,6 +93,10 @@ class Experiment(BaseModel):
     @property
     def base_dir(self) -> Path:
         return Path(self.source).parent if self.source else Path(".")
+
+    @property
+    def auto_space(self) -> bool:
+        return self.search_space == "auto"
 
     @property
     def space_path(self) -> Path:
@@ -104,7 +114,7 @@ class Experiment(BaseModel):
         lat = self.latency
         rec = self.recovery
         return EvalSettings(lat.threads, lat.batch_size, lat.warmup, lat.repeats, self.round_to,
-                            rec.steps, rec.lr, rec.time_limit_s)
+                            rec.steps, rec.lr, rec.time_limit_s, self.exporter)
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -120,6 +130,6 @@ def load_experiment(path: str | Path) -> Experiment:
             problems.append(f"field '{field}': {err['msg']} (got {value!r})" if err["type"] != "missing"
                             else f"field '{field}': required but missing")
         raise ExperimentError(f"{path}: " + "; ".join(problems)) from None
-    if not experiment.space_path.is_file():
+    if not experiment.auto_space and not experiment.space_path.is_file():
         raise ExperimentError(f"{path}: field 'search_space': file {experiment.space_path} does not exist.")
     return experiment

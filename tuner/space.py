@@ -23,7 +23,7 @@ is an error.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from tuner.candidate import Candidate
 from tuner.errors import SpaceError
 from tuner.precision import (
     FP32,
+    KINDS,
     PrecisionError,
     applies_to,
     check_precision,
@@ -99,6 +100,48 @@ class SpaceFile:
     fusion: Fusion
     recovery: tuple[str, ...] = ("batchnorm",)
     importance: tuple[str, ...] = ("magnitude",)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file's content, as ``load_space_file`` reads it back."""
+        def rule(r: Rule) -> dict[str, Any]:
+            if r.skip:
+                return {"match": r.match, "skip": True}
+            prune = {} if r.prune is None else {"prune": {"low": r.prune.low, "high": r.prune.high,
+                                                          "step": r.prune.step}}
+            return {"match": r.match, "precision": list(r.precision), **prune}
+        fusion = {"opt_level": list(self.fusion.opt_levels)}
+        if self.fusion.transformer_fusions:
+            fusion["transformer_fusions"] = list(self.fusion.transformer_fusions)
+        if self.fusion.disable:
+            fusion["disable"] = list(self.fusion.disable)
+        return {"layers": [rule(r) for r in self.rules], "fusion": fusion, "recovery": list(self.recovery),
+                "importance": list(self.importance)}
+
+
+AUTO = "auto"
+AUTO_PRUNE_RATIOS = (0.125, 0.25, 0.375, 0.5)
+AUTO_INT4_BLOCK = 32
+
+
+def auto_space_file(where: str, layer_ops: Mapping[str, str], groups: Sequence[PruningGroup], round_to: int
+                    ) -> SpaceFile:
+    """The space an experiment gets with ``search_space: auto``: every precision kind each layer's op type can
+    run (4-bit with blocks of 32), and pruning by up to half (less where that would leave nothing) for the
+    layers the model lets prune. One rule per layer, so ``tuner`` can write it out as a file to start from."""
+    prune_of: dict[str, PruneRange] = {}
+    for group in groups:
+        usable = [r for r in AUTO_PRUNE_RATIOS if group.remaining(r, round_to) >= (group.head_dim or max(round_to, 1))
+                  and group.remaining(r, round_to) < group.channels]
+        if usable:
+            step = AUTO_PRUNE_RATIOS[0]
+            prune_of.update({m: PruneRange(0.0, max(usable), step) for m in group.members})
+    rules = []
+    for index, (layer, op) in enumerate(layer_ops.items()):
+        kinds = [k for k in KINDS.values() if op in k.op_types]
+        choices = tuple(f"{k.name}-b{AUTO_INT4_BLOCK}" if k.block_sizes else k.name
+                        for k in sorted(kinds, key=lambda k: -k.summary_order))
+        rules.append(Rule(index, layer, precision=choices, prune=prune_of.get(layer)))
+    return SpaceFile(where, tuple(rules), Fusion())
 
 
 _RULE_KEYS = {"match", "skip", "precision", "prune"}
@@ -237,13 +280,14 @@ class SearchSpace:
     """
 
     def __init__(self, space: SpaceFile, layer_ops: Mapping[str, str], groups: Sequence[PruningGroup],
-                 round_to: int = 8):
+                 round_to: int = 8, left_out: Collection[str] = ()):
         self.file = space
         self.layer_ops = dict(layer_ops)
         self.layers = list(layer_ops)
         self.rule_of: dict[str, Rule | None] = {name: self._first_match(name) for name in self.layers}
         self._check_rules_used()
         self.precision_choices = self._resolve_precision()
+        self.left_out_groups = frozenset(left_out)  # prunable groups whose pruning was found to break the model
         self.prune_choices = self._resolve_groups(groups, round_to)
         self.opt_levels = space.fusion.opt_levels
         self.transformer_fusions = space.fusion.transformer_fusions
@@ -310,6 +354,8 @@ class SearchSpace:
                                      f"{group.name} ({detail}).")
             wanted.update(rules[m].index for m in group.members)
             choices[group.name] = tuple(prune_range.values())
+        wanted.update(self.rule_of[m].index for g in self.left_out_groups for m in g.split("+")
+                      if self.rule_of.get(m) is not None)
         for rule in self.file.rules:
             if rule.prune is not None and rule.index not in wanted:
                 raise SpaceError(f"{self.file.path}: {rule.label}: has 'prune' but none of its layers can be "
@@ -383,7 +429,21 @@ def quantizable_layers(model) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
 
 
-def layer_op_types(model, example_inputs) -> dict[str, str]:
+def untuned_layers(model) -> list[tuple[str, str]]:
+    """Layers with weights that `tuner` does not search (LSTM, GRU, Conv1d, ...; norms and embeddings aside),
+    with their type: they stay fp32, and a user should be told so."""
+    from torch import nn
+
+    from tuner.build.prune import PRUNABLE_TYPES
+
+    plain = PRUNABLE_TYPES + (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Embedding,
+                              nn.EmbeddingBag)
+    return [(name, type(m).__name__) for name, m in model.named_modules()
+            if not isinstance(m, plain) and not any(True for _ in m.children())
+            and any(True for _ in m.parameters(recurse=False))]
+
+
+def layer_op_types(model, example_inputs, exporter: str = "dynamo") -> dict[str, str]:
     """Export ``model`` once and return the ONNX op type each quantizable layer became.
 
     Layers the exporter dropped (their output is never used) are left out: there is nothing to tune.
@@ -396,6 +456,6 @@ def layer_op_types(model, example_inputs) -> dict[str, str]:
 
     layers = quantizable_layers(model)
     with tempfile.TemporaryDirectory() as tmp:
-        export_onnx(model, example_inputs, f"{tmp}/model.onnx")
+        export_onnx(model, example_inputs, f"{tmp}/model.onnx", exporter)
         nodes = map_layers(onnx.load(f"{tmp}/model.onnx"), layer_weights(model, layers), allow_missing=True)
     return {layer: nodes[layer].op_type for layer in layers if layer in nodes}

@@ -19,15 +19,23 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from optuna.trial import TrialState
 
 from tuner.candidate import Candidate
-from tuner.errors import ClusterError, StudyError
+from tuner.errors import ClusterError, SpaceError, StudyError, TaskError
 from tuner.executors.base import Executor, Retime
 from tuner.experiment import Experiment
 from tuner.live_front import finish_front, publish_front
 from tuner.records import StudyMeta, TrialMeta
-from tuner.space import SearchSpace, layer_op_types, load_space_file, quantizable_layers
+from tuner.space import (
+    SearchSpace,
+    auto_space_file,
+    layer_op_types,
+    load_space_file,
+    quantizable_layers,
+    untuned_layers,
+)
 from tuner.storage import load_finished_study, open_study  # noqa: F401  (importable from here)
 from tuner.study_loop import Every, Progress, StudyLoop, TimingStats, n_finished, requeue, tell
 from tuner.tracking import MlflowRecorder
@@ -48,6 +56,7 @@ class StudyResult:
     references: list[dict[str, Any]] = field(default_factory=list)  # fp32 and uniform-precision trials
     live_front_s: list[float] = field(default_factory=list)  # seconds spent on each live-front refresh
     latency_check: dict[str, Any] = field(default_factory=dict)  # the front re-timed with no build running
+    failures: dict[str, int] = field(default_factory=dict)  # failed trials per reason, most frequent first
 
 
 def default_workers(latency_threads: int) -> int:
@@ -67,20 +76,66 @@ def make_sampler(kind: str, seed: int | None) -> optuna.samplers.BaseSampler:
     raise ValueError(f"sampler must be 'tpe', 'nsga2' or 'random', but got {kind!r}.")
 
 
-def prepare(experiment: Experiment):
+def prepare(experiment: Experiment, log: Callable[[str], None] = print):
     """Load the task and resolve the space in the driver: every config error surfaces before any trial."""
-    from tuner.build.prune import pruning_groups
+    from tuner.build.prune import broken_groups, pruning_groups
+    from tuner.task import check_forward
 
-    space_file = load_space_file(experiment.space_path)  # cheap checks first: the task may train a model
+    # cheap checks first: the task may train a model
+    space_file = None if experiment.auto_space else load_space_file(experiment.space_path)
     task = experiment.task_ref().load()
-    layer_ops = layer_op_types(task.model, task.example_inputs)
+    check_forward(task, experiment.task)
+    layer_ops = layer_op_types(task.model, task.example_inputs, experiment.exporter)
     unused = [name for name in quantizable_layers(task.model) if name not in layer_ops]
     if unused:
-        print(f"not in the exported graph (output unused), not tuned: {', '.join(unused)}")
-    wants_pruning = any(rule.prune is not None for rule in space_file.rules)
-    groups = pruning_groups(task.model, task.example_inputs, task.output_layers) if wants_pruning else []
+        log(f"not in the exported graph (output unused), not tuned: {', '.join(unused)}")
+    untuned = untuned_layers(task.model)
+    if untuned:
+        log("kept fp32, not searched (tuner searches Conv2d and Linear layers): "
+            + ", ".join(f"{name} ({kind})" for name, kind in untuned))
+    groups = []
+    if space_file is None or any(rule.prune is not None for rule in space_file.rules):
+        try:
+            groups = pruning_groups(task.model, task.example_inputs, task.output_layers)
+        except Exception as exc:  # torch-pruning's tracer does not know every layer type
+            why = f"torch-pruning cannot trace the channel dependencies of {type(task.model).__name__} " \
+                  f"({type(exc).__name__}: {exc})"
+            if space_file is not None:
+                raise SpaceError(f"{experiment.space_path}: its rules prune, but {why}; remove 'prune' from the "
+                                 "rules to search precision only.") from exc
+            log(f"not pruned: {why}")
+    if space_file is None:
+        space_file = auto_space_file(f"{experiment.source}: search_space auto", layer_ops, groups,
+                                     experiment.round_to)
     space = SearchSpace(space_file, layer_ops, groups, experiment.round_to)
+    # Each group pruned once at its largest ratio: one that breaks the model is left out, not tried in every trial.
+    largest = {name: max(values) for name, values in space.prune_choices.items() if max(values) > 0}
+    broken = broken_groups(task.model, task.example_inputs, largest, task.output_layers, experiment.round_to)
+    for name, why in broken.items():
+        log(f"warning: pruning group {name} is left out of the search: pruned by {largest[name]:g}, {why}")
+    if broken:
+        space = SearchSpace(space_file, layer_ops, [g for g in groups if g.name not in broken], experiment.round_to,
+                            left_out=set(broken))
+    check_finetune_hook(task, space, experiment)
     return task, space
+
+
+def check_finetune_hook(task, space: SearchSpace, experiment: Experiment) -> None:
+    """Recovery ``task`` calls the user's fine-tuning on pruned models: run it once on one, before any trial."""
+    from tuner.build.prune import prune
+    from tuner.build.recovery import RecoverySettings, recover
+
+    if "task" not in space.recovery or not space.prune_choices:
+        return
+    if task.finetune is None:
+        raise TaskError(f"task {experiment.task!r}: the search space offers recovery 'task', but the task has no "
+                        "finetune hook (Task(finetune=...)).")
+    name, values = next(iter(space.prune_choices.items()))
+    model = prune(task.model, task.example_inputs, {name: max(values)}, task.output_layers, experiment.round_to)
+    try:
+        recover(model, task.model, "task", task.calibration_inputs, RecoverySettings(), task.finetune)
+    except RuntimeError as exc:
+        raise TaskError(f"task {experiment.task!r}: {exc}") from exc
 
 
 def open_experiment_study(experiment: Experiment, space: SearchSpace, metric_name: str, direction: str
@@ -132,11 +187,13 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
     if workers is None and not address:
         workers = default_workers(experiment.latency.threads)
     run_dir = experiment.run_dir
-    task, space = prepare(experiment)
+    task, space = prepare(experiment, log)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for src in (experiment.source, experiment.space_path):
+    for src in (experiment.source, None if experiment.auto_space else experiment.space_path):
         if src:
             shutil.copy(src, run_dir / Path(src).name)
+    if experiment.auto_space:  # the generated space, as a file to start from
+        (run_dir / "space.yaml").write_text(yaml.safe_dump(space.file.to_dict(), sort_keys=False))
     study, meta = open_experiment_study(experiment, space, task.evaluation.metric_name, task.evaluation.direction)
     recorder = open_recorder(study, experiment, space, tracking_uri)
     trial_runs = recorder.existing_trial_runs()
@@ -178,7 +235,18 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
     return StudyResult(experiment.name, meta.metric_name, run_dir, front, states.count(TrialState.COMPLETE),
                        states.count(TrialState.FAIL), time.perf_counter() - started,
                        {"metric": meta.baseline_metric, "latency_ms": meta.baseline_latency_ms},
-                       recorder.tracking_uri, timings.rows, references, live_front.seconds, latency_check)
+                       recorder.tracking_uri, timings.rows, references, live_front.seconds, latency_check,
+                       failure_reasons(study))
+
+
+def failure_reasons(study: optuna.Study) -> dict[str, int]:
+    """How many trials failed for each reason (its first line), most frequent first."""
+    reasons = [(t.user_attrs.get("fail_reason") or "unknown").splitlines()[0][:200]
+               for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
+    counts: dict[str, int] = {}
+    for reason in reasons:
+        counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def open_recorder(study: optuna.Study, experiment: Experiment, space: SearchSpace, tracking_uri: str | None
@@ -189,7 +257,8 @@ def open_recorder(study: optuna.Study, experiment: Experiment, space: SearchSpac
     recorder = MlflowRecorder(tracking_uri or meta.tracking_uri, experiment.name, meta.metric_name, meta.uid)
     replace(meta, tracking_uri=recorder.tracking_uri).save(study)
     recorder.log_study_inputs(
-        [p for p in (experiment.source, experiment.space_path) if p],
+        [p for p in (experiment.source, experiment.run_dir / "space.yaml" if experiment.auto_space else
+                     experiment.space_path) if p],
         {"task": experiment.task, "sampler": experiment.sampler, "max_metric_drop": experiment.max_metric_drop,
          "threads": experiment.latency.threads, "batch_size": experiment.latency.batch_size,
          "layers": len(space.layers), "searched_params": len(space.distributions())})

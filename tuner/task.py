@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from tuner.errors import TaskError  # noqa: F401  (raised by task loading; importable from here)
-from tuner.taskref import TaskRef, resolve_task_function  # noqa: F401
+from tuner.taskref import TaskRef, resolve_task_function, where  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -74,3 +74,13 @@ class Task:
             if not last:
                 raise ValueError("the model has no Conv2d or Linear layer to tune.")
             object.__setattr__(self, "output_layers", (last[-1],))
+
+
+def check_forward(task: Task, spec: str) -> None:
+    """Run the model once on its example inputs: a model that cannot is the user's to fix, said in one line."""
+    try:
+        with torch.no_grad():
+            task.model.eval()(*task.example_inputs)
+    except Exception as exc:
+        raise TaskError(f"task {spec!r}: the model's forward on example_inputs raised{where(exc)}: "
+                        f"{type(exc).__name__}: {exc}") from exc

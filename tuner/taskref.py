@@ -42,7 +42,7 @@ class TaskRef:
         try:
             task = fn(**self.args)
         except Exception as exc:  # the user's code: say where it failed, in one line
-            raise TaskError(f"task {self.spec!r} raised while loading{_where(exc)}: {type(exc).__name__}: {exc}"
+            raise TaskError(f"task {self.spec!r} raised while loading{where(exc)}: {type(exc).__name__}: {exc}"
                             ) from exc
         if not isinstance(task, Task):
             raise TaskError(f"task function {self.spec!r} must return tuner.Task, but returned {type(task).__name__}.")
@@ -70,7 +70,7 @@ def resolve_task_function(spec: str, base_dir: str = ".") -> Callable[..., Task]
                 module_spec.loader.exec_module(module)
             except Exception as exc:
                 del sys.modules[mod_name]
-                raise TaskError(f"task {spec!r}: importing {path} raised{_where(exc)}: {type(exc).__name__}: {exc}"
+                raise TaskError(f"task {spec!r}: importing {path} raised{where(exc)}: {type(exc).__name__}: {exc}"
                                 ) from exc
     else:
         try:
@@ -83,7 +83,18 @@ def resolve_task_function(spec: str, base_dir: str = ".") -> Callable[..., Task]
     return fn
 
 
-def _where(exc: BaseException) -> str:
-    """`` (at file:line)`` of the innermost frame of ``exc``'s traceback, or nothing."""
+_LIBRARY_PATHS = (str(Path(__file__).parent), "site-packages", "dist-packages", "<frozen", "/lib/python")
+
+
+def user_frame(exc: BaseException, fallback: bool = True) -> traceback.FrameSummary | None:
+    """The innermost frame of ``exc``'s traceback in the user's code (not tuner, torch or another installed
+    package); with ``fallback``, else the innermost frame."""
     frames = traceback.extract_tb(exc.__traceback__)
-    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    users = [f for f in frames if not any(part in f.filename for part in _LIBRARY_PATHS)]
+    return (users or (frames if fallback else []) or [None])[-1]
+
+
+def where(exc: BaseException) -> str:
+    """`` (at file:line)`` of the frame :func:`user_frame` finds, or nothing."""
+    frame = user_frame(exc)
+    return f" (at {frame.filename}:{frame.lineno})" if frame else ""

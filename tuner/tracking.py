@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Sequence
@@ -13,6 +14,10 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from tuner.records import ArtifactRecord, TrialResult
+
+# Creating or migrating a sqlite store logs INFO lines to stderr; the user asked for a study, not for those.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 ROLE = "tuner.role"
 

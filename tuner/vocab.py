@@ -11,3 +11,7 @@ IMPORTANCE_METHODS = ("magnitude", "lamp", "fpgm", "bn_scale")
 
 # What repairs a pruned model (`tuner.build.recovery`).
 RECOVERY_METHODS = ("none", "batchnorm", "distill", "task")
+
+# How a torch model becomes ONNX (`tuner.build.export`): torch.export-based, or the TorchScript tracer, which
+# follows the branch the example input takes through data-dependent control flow.
+EXPORTERS = ("dynamo", "torchscript")

@@ -1,12 +1,15 @@
-"""torch -> ONNX with a dynamic batch axis, and the map from layer names to the ONNX nodes they became."""
+"""torch -> ONNX with a dynamic batch axis (dynamo or TorchScript exporter), and the map from layer names to the ONNX nodes they became."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import io
 import logging
 import os
+import re
+import traceback
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,27 +20,102 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from tuner.errors import ExportError
+from tuner.vocab import EXPORTERS
+
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 
 
-def export_onnx(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], path: str | Path) -> None:
-    """Export with torch's dynamo exporter, batch axis dynamic, weights inside the file."""
+def export_onnx(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], path: str | Path,
+                exporter: str = "dynamo") -> None:
+    """Export with a dynamic batch axis (whatever the example batch), weights inside the file.
+
+    ``exporter``: ``dynamo`` (torch.export) or ``torchscript`` (the tracer: it records the branch the example
+    takes through data-dependent control flow). A failure raises ExportError naming the model, the exporter,
+    the line of the model's code it stopped at, and what to try.
+    """
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, but got {exporter!r}.")
+    # torch.export specializes dimensions of size 1: an example batch of 1 would fix the batch axis at 1.
+    inputs = tuple(torch.cat([t, t]) if t.dim() and t.shape[0] == 1 else t for t in example_inputs)
+    try:
+        with warnings.catch_warnings(), _quiet_fds():
+            warnings.simplefilter("ignore")
+            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+            if exporter == "dynamo":
+                _export_dynamo(model.eval(), inputs, path)
+            else:
+                _export_torchscript(model.eval(), inputs, path)
+    except Exception as exc:
+        raise ExportError(_failure_message(model, exporter, exc)) from exc
+
+
+def _export_dynamo(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: str | Path) -> None:
     batch = torch.export.Dim("batch", min=1, max=4096)
-    dynamic_shapes = tuple({0: batch} for _ in example_inputs)
-    with warnings.catch_warnings(), _quiet_fds():
-        warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        program = torch.onnx.export(
-            model.eval(), example_inputs, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False
-        )
+    dynamic_shapes = tuple({0: batch} for _ in inputs)
+    program = torch.onnx.export(model, inputs, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False)
     program.save(str(path), external_data=False)
+
+
+def _export_torchscript(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: str | Path) -> None:
+    params = [p for p in inspect.signature(model.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    names = [p.name for p in params[:len(inputs)]] + [f"input_{i}" for i in range(len(params), len(inputs))]
+    with torch.no_grad():
+        outputs = model(*inputs)
+    n_out = len(outputs) if isinstance(outputs, (tuple, list)) else 1
+    out_names = [f"output_{i}" for i in range(n_out)]
+    # No constant folding: it would fold BatchNorm into Conv weights under new names (ORT fuses them itself).
+    torch.onnx.export(model, inputs, str(path), dynamo=False, input_names=names, output_names=out_names,
+                      dynamic_axes={name: {0: "batch"} for name in names + out_names}, opset_version=18,
+                      do_constant_folding=False)
+
+
+def _failure_message(model: torch.nn.Module, exporter: str, exc: BaseException) -> str:
+    where = _user_frame(exc)
+    summary = _exception_summary(exc)
+    other = [e for e in EXPORTERS if e != exporter]
+    hint = (f"if the model branches on tensor values, `exporter: {other[0]}` in the experiment traces the branch "
+            "the example input takes" if exporter == "dynamo" else
+            f"`exporter: {other[0]}` in the experiment uses torch.export instead")
+    return (f"model {type(model).__name__}: the {exporter} exporter failed"
+            + (f" at {where}" if where else "") + f": {summary}. Try: {hint}; or change the model's code there.")
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
+_LIBRARY = (str(Path(torch.__file__).parent), str(Path(__file__).parents[1]), "site-packages", "<frozen", "<string>")
+
+
+def _user_frame(exc: BaseException) -> str:
+    """``file:line (code)`` of the first frame outside torch, tuner and installed packages that the error names."""
+    frames: list[tuple[str, int, str]] = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        frames += [(m[0], int(m[1]), m[3].strip()) for m in _FRAME.findall(str(exc))]
+        frames += [(f.filename, f.lineno, (f.line or "").strip()) for f in traceback.extract_tb(exc.__traceback__)]
+        exc = exc.__cause__ or exc.__context__
+    for filename, line, code in frames:
+        if not any(part in filename for part in _LIBRARY):
+            return f"{filename}:{line}" + (f" (`{code}`)" if code else "")
+    return ""
+
+
+def _exception_summary(exc: BaseException) -> str:
+    """The root cause in one line: torch's exporter wraps it in pages of advice."""
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = " ".join(str(root).split("\n\n")[0].split())
+    return f"{type(root).__name__}: {text[:300]}"
 
 
 @contextlib.contextmanager
 def _quiet_fds():
     """The exporter's constant folding prints to the process's stdout/stderr; keep them for real errors."""
     saved = [os.dup(1), os.dup(2)]
-    with open(os.devnull, "w") as null, contextlib.redirect_stdout(io.StringIO()):
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
         os.dup2(null.fileno(), 1)
         os.dup2(null.fileno(), 2)
         try:

@@ -17,6 +17,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from tuner.taskref import where
+
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 # Channel importance criteria that need no gradients (torch-pruning's implementations).
 IMPORTANCE = {
@@ -46,11 +48,39 @@ class PruningGroup:
         return remaining_channels(self.channels, ratio, round_to)
 
 
-def attention_blocks(model: nn.Module) -> dict[str, nn.Module]:
-    """Modules with query/key/value Linear layers and a head count (Hugging Face BERT-style self-attention)."""
-    return {name: m for name, m in model.named_modules()
-            if isinstance(getattr(m, "num_attention_heads", None), int)
-            and all(isinstance(getattr(m, p, None), nn.Linear) for p in ("query", "key", "value"))}
+# Attention projections and head-count attributes as Hugging Face families name them (BERT/RoBERTa/ELECTRA,
+# DistilBERT, MPNet, BART/ViT-style).
+QKV_NAMES = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"), ("q", "k", "v"), ("q_proj", "k_proj", "v_proj"))
+HEAD_COUNT_NAMES = ("num_attention_heads", "n_heads", "num_heads")
+
+
+@dataclass(frozen=True)
+class AttentionBlock:
+    """A self-attention module: its query/key/value Linear layers and the attribute holding its head count."""
+
+    module: nn.Module
+    qkv: tuple[nn.Linear, nn.Linear, nn.Linear]
+    heads_attr: str
+
+    @property
+    def heads(self) -> int:
+        return getattr(self.module, self.heads_attr)
+
+    @property
+    def head_dim(self) -> int:
+        return int(getattr(self.module, "attention_head_size", 0) or self.qkv[0].out_features // self.heads)
+
+
+def attention_blocks(model: nn.Module) -> dict[str, AttentionBlock]:
+    """Modules with query/key/value Linear layers and a head count (see QKV_NAMES, HEAD_COUNT_NAMES)."""
+    blocks = {}
+    for name, module in model.named_modules():
+        heads_attr = next((a for a in HEAD_COUNT_NAMES if isinstance(getattr(module, a, None), int)), None)
+        qkv = next((tuple(getattr(module, p) for p in names) for names in QKV_NAMES
+                    if all(isinstance(getattr(module, p, None), nn.Linear) for p in names)), None)
+        if heads_attr and qkv:
+            blocks[name] = AttentionBlock(module, qkv, heads_attr)
+    return blocks
 
 
 def _dependency_graph(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tp.DependencyGraph:
@@ -75,8 +105,7 @@ def pruning_groups(
         if members:
             root = modules[members[0]]
             channels = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
-            head_dim = next((int(getattr(block, "attention_head_size", channels // block.num_attention_heads))
-                             for block in attention_blocks(model).values() if root is block.query), 0)
+            head_dim = next((block.head_dim for block in attention_blocks(model).values() if root is block.qkv[0]), 0)
             groups.append(PruningGroup("+".join(members), tuple(members), channels, head_dim))
     return groups
 
@@ -142,20 +171,64 @@ def _prune_heads(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], gro
     """Remove the lowest-magnitude whole heads of one attention block through torch-pruning's dependency graph
     (which shrinks query, key, value and the attention output's input alike), then fix the block's head count."""
     modules = dict(model.named_modules())
-    block = next(b for b in attention_blocks(model).values() if b.query is modules[group.members[0]])
-    head_dim, heads = group.head_dim, block.num_attention_heads
+    block = next(b for b in attention_blocks(model).values() if b.qkv[0] is modules[group.members[0]])
+    head_dim, heads = group.head_dim, block.heads
     drop = heads - group.remaining(ratio, 0) // head_dim
     if drop <= 0:
         return
-    weights = [block.query.weight, block.key.weight, block.value.weight]
-    score = sum(w.detach().reshape(heads, head_dim, -1).pow(2).sum(dim=(1, 2)) for w in weights)
+    score = sum(w.weight.detach().reshape(heads, head_dim, -1).pow(2).sum(dim=(1, 2)) for w in block.qkv)
     dropped = sorted(torch.argsort(score)[:drop].tolist())
     idxs = [h * head_dim + i for h in dropped for i in range(head_dim)]
     graph = _dependency_graph(model, example_inputs)
-    graph.get_pruning_group(block.query, tp.prune_linear_out_channels, idxs=idxs).prune()
-    block.num_attention_heads = heads - drop
-    if hasattr(block, "all_head_size"):
-        block.all_head_size = block.num_attention_heads * head_dim
+    graph.get_pruning_group(block.qkv[0], tp.prune_linear_out_channels, idxs=idxs).prune()
+    setattr(block.module, block.heads_attr, heads - drop)
+    if hasattr(block.module, "all_head_size"):
+        block.module.all_head_size = (heads - drop) * head_dim
+
+
+def broken_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], ratios: Mapping[str, float],
+                  output_layers: Sequence[str], round_to: int = 8) -> dict[str, str]:
+    """Prune each group alone at its ratio and run the pruned model on the example: the groups whose pruning
+    breaks the model (a reshape to a hard-coded width, say), each with the layer that raised and why.
+
+    torch-pruning follows the traced graph; code that bakes a channel count into a constant is invisible to
+    it, and the model only fails when run.
+    """
+    broken = {}
+    for name, ratio in ratios.items():
+        try:
+            pruned = prune(model, example_inputs, {name: ratio}, output_layers, round_to)
+        except Exception as exc:
+            broken[name] = f"pruning it raised {type(exc).__name__}: {exc}"
+            continue
+        layer, exc = _run_and_catch(pruned, example_inputs)
+        if exc is not None:
+            at = f"layer {layer!r}" if layer else f"{type(model).__name__}.forward"
+            broken[name] = f"{at} then raised{where(exc)}: {type(exc).__name__}: {exc}"
+    return broken
+
+
+@torch.no_grad()
+def _run_and_catch(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tuple[str, Exception | None]:
+    """Run ``model``; on an exception, the innermost module that was running (by forward hooks) and the error."""
+    names = {m: n for n, m in model.named_modules()}
+    stack: list[str] = []
+
+    def enter(module: nn.Module, _inputs) -> None:
+        stack.append(names[module])
+
+    def leave(module: nn.Module, _inputs, _output) -> None:
+        stack.pop()
+
+    handles = [h for m in names for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    try:
+        model.eval()(*example_inputs)
+        return "", None
+    except Exception as exc:
+        return (stack[-1] if stack else ""), exc
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from tuner.build.prune import recalibrate_batchnorm
+from tuner.taskref import where
 from tuner.vocab import RECOVERY_METHODS
 
 
@@ -37,7 +38,10 @@ def recover(student: nn.Module, teacher: nn.Module, method: str, batches: Sequen
     if method == "task":
         if finetune is None:
             raise ValueError("recovery 'task' needs the task to supply Task.finetune(model).")
-        finetune(student)
+        try:
+            finetune(student)
+        except Exception as exc:  # the user's code: say so, and where
+            raise RuntimeError(f"the task's finetune hook raised{where(exc)}: {type(exc).__name__}: {exc}") from exc
     student.eval()
     report["recovery_s"] = time.perf_counter() - start
     return report

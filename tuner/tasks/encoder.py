@@ -7,24 +7,44 @@ others?) is recorded beside it: it is what a retrieval system built on the embed
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 from torch import nn
 
 from tuner.task import Evaluation, Task
 
+# Encoder outputs that write to the residual stream, by family (BERT/RoBERTa/ELECTRA/MPNet: ``output.dense``;
+# DistilBERT: ``out_lin``, ``lin2``; MPNet's attention: ``attn.o``). Pruning keeps their width: the embedding
+# width is the model's output. Heads (q/k/v) and FFN units stay prunable.
+RESIDUAL_WRITERS = ("output.dense", "attention.out_lin", "ffn.lin2", "attn.o")
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def encoder_inputs(encoder: nn.Module) -> tuple[str, ...]:
+    """The inputs of INPUT_NAMES that the encoder's forward takes (DistilBERT, MPNet: no token_type_ids)."""
+    params = inspect.signature(encoder.forward).parameters
+    names = tuple(n for n in INPUT_NAMES if n in params)
+    if names[:2] != INPUT_NAMES[:2]:
+        raise TypeError(f"{type(encoder).__name__}.forward must take input_ids and attention_mask; it takes "
+                        f"{', '.join(params)}.")
+    return names
+
 
 class MeanPooledEncoder(nn.Module):
-    """A Hugging Face encoder (BertModel-like) followed by attention-masked mean pooling."""
+    """A Hugging Face encoder followed by attention-masked mean pooling. Takes the encoder's own inputs
+    (:func:`encoder_inputs`), in the order of INPUT_NAMES."""
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
+        self.input_names = encoder_inputs(encoder)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
@@ -60,10 +80,14 @@ def embedding_task(encoder: nn.Module, tokens: dict[str, np.ndarray], n_eval: in
                    calibration_batch_size: int, eval_batch_size: int = 32) -> Task:
     """A Task over tokenized texts: the first ``n_eval`` rows are scored, the following ones calibrate.
 
-    ``tokens`` holds ``input_ids``, ``attention_mask`` and ``token_type_ids`` as int64 arrays (rows, seq).
+    ``tokens`` holds ``input_ids``, ``attention_mask`` and, for encoders that take them, ``token_type_ids``
+    as int64 arrays (rows, seq). Any Hugging Face encoder family works: the inputs come from its forward.
     """
     model = MeanPooledEncoder(encoder).eval()
-    names = ("input_ids", "attention_mask", "token_type_ids")
+    names = model.input_names
+    missing = [n for n in names if n not in tokens]
+    if missing:
+        raise ValueError(f"{type(encoder).__name__} takes {', '.join(names)}, but the tokens lack {', '.join(missing)}.")
     arrays = tuple(np.ascontiguousarray(tokens[n], dtype=np.int64) for n in names)
     n_cal = calibration_batches * calibration_batch_size
     if len(arrays[0]) < n_eval + n_cal:
@@ -83,9 +107,7 @@ def embedding_task(encoder: nn.Module, tokens: dict[str, np.ndarray], n_eval: in
         batch_size=eval_batch_size, extra_metrics={"nn_agreement": nearest_neighbour_agreement(reference)},
     )
     example = tuple(torch.from_numpy(a[:2]) for a in arrays)
-    # The residual stream keeps its width: layers writing to it are outputs for pruning. Heads (q/k/v) and FFN
-    # units (intermediate) stay prunable.
     residual = tuple(name for name, m in model.named_modules()
-                     if isinstance(m, nn.Linear) and name.endswith("output.dense"))
+                     if isinstance(m, nn.Linear) and name.endswith(RESIDUAL_WRITERS))
     return Task(model=model, example_inputs=example, calibration_inputs=calibration, evaluation=evaluation,
                 output_layers=residual)
