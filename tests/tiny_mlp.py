@@ -3,6 +3,9 @@
 ``fragile=True`` gives a metric that raises for any model whose outputs drift from the fp32 model's (every
 quantized candidate fails to score), to test how failures are recorded."""
 
+import time
+from pathlib import Path
+
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
@@ -11,7 +14,10 @@ from torch import nn
 from tuner import Evaluation, Task
 
 
-def make_task(hidden: int = 32, fragile: bool = False, seed: int = 0) -> Task:
+def make_task(hidden: int = 32, fragile: bool = False, seed: int = 0, scoring_marker: str = "",
+              scoring_s: float = 0.0) -> Task:
+    """``scoring_marker``, ``scoring_s``: the metric touches that file, then takes that long (a trial whose
+    scoring a test can catch in flight)."""
     torch.manual_seed(seed)
     digits = load_digits()
     x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
@@ -29,6 +35,9 @@ def make_task(hidden: int = 32, fragile: bool = False, seed: int = 0) -> Task:
         reference = model(x[1400:]).numpy()
 
     def accuracy(logits: np.ndarray) -> float:
+        if scoring_marker:
+            Path(scoring_marker).touch()
+            time.sleep(scoring_s)
         if fragile and np.abs(logits - reference).max() > 1e-4:
             raise ValueError("synthetic failure: outputs drifted from fp32")
         return float((logits.argmax(1) == labels).mean())

@@ -11,6 +11,7 @@ import optuna
 
 from tuner import api
 from tuner.errors import USER_ERRORS
+from tuner.stop import StudyStopped
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -25,9 +26,11 @@ def _run(args: argparse.Namespace) -> int:
     try:
         result = api.run(experiment, trials=args.trials, workers=args.workers, address=args.address,
                          tracking_uri=args.tracking_uri, progress=not args.no_progress, in_process=args.in_process)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: study {experiment.name!r} is saved in {experiment.run_dir}; its finished trials "
-              "are kept and the ones in flight will run again. Continue with "
+    except KeyboardInterrupt as exc:
+        in_flight = (f"{exc.finished} trial(s) in flight finished, {exc.cancelled} cancelled and queued to run "
+                     "again" if isinstance(exc, StudyStopped) else "the trials in flight are queued to run again")
+        print(f"\ninterrupted: study {experiment.name!r} is saved in {experiment.run_dir} ({in_flight}); its front "
+              "is published and its MLflow run marked KILLED. Continue with "
               f"`tuner resume {experiment.name}`" + (f" --output-dir {args.output_dir}" if args.output_dir else "")
               + ".", file=sys.stderr)
         return 130

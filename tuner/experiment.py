@@ -82,6 +82,7 @@ class Experiment(BaseModel):
     candidate_timeout_s: float | None = Field(1800.0, gt=0)  # a candidate running longer is FAIL, worker replaced
     retries: int = Field(1, ge=0)  # re-runs of a candidate whose worker died before FAIL
     pending_timeout_s: float = Field(120.0, gt=0)  # longest wait for a worker or a latency node to be placed
+    stop_grace_s: float = Field(30.0, ge=0)  # on Ctrl-C/SIGTERM: how long trials in flight may take to finish
     recovery: RecoveryConfig = RecoveryConfig()
     # torch.export-based, or the TorchScript tracer for models that branch on tensor values (it follows the
     # branch the example input takes)

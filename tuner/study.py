@@ -36,6 +36,7 @@ from tuner.space import (
     quantizable_layers,
     untuned_layers,
 )
+from tuner.stop import StopRequest, StudyStopped
 from tuner.storage import load_finished_study, open_study  # noqa: F401  (importable from here)
 from tuner.study_loop import Every, Progress, StudyLoop, TimingStats, n_finished, requeue, tell
 from tuner.tracking import MlflowRecorder
@@ -211,26 +212,27 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
     live_front = Every(experiment.front_every, lambda step: publish_front(study, recorder, run_dir, step))
     latency_check: dict[str, Any] = {}
     status = "FAILED"
-    try:
-        if not meta.has_baseline:
-            measure_baseline(study, space, runner, experiment, log)
-        progress_bar = Progress(study, budget, progress)
-        StudyLoop(study, space, runner, budget, recorders=[log_to_mlflow(recorder, trial_runs)],
-                  callbacks=[timings, progress_bar, live_front]).run()
-        progress_bar.close()  # before the re-check prints
-        latency_check = recheck_front_latency(study, runner, task, experiment, recorder, trial_runs)
-        status = "FINISHED"
-    except ClusterError as exc:  # completed trials are kept; `tuner run` again continues the study
-        raise StudyError(f"{experiment.source or experiment.name}: {exc}") from None
-    except KeyboardInterrupt:  # stopped by the user: finished trials are kept, the ones in flight re-queued
-        status = "KILLED"
-        raise
-    finally:
-        if progress_bar is not None:
-            progress_bar.close()
-        runner.close()
-        front, references = finish_front(study, recorder, trial_runs, run_dir)
-        recorder.close(status)
+    with StopRequest(experiment.stop_grace_s) as stop:
+        try:
+            if not meta.has_baseline:
+                measure_baseline(study, space, runner, experiment, log, stop)
+            progress_bar = Progress(study, budget, progress)
+            StudyLoop(study, space, runner, budget, recorders=[log_to_mlflow(recorder, trial_runs)],
+                      callbacks=[timings, progress_bar, live_front], stop=stop).run()
+            progress_bar.close()  # before the re-check prints
+            latency_check = recheck_front_latency(study, runner, task, experiment, recorder, trial_runs)
+            status = "FINISHED"
+        except ClusterError as exc:  # completed trials are kept; `tuner run` again continues the study
+            raise StudyError(f"{experiment.source or experiment.name}: {exc}") from None
+        except KeyboardInterrupt:  # stopped: finished trials are kept, the ones in flight re-queued
+            status = "KILLED"
+            raise
+        finally:
+            if progress_bar is not None:
+                progress_bar.close()
+            runner.close()
+            front, references = finish_front(study, recorder, trial_runs, run_dir)
+            recorder.close(status)
     states, meta = [t.state for t in study.get_trials(deepcopy=False)], StudyMeta.load(study)
     return StudyResult(experiment.name, meta.metric_name, run_dir, front, states.count(TrialState.COMPLETE),
                        states.count(TrialState.FAIL), time.perf_counter() - started,
@@ -298,14 +300,17 @@ def resume_interrupted(study: optuna.Study, recorder: MlflowRecorder, trial_runs
 
 
 def measure_baseline(study: optuna.Study, space: SearchSpace, executor: Executor, experiment: Experiment,
-                     log: Callable[[str], None]) -> None:
+                     log: Callable[[str], None], stop: StopRequest | None = None) -> None:
     """Build and measure the fp32 model (every layer fp32, unpruned, unfused), then queue the references: the
     front always contains or dominates them, since they are trials too."""
+    stop = stop or StopRequest()
     log("measuring the fp32 baseline ...")
     executor.submit("baseline", Candidate(opt_level="all"))
     results = []
     while not results:
-        results = executor.results(timeout=5.0)
+        if stop.requested:
+            raise StudyStopped(stop.signal_name, 0, 1)
+        results = executor.results(timeout=1.0)
     result = results[0][1]
     if not result.completed:
         raise StudyError(f"the fp32 baseline of task {experiment.task!r} does not build or run: {result.error}")

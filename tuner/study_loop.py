@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.executors.base import Executor
 from tuner.records import StudyMeta, TrialMeta, TrialResult
 from tuner.space import SearchSpace
+from tuner.stop import StopRequest, StudyStopped
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,10 @@ class StudyLoop:
     """Ask for candidates while the executor has room, tell results as they come, until ``budget`` trials."""
 
     def __init__(self, study: optuna.Study, space: SearchSpace, executor: Executor, budget: int,
-                 recorders: Sequence[Recorder] = (), callbacks: Sequence[Callback] = ()):
+                 recorders: Sequence[Recorder] = (), callbacks: Sequence[Callback] = (),
+                 stop: StopRequest | None = None):
         self.study = study
+        self.stop = stop or StopRequest()
         self.space = space
         self.executor = executor
         self.budget = budget
@@ -86,18 +89,24 @@ class StudyLoop:
         in_flight: dict[int, optuna.Trial] = {}
         try:
             while done < self.budget or in_flight:
-                while self.executor.idle and done + len(in_flight) < self.budget:
+                if self.stop.requested and (not in_flight or self.stop.expired()):
+                    raise StudyStopped(self.stop.signal_name, max(self.stop.in_flight_at_stop - len(in_flight), 0),
+                                       len(in_flight))
+                while self.executor.idle and done + len(in_flight) < self.budget and not self.stop.requested:
                     trial = self.study.ask(fixed_distributions=dists)
                     candidate = self.space.decode(trial.params)
                     trial.set_user_attr("summary", candidate.summary())
                     in_flight[trial.number] = trial
                     self.executor.submit(trial.number, candidate)
+                self.stop.in_flight = len(in_flight)
                 for number, result in self.executor.results(timeout=1.0):
                     received = time.perf_counter()
-                    trial = in_flight.pop(number)
-                    for record in self.recorders:
-                        record(trial, result)
-                    tell(self.study, trial, result, meta)
+                    with self.stop.shielded():
+                        trial = in_flight.pop(number)
+                        self.stop.in_flight = len(in_flight)
+                        for record in self.recorders:
+                            record(trial, result)
+                        tell(self.study, trial, result, meta)
                     done += 1
                     finished = FinishedTrial(self.study.get_trials(deepcopy=False)[number], result, received, done,
                                              self.budget)
