@@ -69,6 +69,26 @@ def test_study_front_and_plot_in_the_mlflow_ui(tmp_path, monkeypatch, mlflow_ser
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
+        # a newcomer's clicks (the README's): "Model training", the study's experiment, its run, the description's
+        # front table, a front model (MLflow opens description links in a new tab)
+        page.goto(uri)
+        page.get_by_text("Model training", exact=True).first.click(timeout=90_000)
+        page.get_by_role("link", name="ui", exact=True).first.click(timeout=60_000)
+        page.get_by_text("matching runs").first.wait_for(timeout=90_000)  # the runs table, not a GenAI overview
+        assert "No data available" not in page.inner_text("body")
+        page.screenshot(path=str(shots / "experiment_first_screen.png"))
+        page.locator('a[href*="/runs/"]', has_text="ui").first.click(timeout=30_000)  # the study's run
+        page.get_by_text("Pareto front of study").first.wait_for(timeout=60_000)
+        page.screenshot(path=str(shots / "study_run_description.png"), full_page=True)
+        first = sorted(front, key=lambda r: r.data.metrics["latency_ms"])[0]
+        number = int(first.data.tags["tuner.trial_number"])
+        with page.context.expect_page(timeout=60_000) as tab:
+            page.get_by_role("link", name=re.compile(rf"trial {number}$")).first.click(timeout=30_000)
+        model_page = tab.value
+        model_page.wait_for_url(re.compile(rf".*/runs/{first.info.run_id}.*"), timeout=60_000)
+        model_page.get_by_role("tab", name="Artifacts").first.click(timeout=60_000)
+        model_page.get_by_text("model.onnx").first.wait_for(timeout=60_000)
+        model_page.screenshot(path=str(shots / "front_model.png"))
         # the study's runs, filtered to the front
         page.goto(f"{base}/runs?searchFilter=" + urllib.parse.quote("tags.`tuner.pareto` = 'true'"))
         page.get_by_text("matching runs").first.wait_for(timeout=90_000)
@@ -89,5 +109,6 @@ def test_study_front_and_plot_in_the_mlflow_ui(tmp_path, monkeypatch, mlflow_ser
         page.screenshot(path=str(shots / "pareto_html.png"))
         browser.close()
     print(f"screenshots: {shots}")
-    assert all((shots / name).stat().st_size > 10_000 for name in ("front_runs.png", "front_trial.png",
-                                                                   "pareto_html.png"))
+    assert all((shots / name).stat().st_size > 10_000 for name in (
+        "experiment_first_screen.png", "study_run_description.png", "front_model.png", "front_runs.png",
+        "front_trial.png", "pareto_html.png"))

@@ -2,6 +2,7 @@
 evaluated by the in-process executor (no Ray). Nothing here asserts on a measured latency."""
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -92,6 +93,18 @@ def test_references_first_constraints_and_the_live_front(tmp_path, store):
             study.trials[number].user_attrs["key"]
     assert len((tmp_path / "runs" / "loop" / "pareto.csv").read_text().strip().splitlines()) == 1 + len(front)
     assert result.n_complete == 4 and len(result.timings) == 4
+    # the study run's description (what the MLflow UI shows on its page): the front linked to its runs, the
+    # references, the constraint, what to run next
+    note = parents[0].data.tags["mlflow.note.content"]
+    experiment_id = parents[0].info.experiment_id
+    linked = {int(n) for n in re.findall(r"\[(?:[a-z0-9 ]+ )?trial (\d+)\]\(#/experiments/\d+/runs/\w+\)", note)}
+    assert linked >= front
+    for number in front:
+        assert f"](#/experiments/{experiment_id}/runs/{runs[number].info.run_id})" in note
+    assert f"Pareto front of study `loop`: {len(front)} models" in note
+    assert "[uniform int8 trial 1]" in note and "[fp32 trial 0]" in note
+    assert f"accuracy >= {meta.baseline_metric - 0.02:.4f}" in note
+    assert f"`tuner pick loop --min-accuracy {meta.baseline_metric - 0.02:.4f} --out model/`" in note
 
 
 def test_failed_candidates_are_recorded_and_the_study_goes_on(tmp_path, store):

@@ -126,6 +126,10 @@ def _encoder(family: str) -> nn.Module:
         config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                          intermediate_size=64, max_position_embeddings=32)
         return transformers.BertModel(config, add_pooling_layer=False)
+    if family == "mpnet":
+        config = transformers.MPNetConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                          intermediate_size=64, max_position_embeddings=40)
+        return transformers.MPNetModel(config, add_pooling_layer=False)
     config = transformers.DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
                                            max_position_embeddings=32)
     return transformers.DistilBertModel(config)
@@ -160,7 +164,7 @@ def make_task(family: str, batch: int = 4, n_eval: int = 64, broken: str = "") -
     ``finetune`` (a fine-tuning hook that raises): the user errors `tuner` must report in one line."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    if family in ("bert", "distilbert"):
+    if family in ENCODERS:
         from tuner.tasks.encoder import embedding_task
 
         rows = n_eval + 2 * 8
@@ -193,4 +197,5 @@ def _failing_finetune(model: nn.Module) -> None:
     raise FileNotFoundError("train.csv")
 
 
+ENCODERS = ("bert", "distilbert", "mpnet")
 FAMILIES = ("plain-cnn", "residual-dw-cnn", "mlp", "lstm", "gru", "bert", "distilbert", "two-inputs", "two-outputs")

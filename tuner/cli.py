@@ -43,8 +43,12 @@ def _run(args: argparse.Namespace) -> int:
         print("References (measured in this run):")
         print(format_table(result.references, metric))
     _print_timings(result)
-    print(f"\nrun directory: {result.run_dir}\nMLflow: {result.tracking_uri} (experiment {result.name!r}); "
-          f"browse with `mlflow ui`\npick with: tuner pick {result.name} --min-{metric} X")
+    ui = "mlflow ui" + ("" if result.tracking_uri.startswith("sqlite:///mlflow.db") or "://" not in
+                        result.tracking_uri else f" --backend-store-uri {result.tracking_uri}")
+    print(f"\nrun directory: {result.run_dir}\nMLflow: {result.tracking_uri} (experiment {result.name!r}). Browse "
+          f"with `{ui}`: 'Model training' (top left), experiment {result.name!r}, run {result.name!r}: its "
+          f"description is the front, linked to each model's run.\npick with: tuner pick {result.name} "
+          f"--min-{metric} X")
     return 0
 
 

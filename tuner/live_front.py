@@ -67,8 +67,45 @@ def finish_front(study: optuna.Study, recorder: MlflowRecorder, trial_runs: dict
         if path.is_file():
             models[r["trial"]] = path
     recorder.mark_front(trial_runs, {r["trial"] for r in front}, models)
+    recorder.set_note(front_note(study.study_name, meta, front, list(references.values()), trial_runs,
+                                 recorder.experiment_id))
     summary = {"baseline_" + meta.metric_name: meta.baseline_metric, "baseline_latency_ms": meta.baseline_latency_ms}
     if front:
         summary["best_speedup"] = max(r["speedup"] for r in front)
     recorder.log_summary(summary)
     return front, list(references.values())
+
+
+def front_note(name: str, meta: StudyMeta, front: list[dict[str, Any]], references: list[dict[str, Any]],
+               trial_runs: dict[int, str], experiment_id: str) -> str:
+    """The study run's description in the MLflow UI (markdown): the front with links to its trial runs, the
+    references, the constraint and what to run next."""
+    metric = meta.metric_name
+    sign = ">=" if meta.maximize else "<="
+    threshold = meta.metric_threshold()
+    constraint = (f"{metric} {sign} {threshold:.4f} (fp32 {meta.baseline_metric:.4f}, at most "
+                  f"{meta.max_metric_drop:g} worse)" if threshold is not None else "none")
+
+    def table(rows: list[dict[str, Any]], label: str) -> list[str]:
+        lines = [f"| {label} | {metric} | latency ms | speedup | size MB | choices |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            run = trial_runs.get(r["trial"])
+            name_ = f"{r.get('reference') or ''} trial {r['trial']}".strip()
+            cell = f"[{name_}](#/experiments/{experiment_id}/runs/{run})" if run else name_
+            speedup = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
+            lines.append(f"| {cell} | {r[metric]:.4f} | {r['latency_ms']:.3f} | {speedup} | "
+                         f"{(r.get('size_mb') or 0):.2f} | {r['summary']} |")
+        return lines
+
+    parts = [f"## Pareto front of study `{name}`: {len(front)} models", "",
+             f"fp32 baseline: {metric} {meta.baseline_metric:.4f}, {meta.baseline_latency_ms:.3f} ms. "
+             f"Constraint: {constraint}. Each trial links to its run; front runs carry `model.onnx`.", ""]
+    parts += table(front, "trial") if front else ["No trial meets the constraint yet."]
+    if references:
+        parts += ["", "### References (measured in the same study)", ""] + table(references, "reference")
+    pick = f"tuner pick {name} --min-{metric} {threshold:.4f}" if threshold is not None else f"tuner pick {name} --knee"
+    parts += ["", "### Next", "", f"- list the front: `tuner front {name}`",
+              f"- pick a model: `{pick} --out model/` (add `--register NAME` for the Model Registry)",
+              f"- rebuild and re-measure it: `tuner verify {name} --front`",
+              f"- more trials: `tuner resume {name} --trials N`"]
+    return "\n".join(parts)

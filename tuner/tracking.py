@@ -134,6 +134,10 @@ class MlflowRecorder:
         if metrics:
             self.client.log_batch(self.parent_run_id, metrics=metrics)
 
+    def set_note(self, markdown: str) -> None:
+        """The study run's description: MLflow's UI shows it on the run's page."""
+        self.client.set_tag(self.parent_run_id, "mlflow.note.content", markdown)
+
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_run_id, status)
 
