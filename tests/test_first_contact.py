@@ -70,7 +70,8 @@ def test_a_metric_that_raises_stops_the_study_at_the_baseline_in_one_line(tmp_pa
     code, _, err = run(write(tmp_path, "metric", "mlp", broken="metric"), tmp_path, capsys)
     line = error_line(err)
     assert code == 2
-    assert "the fp32 baseline of task 'zoo:make_task' does not build or run: accuracy failed (at " in line
+    assert "the fp32 baseline of task 'zoo:make_task' does not build or run: accuracy failed: the task's metric " \
+           "'cosine' raised (at " in line
     assert f"{ZOO}:" in line and "KeyError: 'labels'" in line
 
 

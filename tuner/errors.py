@@ -22,6 +22,12 @@ class ExportError(RuntimeError):
     the user's code it stopped at and what to try."""
 
 
+class UserCodeError(RuntimeError):
+    """The task's own code (its metric, its finetune hook) raised; the message names it, the line and the
+    exception. A candidate that meets it is FAIL; the fp32 baseline or a pre-flight check that meets it stops
+    the study before any trial."""
+
+
 class StudyError(RuntimeError):
     """The study cannot go on (for example: the fp32 model itself does not build)."""
 

@@ -25,6 +25,7 @@ from tuner.build.prune import prune
 from tuner.build.quantize import apply_precisions
 from tuner.build.recovery import RecoverySettings, recover
 from tuner.candidate import Candidate
+from tuner.errors import UserCodeError
 from tuner.experiment import EvalSettings
 from tuner.measure.environment import file_sha256, fingerprint
 from tuner.measure.latency import measure_latency
@@ -234,6 +235,8 @@ def time_artifact(model_path: str | Path, feeds: dict[str, np.ndarray], settings
 def _failed(result: TrialResult, stage: str, exc: Exception) -> TrialResult:
     """A FAIL result naming the stage, the line of the user's code (model, metric, hook) if that is where the
     exception came from, and the exception."""
+    if isinstance(exc, UserCodeError):  # already names the task's code and where
+        return result.failed(f"{stage} failed: {exc}", traceback.format_exc(limit=8))
     frame = user_frame(exc, fallback=False)
     at = f" (at {frame.filename}:{frame.lineno})" if frame else ""
     return result.failed(f"{stage} failed{at}: {type(exc).__name__}: {exc}", traceback.format_exc(limit=8))

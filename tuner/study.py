@@ -23,7 +23,7 @@ import yaml
 from optuna.trial import TrialState
 
 from tuner.candidate import Candidate
-from tuner.errors import ClusterError, SpaceError, StudyError, TaskError
+from tuner.errors import ClusterError, SpaceError, StudyError, TaskError, UserCodeError
 from tuner.executors.base import Executor, Retime
 from tuner.experiment import Experiment
 from tuner.live_front import finish_front, publish_front
@@ -135,7 +135,7 @@ def check_finetune_hook(task, space: SearchSpace, experiment: Experiment) -> Non
     model = prune(task.model, task.example_inputs, {name: max(values)}, task.output_layers, experiment.round_to)
     try:
         recover(model, task.model, "task", task.calibration_inputs, RecoverySettings(), task.finetune)
-    except RuntimeError as exc:
+    except UserCodeError as exc:
         raise TaskError(f"task {experiment.task!r}: {exc}") from exc
 
 

@@ -10,6 +10,7 @@ group of hidden units.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -84,7 +85,9 @@ def attention_blocks(model: nn.Module) -> dict[str, AttentionBlock]:
 
 
 def _dependency_graph(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tp.DependencyGraph:
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    with warnings.catch_warnings():  # "unwrapped parameters" of recurrent layers: their pruning is checked by running
+        warnings.simplefilter("ignore", UserWarning)
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
 
 
 def pruning_groups(
@@ -150,16 +153,18 @@ def prune(
     if channel_ratios:
         # A tuple key makes torch-pruning apply one ratio to every layer of the coupled group.
         ratio_dict = {tuple(modules[m] for m in groups[name].members): r for name, r in channel_ratios.items()}
-        pruner = tp.pruner.MetaPruner(
-            model,
-            example_inputs,
-            importance=IMPORTANCE[importance](),
-            pruning_ratio=0.0,
-            pruning_ratio_dict=ratio_dict,
-            ignored_layers=[modules[n] for n in output_layers],
-            round_to=round_to or None,
-        )
-        pruner.step()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            pruner = tp.pruner.MetaPruner(
+                model,
+                example_inputs,
+                importance=IMPORTANCE[importance](),
+                pruning_ratio=0.0,
+                pruning_ratio_dict=ratio_dict,
+                ignored_layers=[modules[n] for n in output_layers],
+                round_to=round_to or None,
+            )
+            pruner.step()
     for name, ratio in ratios.items():
         if groups[name].head_dim:
             _prune_heads(model, example_inputs, groups[name], ratio)

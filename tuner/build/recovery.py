@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from tuner.build.prune import recalibrate_batchnorm
+from tuner.errors import UserCodeError
 from tuner.taskref import where
 from tuner.vocab import RECOVERY_METHODS
 
@@ -41,7 +42,7 @@ def recover(student: nn.Module, teacher: nn.Module, method: str, batches: Sequen
         try:
             finetune(student)
         except Exception as exc:  # the user's code: say so, and where
-            raise RuntimeError(f"the task's finetune hook raised{where(exc)}: {type(exc).__name__}: {exc}") from exc
+            raise UserCodeError(f"the task's finetune hook raised{where(exc)}: {type(exc).__name__}: {exc}") from exc
     student.eval()
     report["recovery_s"] = time.perf_counter() - start
     return report

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from tuner.errors import UserCodeError
 from tuner.task import Evaluation
+from tuner.taskref import where
 
 
 def session_outputs(session: ort.InferenceSession, inputs: tuple[np.ndarray, ...], batch_size: int) -> np.ndarray:
@@ -27,7 +29,14 @@ def score(session: ort.InferenceSession, evaluation: Evaluation) -> float:
 def score_all(session: ort.InferenceSession, evaluation: Evaluation) -> tuple[float, dict[str, float]]:
     """The task's metric and its extra metrics, all on one pass of outputs."""
     outputs = session_outputs(session, evaluation.inputs, evaluation.batch_size)
-    value = float(evaluation.metric(outputs))
+    value = _call(evaluation.metric, outputs, evaluation.metric_name)
     if not np.isfinite(value):
         raise ValueError(f"metric {evaluation.metric_name!r} returned {value}.")
-    return value, {name: float(fn(outputs)) for name, fn in evaluation.extra_metrics.items()}
+    return value, {name: _call(fn, outputs, name) for name, fn in evaluation.extra_metrics.items()}
+
+
+def _call(metric, outputs: np.ndarray, name: str) -> float:
+    try:
+        return float(metric(outputs))
+    except Exception as exc:  # the task's code: say so, and where
+        raise UserCodeError(f"the task's metric {name!r} raised{where(exc)}: {type(exc).__name__}: {exc}") from exc
