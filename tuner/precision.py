@@ -3,15 +3,16 @@
 =================  ===========================================  ====================  ======================
 choice             what is built                                ORT CPU kernel        offered for op types
 =================  ===========================================  ====================  ======================
-fp32               nothing                                      Conv / MatMul / Gemm  Conv, Gemm, MatMul
+fp32               nothing                                      Conv / MatMul / Gemm  Conv, Gemm, MatMul, LSTM
 int8               static QDQ: uint8 activations (calibrated),  QLinearConv,          Conv, Gemm, MatMul
                    int8 per-channel weights                     QGemm, QLinearMatMul
 int8-dynamic       ``quantize_dynamic``: int8 weights (one      DynamicQuantizeMatMul MatMul
                    scale per tensor), activations quantized     / MatMulIntegerToFloat
                    at run time
-int8-dynamic-pc    the same with one weight scale per output    DynamicQuantizeMatMul MatMul
-                   channel: same speed, far closer to fp32 on
-                   transformers (MiniLM: cosine 0.957 -> 0.993)
+int8-dynamic-pc    the same with one weight scale per output    DynamicQuantizeMatMul MatMul, LSTM
+                   channel: same speed, far closer to fp32 on   / DynamicQuantize-
+                   transformers (MiniLM: cosine 0.957 -> 0.993)  LSTM
+                   (ORT quantizes LSTM weights per channel only)
 int4-b<N>          4-bit weight-only, block size N              MatMulNBits           MatMul
                    (``MatMulNBitsQuantizer``, accuracy level 4)  (int8 compute)
 =================  ===========================================  ====================  ======================
@@ -71,8 +72,8 @@ class PrecisionKind:
 
 
 KINDS: dict[str, PrecisionKind] = {k.name: k for k in (
-    PrecisionKind(FP32, "fp32", ("Conv", "Gemm", "MatMul"),
-                  frozenset({"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}),
+    PrecisionKind(FP32, "fp32", ("Conv", "Gemm", "MatMul", "LSTM"),
+                  frozenset({"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "LSTM"}),
                   "#4c6ef5", computes_in_float=True, build_order=99, summary_order=4),
     PrecisionKind(INT4, "'int4-b<N>' (4-bit weight-only, MatMul only)", ("MatMul",), frozenset({"MatMulNBits"}),
                   "#2b8a3e", computes_in_float=False, build_order=0, summary_order=0, block_sizes=INT4_BLOCK_SIZES),
@@ -84,8 +85,9 @@ KINDS: dict[str, PrecisionKind] = {k.name: k for k in (
     PrecisionKind(INT8_DYNAMIC, f"{INT8_DYNAMIC!r} (MatMul only)", ("MatMul",),
                   frozenset({"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger"}),
                   "#e8590c", computes_in_float=True, build_order=2, summary_order=2),
-    PrecisionKind(INT8_DYNAMIC_PER_CHANNEL, f"{INT8_DYNAMIC_PER_CHANNEL!r} (MatMul only)", ("MatMul",),
-                  frozenset({"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger"}),
+    PrecisionKind(INT8_DYNAMIC_PER_CHANNEL, f"{INT8_DYNAMIC_PER_CHANNEL!r} (MatMul, LSTM)", ("MatMul", "LSTM"),
+                  frozenset({"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger",
+                             "DynamicQuantizeLSTM"}),
                   "#d6336c", computes_in_float=True, build_order=3, summary_order=1),
 )}
 _PARAMETERIZED = re.compile(r"([a-z0-9-]+?)-b(\d+)")

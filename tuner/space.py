@@ -423,14 +423,22 @@ class SearchSpace:
 
 
 def quantizable_layers(model) -> list[str]:
-    """Module names of the layers `tuner` searches: Conv2d and Linear, in model order."""
+    """Module names of the layers `tuner` searches, in model order: Conv2d and Linear, and single-layer
+    unidirectional LSTMs (one ONNX LSTM node each; precision only)."""
+    return [name for name, m in model.named_modules() if _searchable(m)]
+
+
+def _searchable(module) -> bool:
+    from torch import nn
+
     from tuner.build.prune import PRUNABLE_TYPES
 
-    return [name for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+    return isinstance(module, PRUNABLE_TYPES) or (isinstance(module, nn.LSTM) and module.num_layers == 1
+                                                   and not module.bidirectional)
 
 
 def untuned_layers(model) -> list[tuple[str, str]]:
-    """Layers with weights that `tuner` does not search (LSTM, GRU, Conv1d, ...; norms and embeddings aside),
+    """Layers with weights that `tuner` does not search (GRU, Conv1d, stacked LSTMs, ...; norms and embeddings aside),
     with their type: they stay fp32, and a user should be told so."""
     from torch import nn
 
@@ -439,7 +447,7 @@ def untuned_layers(model) -> list[tuple[str, str]]:
     plain = PRUNABLE_TYPES + (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Embedding,
                               nn.EmbeddingBag)
     return [(name, type(m).__name__) for name, m in model.named_modules()
-            if not isinstance(m, plain) and not any(True for _ in m.children())
+            if not isinstance(m, plain) and not _searchable(m) and not any(True for _ in m.children())
             and any(True for _ in m.parameters(recurse=False))]
 
 

@@ -92,7 +92,7 @@ def prepare(experiment: Experiment, log: Callable[[str], None] = print):
         log(f"not in the exported graph (output unused), not tuned: {', '.join(unused)}")
     untuned = untuned_layers(task.model)
     if untuned:
-        log("kept fp32, not searched (tuner searches Conv2d and Linear layers): "
+        log("kept fp32, not searched (tuner searches Conv2d, Linear and single-layer LSTM layers): "
             + ", ".join(f"{name} ({kind})" for name, kind in untuned))
     groups = []
     if space_file is None or any(rule.prune is not None for rule in space_file.rules):

@@ -23,7 +23,10 @@ from onnx import numpy_helper
 from tuner.errors import ExportError
 from tuner.vocab import EXPORTERS
 
-WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")  # what static int8 quantizes
+MAPPED_OPS = WEIGHTED_OPS + ("LSTM",)  # what a layer can become
+# ONNX orders an LSTM's gates (input, output, forget, cell); torch (input, forget, cell, output).
+_LSTM_GATES = (0, 3, 1, 2)
 
 
 def export_onnx(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], path: str | Path,
@@ -137,8 +140,16 @@ class LayerNode:
 
 
 def layer_weights(model: torch.nn.Module, layers: list[str]) -> dict[str, np.ndarray]:
+    """Each layer's weight as the exported graph holds it (an LSTM's input weight in ONNX's gate order)."""
     modules = dict(model.named_modules())
-    return {layer: modules[layer].weight.detach().cpu().numpy() for layer in layers}
+    return {layer: _onnx_weight(modules[layer]) for layer in layers}
+
+
+def _onnx_weight(module: torch.nn.Module) -> np.ndarray:
+    if isinstance(module, torch.nn.LSTM):
+        gates = module.weight_ih_l0.detach().cpu().numpy().reshape(4, module.hidden_size, -1)
+        return gates[list(_LSTM_GATES)].reshape(1, 4 * module.hidden_size, -1)
+    return module.weight.detach().cpu().numpy()
 
 
 def _digest(array: np.ndarray) -> str:
@@ -148,7 +159,7 @@ def _digest(array: np.ndarray) -> str:
 
 def map_layers(graph: onnx.ModelProto, weights: Mapping[str, np.ndarray], allow_missing: bool = False
                ) -> dict[str, LayerNode]:
-    """Find each layer's Conv/Gemm/MatMul node through its weight: by state-dict name, else by value.
+    """Find each layer's Conv/Gemm/MatMul/LSTM node through its weight: by state-dict name, else by value.
 
     Exporters rename, fold and transpose weights. The dynamo exporter keeps ``<layer>.weight`` where the
     weight is used as is (also when an eval-mode BatchNorm was folded into it), but turns a Linear's
@@ -162,7 +173,7 @@ def map_layers(graph: onnx.ModelProto, weights: Mapping[str, np.ndarray], allow_
     by_name: dict[str, list[onnx.NodeProto]] = {}
     by_digest: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.graph.node:
-        if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in inits:
+        if node.op_type in MAPPED_OPS and len(node.input) > 1 and node.input[1] in inits:
             by_name.setdefault(node.input[1], []).append(node)
             by_digest.setdefault(_digest(numpy_helper.to_array(inits[node.input[1]])), []).append(node)
     mapping: dict[str, LayerNode] = {}

@@ -117,6 +117,10 @@ def _int8_static(model: onnx.ModelProto, nodes: list[str], block: int | None, co
     return model
 
 
+# ORT's dynamic quantizer writes LSTM weights per channel whatever it is asked: LSTM is offered per channel only.
+INT8_DYNAMIC_OPS = {False: KINDS[INT8_DYNAMIC].op_types, True: KINDS[INT8_DYNAMIC_PER_CHANNEL].op_types}
+
+
 def _int8_dynamic(per_channel: bool) -> PrecisionBuilder:
     def build(model: onnx.ModelProto, nodes: list[str], block: int | None, context: BuildContext
               ) -> onnx.ModelProto:
@@ -124,7 +128,8 @@ def _int8_dynamic(per_channel: bool) -> PrecisionBuilder:
             onnx.save(model, f"{tmp}/in.onnx")
             # DefaultTensorType: ORT's contrib ops (SkipLayerNormalization, ...) carry no type inference.
             quantize_dynamic(f"{tmp}/in.onnx", f"{tmp}/out.onnx", weight_type=QuantType.QInt8,
-                             per_channel=per_channel, nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"],
+                             per_channel=per_channel, nodes_to_quantize=nodes,
+                             op_types_to_quantize=list(INT8_DYNAMIC_OPS[per_channel]),
                              extra_options={"DefaultTensorType": TensorProto.FLOAT})
             return onnx.load(f"{tmp}/out.onnx")
     return build
