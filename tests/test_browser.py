@@ -36,7 +36,7 @@ def test_study_front_and_plot_in_the_mlflow_ui(tmp_path, monkeypatch, mlflow_ser
     monkeypatch.chdir(tmp_path)
     uri = mlflow_server.url  # the study logs through the real server, artifacts included
     config = write_experiment(tmp_path, "ui", trials=4)
-    assert main(["run", str(config), "--workers", "2", "--tracking-uri", uri, "--no-progress"]) == 0
+    assert main(["run", str(config), "--in-process", "--tracking-uri", uri, "--no-progress"]) == 0
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("ui")
     parent = client.search_runs([experiment.experiment_id], "tags.`tuner.role` = 'study'")[0]

@@ -38,7 +38,7 @@ EXPECTED = {
     "lstm": (set(KIND_CHOICES.values()) - {FP32}, True),  # the Linear before the LSTM reads 3-D: a MatMul
     "gru": (set(KIND_CHOICES.values()) - {FP32}, False),  # torch-pruning cannot trace GRU: precision only
     "bert": (set(KIND_CHOICES.values()) - {FP32}, True), "distilbert": (set(KIND_CHOICES.values()) - {FP32}, True),
-    "two-inputs": ({"int8"}, True), "two-outputs": ({"int8"}, True),
+    "two-in-two-out": ({"int8"}, True),
 }
 
 
@@ -68,7 +68,7 @@ def run_study(path, tmp_path, store, trials=None, log=None):
                      progress=False, log=log or (lambda line: None))
 
 
-CASES = [(family, 1) for family in zoo.FAMILIES] + [("plain-cnn", 4)]
+CASES = [(family, 1) for family in zoo.FAMILIES] + [("mlp", 4)]
 
 
 @pytest.mark.parametrize("family,batch", CASES, ids=[f"{f}-batch{b}" for f, b in CASES])

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from tuner.storage import load_finished_study
 
 TESTS = Path(__file__).parent
-pytestmark = pytest.mark.slow  # each waits for a task to load, a baseline and a trial scored for 4 s
+pytestmark = pytest.mark.slow  # each waits for a task to load, a baseline and a trial scored for 2 s
 
 
 def start(tmp_path, name):
@@ -27,7 +27,7 @@ def start(tmp_path, name):
     path.write_text(textwrap.dedent(f"""
         name: {name}
         task: tiny_mlp:make_task
-        task_args: {{scoring_marker: {tmp_path / "scoring"}, scoring_s: 4}}
+        task_args: {{scoring_marker: {tmp_path / "scoring"}, scoring_s: 2}}
         search_space: space.yaml
         trials: 500
         max_metric_drop: 0.05
@@ -46,7 +46,7 @@ def start(tmp_path, name):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.2)
     (tmp_path / "scoring").unlink()
-    while not (tmp_path / "scoring").exists():  # a trial is being scored: it is in flight for 4 s
+    while not (tmp_path / "scoring").exists():  # a trial is being scored: it is in flight for 2 s
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.05)
     return proc, uri

@@ -3,6 +3,7 @@ evaluated by the in-process executor (no Ray). Nothing here asserts on a measure
 
 import json
 import re
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -122,6 +123,19 @@ def test_failed_candidates_are_recorded_and_the_study_goes_on(tmp_path, store):
             assert runs[number].info.status == "FAILED"
             assert "synthetic failure" in runs[number].data.tags["tuner.fail_reason"]
     assert {r["trial"] for r in result.front} <= {n for n, s in enumerate(states) if s == "COMPLETE"}
+
+    # The run directory removed and the experiment run again: a new study with its own parent run in the
+    # same MLflow experiment; the old study's runs stay as they were and are not adopted.
+    shutil.rmtree(tmp_path / "runs" / "fragile")
+    run(experiment(tmp_path, "fragile", trials=2, fragile=True), tmp_path, store)
+    parents, _ = trial_runs(store, "fragile")
+    client = MlflowClient(store)
+    experiment_id = client.get_experiment_by_name("fragile").experiment_id
+    trials = [r for r in client.search_runs([experiment_id], max_results=100) if r.data.tags.get("tuner.role") == "trial"]
+    assert len(parents) == 2 and parents[0].data.tags["tuner.study_uid"] != parents[1].data.tags["tuner.study_uid"]
+    per_parent = {p.info.run_id: sorted(int(r.data.tags["tuner.trial_number"]) for r in trials
+                                        if r.data.tags["mlflow.parentRunId"] == p.info.run_id) for p in parents}
+    assert sorted(per_parent.values()) == [[0, 1], [0, 1, 2]]
 
 
 class _StopAfter(InProcessExecutor):

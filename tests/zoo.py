@@ -81,26 +81,20 @@ class Recurrent(nn.Module):
         return self.head(out[:, -1])
 
 
-class TwoInputs(nn.Module):
+class TwoInputsTwoOutputs(nn.Module):
+    """An image-like and a tabular input; class logits and a box (both heads are output layers)."""
+
     def __init__(self):
         super().__init__()
         self.image = nn.Linear(16, 32)
         self.tabular = nn.Linear(6, 32)
-        self.head = nn.Linear(64, 3)
-
-    def forward(self, image, tabular):
-        return self.head(torch.cat([torch.relu(self.image(image)), torch.relu(self.tabular(tabular))], dim=1))
-
-
-class TwoOutputs(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.body = nn.Linear(16, 64)
+        self.body = nn.Linear(64, 64)
         self.classes = nn.Linear(64, 5)
         self.box = nn.Linear(64, 4)
 
-    def forward(self, x):
-        h = torch.relu(self.body(x))
+    def forward(self, image, tabular):
+        h = torch.cat([torch.relu(self.image(image)), torch.relu(self.tabular(tabular))], dim=1)
+        h = torch.relu(self.body(h))
         return self.classes(h), self.box(h)
 
 
@@ -137,15 +131,16 @@ def _encoder(family: str) -> nn.Module:
 
 def _inputs(family: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     shapes = {"plain-cnn": [(3, 16, 16)], "residual-dw-cnn": [(3, 16, 16)], "reshape-cnn": [(3, 16, 16)],
-              "mlp": [(20,)], "lstm": [(6, 8)], "gru": [(6, 8)], "two-inputs": [(16,), (6,)],
-              "two-outputs": [(16,)], "branching": [(12,)]}
+              "mlp": [(20,)], "lstm": [(6, 8)], "gru": [(6, 8)], "two-in-two-out": [(16,), (6,)],
+              "branching": [(12,)]}
     return tuple(rng.standard_normal((n, *shape)).astype(np.float32) for shape in shapes[family])
 
 
 def _model(family: str) -> nn.Module:
     return {"plain-cnn": PlainCNN, "residual-dw-cnn": ResidualDepthwiseCNN, "reshape-cnn": ReshapeCNN, "mlp": MLP,
-            "lstm": lambda: Recurrent(nn.LSTM), "gru": lambda: Recurrent(nn.GRU), "two-inputs": TwoInputs,
-            "two-outputs": TwoOutputs, "branching": Branching}[family]()
+            "lstm": lambda: Recurrent(nn.LSTM), "gru": lambda: Recurrent(nn.GRU),
+            "two-in-two-out": TwoInputsTwoOutputs,
+            "branching": Branching}[family]()
 
 
 def cosine_to(reference: np.ndarray):
@@ -188,7 +183,7 @@ def make_task(family: str, batch: int = 4, n_eval: int = 64, broken: str = "") -
         def metric(outputs: np.ndarray) -> float:
             raise KeyError("labels")
     evaluation = Evaluation(inputs=held_out, metric=metric, metric_name="cosine", batch_size=16)
-    output_layers = {"two-outputs": ("classes", "box")}.get(family, ())
+    output_layers = {"two-in-two-out": ("classes", "box")}.get(family, ())
     return Task(model, example, calibration, evaluation, output_layers,
                 finetune=_failing_finetune if broken == "finetune" else None)
 
@@ -198,4 +193,4 @@ def _failing_finetune(model: nn.Module) -> None:
 
 
 ENCODERS = ("bert", "distilbert", "mpnet")
-FAMILIES = ("plain-cnn", "residual-dw-cnn", "mlp", "lstm", "gru", "bert", "distilbert", "two-inputs", "two-outputs")
+FAMILIES = ("plain-cnn", "residual-dw-cnn", "mlp", "lstm", "gru", "bert", "distilbert", "two-in-two-out")
