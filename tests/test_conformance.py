@@ -130,3 +130,25 @@ def test_family_exports_builds_every_kind_prunes_and_runs_a_study(family, batch,
     assert len(got) == len(want)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w.numpy(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", zoo.ENCODERS)
+def test_the_encoder_space_of_each_family_resolves_on_its_model(family):
+    """search_spaces/encoder_<family>.yaml against a small model of that family through the built-in encoder task:
+    every rule matches, heads and FFN units are pruning groups, the residual writers are not."""
+    from pathlib import Path
+
+    from tuner.space import SearchSpace, layer_op_types, load_space_file
+
+    task = zoo.make_task(family, batch=2)
+    assert ("token_type_ids" in task.model.input_names) == (family == "bert")
+    path = Path(__file__).parents[1] / "search_spaces" / f"encoder_{family}.yaml"
+    space = SearchSpace(load_space_file(path), layer_op_types(task.model, task.example_inputs),
+                        pruning_groups(task.model, task.example_inputs, task.output_layers))
+    assert set(space.precision_choices) == set(space.layers) and len(space.layers) == 12
+    heads = [g for g in space.prune_choices if g.count("+") == 2]
+    if family == "mpnet":  # one relative-position bias for all layers couples every layer's heads: FFN only
+        assert not heads and len(space.prune_choices) == 2
+    else:
+        assert len(heads) == 2 and len(space.prune_choices) == 4  # per layer: one attention block, one FFN
+    assert not any(name in group for name in task.output_layers for group in space.prune_choices)
