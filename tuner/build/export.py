@@ -56,8 +56,42 @@ def export_onnx(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]
 def _export_dynamo(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: str | Path) -> None:
     batch = torch.export.Dim("batch", min=1, max=4096)
     dynamic_shapes = tuple({0: batch} for _ in inputs)
-    program = torch.onnx.export(model, inputs, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False)
+    with _torchlib_registry_built_once():
+        program = torch.onnx.export(model, inputs, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False)
     program.save(str(path), external_data=False)
+
+
+_REGISTRIES: dict[object, object] = {}  # opset -> torch's aten->ONNX registry, built once per process
+
+
+@contextlib.contextmanager
+def _torchlib_registry_built_once():
+    """The dynamo exporter rebuilds its aten->ONNX registry on every call (about a second: it parses hundreds of
+    onnxscript functions), more than a small model's whole export. `tuner` exports many models per process with
+    no custom ops, which leave the registry as built, so it builds it once. torch offers no public way to pass a
+    registry in: this swaps its constructor during tuner's own exports only, and where torch's internals differ,
+    exports build it each time as before."""
+    try:
+        from torch.onnx._internal.exporter import _registration
+
+        cls = _registration.ONNXRegistry
+        original = cls.__dict__["from_torchlib"]
+        build = original.__func__
+    except (ImportError, AttributeError, KeyError):
+        yield
+        return
+
+    def reused(klass, opset_version=None):
+        key = opset_version
+        if key not in _REGISTRIES:
+            _REGISTRIES[key] = build(klass) if opset_version is None else build(klass, opset_version)
+        return _REGISTRIES[key]
+
+    cls.from_torchlib = classmethod(reused)
+    try:
+        yield
+    finally:
+        cls.from_torchlib = original
 
 
 def _export_torchscript(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: str | Path) -> None:
