@@ -83,14 +83,19 @@ def resolve_task_function(spec: str, base_dir: str = ".") -> Callable[..., Task]
     return fn
 
 
-_LIBRARY_PATHS = (str(Path(__file__).parent), "site-packages", "dist-packages", "<frozen", "/lib/python")
+_LIBRARY_PATHS = (str(Path(__file__).parent), "site-packages", "dist-packages", "<frozen", "<string>", "/lib/python")
+
+
+def is_user_file(filename: str) -> bool:
+    """Whether a traceback's file is the user's code, not tuner's, torch's or another installed package's."""
+    return not any(part in filename for part in _LIBRARY_PATHS)
 
 
 def user_frame(exc: BaseException, fallback: bool = True) -> traceback.FrameSummary | None:
     """The innermost frame of ``exc``'s traceback in the user's code (not tuner, torch or another installed
     package); with ``fallback``, else the innermost frame."""
     frames = traceback.extract_tb(exc.__traceback__)
-    users = [f for f in frames if not any(part in f.filename for part in _LIBRARY_PATHS)]
+    users = [f for f in frames if is_user_file(f.filename)]
     return (users or (frames if fallback else []) or [None])[-1]
 
 

@@ -1,4 +1,5 @@
-"""torch -> ONNX with a dynamic batch axis (dynamo or TorchScript exporter), and the map from layer names to the ONNX nodes they became."""
+"""torch -> ONNX with a dynamic batch axis (dynamo or TorchScript exporter), and the map from layer names to the
+ONNX nodes they became."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 from onnx import numpy_helper
 
 from tuner.errors import ExportError
+from tuner.taskref import is_user_file
 from tuner.vocab import EXPORTERS
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")  # what static int8 quantizes
@@ -120,7 +122,6 @@ def _failure_message(model: torch.nn.Module, exporter: str, exc: BaseException) 
 
 
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
-_LIBRARY = (str(Path(torch.__file__).parent), str(Path(__file__).parents[1]), "site-packages", "<frozen", "<string>")
 
 
 def _user_frame(exc: BaseException) -> str:
@@ -133,7 +134,7 @@ def _user_frame(exc: BaseException) -> str:
         frames += [(f.filename, f.lineno, (f.line or "").strip()) for f in traceback.extract_tb(exc.__traceback__)]
         exc = exc.__cause__ or exc.__context__
     for filename, line, code in frames:
-        if not any(part in filename for part in _LIBRARY):
+        if is_user_file(filename):
             return f"{filename}:{line}" + (f" (`{code}`)" if code else "")
     return ""
 
