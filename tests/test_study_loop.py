@@ -33,7 +33,7 @@ def store(tmp_path_factory):
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
-def experiment(tmp_path, name, trials=4, fragile=False, max_drop=0.02):
+def experiment(tmp_path, name, trials=4, fragile=False, max_drop=0.02, keep="front"):
     (tmp_path / "space.yaml").write_text(SPACE)
     path = tmp_path / f"{name}.yaml"
     path.write_text(textwrap.dedent(f"""
@@ -45,6 +45,7 @@ def experiment(tmp_path, name, trials=4, fragile=False, max_drop=0.02):
         seed: 3
         max_metric_drop: {max_drop}
         front_every: 2
+        keep_artifacts: {keep}
         latency: {{threads: 1, warmup: 1, repeats: 5}}
     """))
     return path
@@ -203,3 +204,33 @@ def test_a_study_continues_after_a_dead_driver_or_a_stop_with_every_trial_record
     parents, runs = trial_runs(store, "resume")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(runs) == sorted(t.number for t in counted)
+
+
+def _model_folders(run_dir):
+    return {p.name for p in (run_dir / "artifacts").iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+
+
+def test_the_run_directory_keeps_front_and_reference_models_and_verify_rebuilds_the_others(tmp_path, store,
+                                                                                        monkeypatch):
+    # No metric drop allowed: a trial scoring below fp32 can never be on the front (the scores do not depend
+    # on timing: same seed, same candidates, same builds).
+    result = run(experiment(tmp_path, "retain", trials=8, max_drop=0.0), tmp_path, store)
+    run_dir = tmp_path / "runs" / "retain"
+    study = load_finished_study("retain", tmp_path / "runs")
+    metas = {t.number: TrialMeta.of(t) for t in study.trials if t.state.name == "COMPLETE"}
+    kept = {TrialMeta.of(t).key for t in study.best_trials} | {m.key for m in metas.values() if m.reference}
+    assert _model_folders(run_dir) == kept
+    dropped = [n for n, m in metas.items() if m.metric_drop > 0 and m.key not in kept]
+    assert dropped, "expected a trial below the fp32 score"
+    assert result.disk.models_kept == len(kept) and result.disk.models_deleted >= len(dropped)
+    assert result.disk.run_dir_bytes > 0
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the verifying process imports tiny_mlp
+    report = tuner.verify("retain", dropped[0], tmp_path / "runs", store)
+    assert report["rebuilt"] and report["artifact_sha256"]["same"] and report["metric"]["diff"] == 0
+
+    result = run(experiment(tmp_path, "retain-all", trials=4, keep="all"), tmp_path, store)
+    study = load_finished_study("retain-all", tmp_path / "runs")
+    assert _model_folders(tmp_path / "runs" / "retain-all") >= {
+        TrialMeta.of(t).key for t in study.trials if t.state.name == "COMPLETE"}  # and the fp32 baseline's
+    assert result.disk.models_deleted == 0

@@ -43,6 +43,8 @@ def _run(args: argparse.Namespace) -> int:
         print("References (measured in this run):")
         print(format_table(result.references, metric))
     _print_timings(result)
+    if result.disk is not None:
+        print(result.disk.line())
     ui = "mlflow ui" + ("" if result.tracking_uri.startswith("sqlite:///mlflow.db") or "://" not in
                         result.tracking_uri else f" --backend-store-uri {result.tracking_uri}")
     print(f"\nrun directory: {result.run_dir}\nMLflow: {result.tracking_uri} (experiment {result.name!r}). Browse "

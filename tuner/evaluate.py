@@ -142,7 +142,8 @@ class Evaluator:
                 node_precision = {node: choices.get(layer, FP32) for layer, (node, _, _) in nodes.items()}
                 if any(c != FP32 for c in node_precision.values()):
                     calibration = [[t.numpy() for t in batch] for batch in self.task.calibration_inputs]
-                    apply_precisions(source, tmp / "model.onnx", node_precision, calibration)
+                    apply_precisions(source, tmp / "model.onnx", node_precision, calibration,
+                                     calibration_cache=export_dir / "calibration")
                 else:
                     shutil.copy(source, tmp / "model.onnx")
                 (tmp / "fused.onnx").unlink(missing_ok=True)
@@ -165,6 +166,7 @@ class Evaluator:
         """The pruned fp32 ONNX model and its layer->node map, built once per pruning configuration."""
         export_dir = self.export_root / candidate.prune_key(self.fingerprint)
         if (export_dir / "layers.json").is_file():
+            os.utime(export_dir / "layers.json")  # last use, for eviction
             return export_dir, True
         export_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.", dir=export_dir.parent))
@@ -192,6 +194,7 @@ class Evaluator:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        evict_exports(self.export_root, keep=export_dir)
         return export_dir, False
 
     def _recovery_settings(self) -> RecoverySettings:
@@ -222,6 +225,33 @@ class Evaluator:
         if wrong:
             raise RuntimeError(f"ORT does not run {len(wrong)} layer(s) as asked: " + "; ".join(wrong[:5]))
         return kernels
+
+
+# The export cache keeps the most recently used pruned exports (one fp32 model each: 440 MB for a BERT-base-size
+# encoder). Workers of one machine share it, so an export is evicted only once no build has used it for a while.
+MAX_CACHED_EXPORTS = 4
+EXPORT_IDLE_S = 300.0
+
+
+def evict_exports(export_root: Path, keep: Path, limit: int = MAX_CACHED_EXPORTS, idle_s: float = EXPORT_IDLE_S
+                  ) -> list[Path]:
+    """Delete the least recently used exports beyond ``limit`` (``keep`` aside); returns those deleted."""
+    now = time.time()
+    entries = []
+    for folder in export_root.iterdir() if export_root.is_dir() else ():
+        if folder.name.startswith("."):  # being written
+            continue
+        try:
+            entries.append(((folder / "layers.json").stat().st_mtime, folder))
+        except FileNotFoundError:  # being written or removed by another worker
+            continue
+    entries.sort(reverse=True)
+    evicted = []
+    for used, folder in entries[limit:]:
+        if folder != keep and now - used > idle_s:
+            shutil.rmtree(folder, ignore_errors=True)
+            evicted.append(folder)
+    return evicted
 
 
 def time_artifact(model_path: str | Path, feeds: dict[str, np.ndarray], settings: EvalSettings

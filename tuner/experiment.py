@@ -12,6 +12,7 @@ Example (``experiments/digits_cnn/experiment.yaml``)::
     max_metric_drop: 0.01         # constraint against the fp32 baseline
     latency: {threads: 1, batch_size: 1, warmup: 10, repeats: 50}   # + resource: <Ray resource> on a cluster
     exporter: dynamo              # dynamo | torchscript (traces the branch the example takes)
+    keep_artifacts: front         # front | all: which trials' models the run directory keeps
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuner.errors import ExperimentError
 from tuner.taskref import TaskRef
-from tuner.vocab import EXPORTERS
+from tuner.vocab import EXPORTERS, KEEP_ARTIFACTS
 from tuner.yamlfile import read_mapping
 
 
@@ -87,6 +88,9 @@ class Experiment(BaseModel):
     # torch.export-based, or the TorchScript tracer for models that branch on tensor values (it follows the
     # branch the example input takes)
     exporter: Literal[EXPORTERS] = "dynamo"
+    # Models kept in the run directory: those of the front and the references (any other is rebuilt by
+    # `tuner verify`), or every trial's
+    keep_artifacts: Literal[KEEP_ARTIFACTS] = "front"
 
     # Set by load_experiment: where the file lives, for resolving relative paths.
     source: str = Field("", exclude=True)

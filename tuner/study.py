@@ -27,7 +27,8 @@ from tuner.errors import ClusterError, SpaceError, StudyError, TaskError, UserCo
 from tuner.executors.base import Executor, Retime
 from tuner.experiment import Experiment
 from tuner.live_front import finish_front, publish_front
-from tuner.records import StudyMeta, TrialMeta
+from tuner.records import StudyMeta, TrialMeta, TrialResult
+from tuner.retention import ArtifactRetention, DiskUse
 from tuner.space import (
     SearchSpace,
     auto_space_file,
@@ -58,6 +59,7 @@ class StudyResult:
     live_front_s: list[float] = field(default_factory=list)  # seconds spent on each live-front refresh
     latency_check: dict[str, Any] = field(default_factory=dict)  # the front re-timed with no build running
     failures: dict[str, int] = field(default_factory=dict)  # failed trials per reason, most frequent first
+    disk: DiskUse | None = None  # what the run directory holds at the end
 
 
 def default_workers(latency_threads: int) -> int:
@@ -210,15 +212,17 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
         raise StudyError(f"{experiment.source or experiment.name}: {exc}") from None
     timings, progress_bar = TimingStats(), None
     live_front = Every(experiment.front_every, lambda step: publish_front(study, recorder, run_dir, step))
+    retention = ArtifactRetention(run_dir / "artifacts", experiment.keep_artifacts)
     latency_check: dict[str, Any] = {}
     status = "FAILED"
     with StopRequest(experiment.stop_grace_s) as stop:
         try:
             if not meta.has_baseline:
-                measure_baseline(study, space, runner, experiment, log, stop)
+                baseline = measure_baseline(study, space, runner, experiment, log, stop)
+                retention.discard(study, baseline.key)  # not a trial: the fp32 reference trial is kept instead
             progress_bar = Progress(study, budget, progress)
             StudyLoop(study, space, runner, budget, recorders=[log_to_mlflow(recorder, trial_runs)],
-                      callbacks=[timings, progress_bar, live_front], stop=stop).run()
+                      callbacks=[timings, progress_bar, live_front, retention], stop=stop).run()
             progress_bar.close()  # before the re-check prints
             latency_check = recheck_front_latency(study, runner, task, experiment, recorder, trial_runs)
             status = "FINISHED"
@@ -232,13 +236,16 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
                 progress_bar.close()
             runner.close()
             front, references = finish_front(study, recorder, trial_runs, run_dir)
+            retention.sweep(study)
+            disk = retention.disk_use(run_dir)
+            recorder.log_study_metrics({"run_dir_mb": disk.run_dir_bytes / 1e6, "models_kept": disk.models_kept})
             recorder.close(status)
     states, meta = [t.state for t in study.get_trials(deepcopy=False)], StudyMeta.load(study)
     return StudyResult(experiment.name, meta.metric_name, run_dir, front, states.count(TrialState.COMPLETE),
                        states.count(TrialState.FAIL), time.perf_counter() - started,
                        {"metric": meta.baseline_metric, "latency_ms": meta.baseline_latency_ms},
                        recorder.tracking_uri, timings.rows, references, live_front.seconds, latency_check,
-                       failure_reasons(study))
+                       failure_reasons(study), disk)
 
 
 def failure_reasons(study: optuna.Study) -> dict[str, int]:
@@ -300,7 +307,7 @@ def resume_interrupted(study: optuna.Study, recorder: MlflowRecorder, trial_runs
 
 
 def measure_baseline(study: optuna.Study, space: SearchSpace, executor: Executor, experiment: Experiment,
-                     log: Callable[[str], None], stop: StopRequest | None = None) -> None:
+                     log: Callable[[str], None], stop: StopRequest | None = None) -> TrialResult:
     """Build and measure the fp32 model (every layer fp32, unpruned, unfused), then queue the references: the
     front always contains or dominates them, since they are trials too."""
     stop = stop or StopRequest()
@@ -320,6 +327,7 @@ def measure_baseline(study: optuna.Study, space: SearchSpace, executor: Executor
     log(f"fp32 baseline: {meta.metric_name}={result.metric:.4f}, latency={result.latency.median_ms:.3f} ms")
     for label, params in space.references():
         study.enqueue_trial(params, user_attrs={"reference": label})
+    return result
 
 
 def recheck_front_latency(study: optuna.Study, executor: Executor, task, experiment: Experiment,

@@ -130,9 +130,11 @@ class MlflowRecorder:
             path = Path(tmp) / "study_summary.json"
             path.write_text(json.dumps(summary, indent=2, default=str))
             self.client.log_artifact(self.parent_run_id, str(path))
-        metrics = [Metric(k, float(v), 0, 0) for k, v in summary.items() if isinstance(v, (int, float))]
-        if metrics:
-            self.client.log_batch(self.parent_run_id, metrics=metrics)
+        self.log_study_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+
+    def log_study_metrics(self, values: dict[str, float]) -> None:
+        if values:
+            self.client.log_batch(self.parent_run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in values.items()])
 
     def set_note(self, markdown: str) -> None:
         """The study run's description: MLflow's UI shows it on the run's page."""

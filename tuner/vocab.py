@@ -15,3 +15,6 @@ RECOVERY_METHODS = ("none", "batchnorm", "distill", "task")
 # How a torch model becomes ONNX (`tuner.build.export`): torch.export-based, or the TorchScript tracer, which
 # follows the branch the example input takes through data-dependent control flow.
 EXPORTERS = ("dynamo", "torchscript")
+
+# Which built models a run directory keeps (`tuner.retention`): the front's and the references', or all.
+KEEP_ARTIFACTS = ("front", "all")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import tempfile
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +43,7 @@ class BuildContext:
     input_names: tuple[str, ...]
     calibration: Sequence[Sequence[np.ndarray]]
     node_precision: Mapping[str, str]  # every node's choice: builders must leave other kinds' nodes alone
+    calibration_cache: Path | None = None  # folder of activation ranges, one file per calibrated model
 
     def float_nodes(self) -> list[str]:
         """Nodes whose own op reads float activations (fp32 and dynamic int8)."""
@@ -67,8 +71,13 @@ def apply_precisions(
     dst: str | Path,
     node_precision: Mapping[str, str],
     calibration: Sequence[Sequence[np.ndarray]],
+    calibration_cache: str | Path | None = None,
 ) -> None:
     """Give every listed node its precision (see :mod:`tuner.precision`); unlisted nodes stay fp32.
+
+    ``calibration_cache``: a folder where static int8 keeps the activation ranges it calibrated, one file per
+    model it calibrated on; a later build calibrating the same model (same bytes, so same ranges) reads them
+    instead of running the calibration data again. It must be kept per calibration set.
 
     Kinds are built in their ``build_order``: 4-bit weight-only first (it only rewrites float MatMuls with
     constant weights), then static QDQ (calibrated on the model as it will run, 4-bit layers included), then
@@ -78,7 +87,8 @@ def apply_precisions(
     for node, choice in node_precision.items():
         by_choice.setdefault(choice, []).append(node)
     model = onnx.load(str(src))
-    context = BuildContext(tuple(i.name for i in model.graph.input), calibration, dict(node_precision))
+    context = BuildContext(tuple(i.name for i in model.graph.input), calibration, dict(node_precision),
+                           Path(calibration_cache) if calibration_cache else None)
     with _quiet_root_logger():
         for choice in sorted(by_choice, key=lambda c: (parse(c)[0].build_order, c)):
             kind, block = parse(choice)
@@ -107,14 +117,39 @@ def _int8_static(model: onnx.ModelProto, nodes: list[str], block: int | None, co
                  ) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory() as tmp:
         onnx.save(model, f"{tmp}/in.onnx")
-        quantize_static(f"{tmp}/in.onnx", f"{tmp}/out.onnx", _BatchReader(context.input_names, context.calibration),
-                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=nodes,
-                        op_types_to_quantize=list(WEIGHTED_OPS))
+        cache = _calibration_file(Path(tmp) / "in.onnx", context.calibration_cache)
+        # ORT calibrates every input and output of the WEIGHTED_OPS nodes, whichever of them are quantized: the
+        # ranges depend only on the model calibrated on, so one file serves every mix built on that model.
+        scratch = cache
+        if cache is not None and not cache.is_file():  # calibrate, then publish the file whole (workers share it)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            scratch = cache.parent / f".{cache.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.json"
+        try:
+            quantize_static(f"{tmp}/in.onnx", f"{tmp}/out.onnx",
+                            _BatchReader(context.input_names, context.calibration), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            nodes_to_quantize=nodes, op_types_to_quantize=list(WEIGHTED_OPS),
+                            calibration_cache_path=scratch)
+            if scratch != cache:
+                os.replace(scratch, cache)
+        finally:
+            if scratch != cache:
+                scratch.unlink(missing_ok=True)
         model = onnx.load(f"{tmp}/out.onnx")
     # Layers that must stay float are cut off from upstream DequantizeLinear (see `keep_float_inputs`).
     keep_float_inputs(model, context.float_nodes())
     return model
+
+
+def _calibration_file(model_path: Path, folder: Path | None) -> Path | None:
+    """The cached ranges of the model in ``model_path``, named by its bytes' hash."""
+    if folder is None:
+        return None
+    digest = hashlib.sha256()
+    with open(model_path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return folder / f"{digest.hexdigest()[:32]}.json"
 
 
 # ORT's dynamic quantizer writes LSTM weights per channel whatever it is asked: LSTM is offered per channel only.

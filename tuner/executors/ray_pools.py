@@ -82,7 +82,8 @@ class _Worker:
             artifact = Path(result.artifact_dir)
             shipped["files"] = {name: (artifact / name).read_bytes() for name in SHIPPED_FILES}
             shipped["feeds"] = self.evaluator.feeds(artifact / "model.onnx")
-            shutil.rmtree(artifact, ignore_errors=True)  # the driver keeps it
+        if result.artifact_dir:  # the driver keeps a completed model; a failed one is not kept anywhere
+            shutil.rmtree(result.artifact_dir, ignore_errors=True)
         shipped["result"] = result.with_timings(worker_total=time.perf_counter() - start)
         return shipped
 
