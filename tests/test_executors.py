@@ -47,6 +47,8 @@ class ExecutorContract:
         record = ArtifactRecord.read(artifact / "candidate.json")
         assert record.candidate == FP32.to_dict() and record.key == result.key
         assert {"wall", "worker_total", "accuracy"} <= set(result.timings)
+        # peak RSS of the process that built it and of the one that timed it (at least torch and ORT loaded)
+        assert result.memory["build"] > 50 and result.memory["meter"] > 50
 
     def test_a_failing_candidate_is_a_fail_result_and_the_executor_goes_on(self, executor):
         executor.submit("bad", UNRUNNABLE)

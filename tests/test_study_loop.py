@@ -224,6 +224,10 @@ def test_the_run_directory_keeps_front_and_reference_models_and_verify_rebuilds_
     assert dropped, "expected a trial below the fp32 score"
     assert result.disk.models_kept == len(kept) and result.disk.models_deleted >= len(dropped)
     assert result.disk.run_dir_bytes > 0
+    _, runs = trial_runs(store, "retain")
+    for number in metas:  # every completed trial run records the peak memory of each process
+        assert {"peak_rss_build_mb", "peak_rss_meter_mb", "peak_rss_driver_mb"} <= set(runs[number].data.metrics)
+    assert set(result.peak_rss_mb) == {"build", "meter", "driver"}
 
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the verifying process imports tiny_mlp
     report = tuner.verify("retain", dropped[0], tmp_path / "runs", store)

@@ -45,6 +45,9 @@ def _run(args: argparse.Namespace) -> int:
     _print_timings(result)
     if result.disk is not None:
         print(result.disk.line())
+    if result.peak_rss_mb:
+        print("peak memory (RSS, MB; build and meter: the largest over trials): " + ", ".join(
+            f"{process} {mb:.0f}" for process, mb in result.peak_rss_mb.items()))
     ui = "mlflow ui" + ("" if result.tracking_uri.startswith("sqlite:///mlflow.db") or "://" not in
                         result.tracking_uri else f" --backend-store-uri {result.tracking_uri}")
     print(f"\nrun directory: {result.run_dir}\nMLflow: {result.tracking_uri} (experiment {result.name!r}). Browse "

@@ -29,6 +29,7 @@ from tuner.errors import UserCodeError
 from tuner.experiment import EvalSettings
 from tuner.measure.environment import file_sha256, fingerprint
 from tuner.measure.latency import measure_latency
+from tuner.measure.memory import peak_rss
 from tuner.measure.quality import score_all
 from tuner.precision import FP32, KINDS, kind_of
 from tuner.records import ArtifactRecord, LatencyStats, TrialResult
@@ -78,16 +79,24 @@ class Evaluator:
         if not result.completed:
             return result
         timings: dict[str, float] = {}
+        memory = dict(result.memory)
         try:
-            with _timed(timings, "latency"):
+            with _timed(timings, "latency"), peak_rss(memory, "meter"):
                 model_path = Path(result.artifact_dir) / "model.onnx"
                 latency, environment = time_artifact(model_path, self.feeds(model_path), self.settings)
         except Exception as exc:
             return _failed(result.with_timings(**timings), "latency", exc)
-        return replace(result, latency=latency, environment=environment).with_timings(**timings)
+        return replace(result, latency=latency, environment=environment, memory=memory).with_timings(**timings)
 
     def build_and_score(self, candidate: Candidate | dict) -> TrialResult:
-        """Build the artifact into ``artifact_root/<key>/`` and score it with the task's metric; no latency."""
+        """Build the artifact into ``artifact_root/<key>/`` and score it with the task's metric; no latency.
+        Records this process's peak RSS while doing so (``memory["build"]``)."""
+        memory: dict[str, float] = {}
+        with peak_rss(memory, "build"):
+            result = self._build_and_score(candidate)
+        return replace(result, memory={**result.memory, **memory})
+
+    def _build_and_score(self, candidate: Candidate | dict) -> TrialResult:
         if isinstance(candidate, dict):
             candidate = Candidate.from_dict(candidate)
         key = candidate.key(self.fingerprint)

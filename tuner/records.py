@@ -64,6 +64,7 @@ class TrialResult:
     cached_export: bool = False
     model_stats: Mapping[str, Any] = field(default_factory=dict)  # MACs/params (ratios to unpruned), recovery
     worker_deaths: int = 0  # workers lost while building it (it was retried)
+    memory: Mapping[str, float] = field(default_factory=dict)  # peak RSS (MB) of each process, per stage
 
     def __post_init__(self) -> None:
         if self.state not in (COMPLETE, FAIL):

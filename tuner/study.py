@@ -27,6 +27,7 @@ from tuner.errors import ClusterError, SpaceError, StudyError, TaskError, UserCo
 from tuner.executors.base import Executor, Retime
 from tuner.experiment import Experiment
 from tuner.live_front import finish_front, publish_front
+from tuner.measure.memory import peak_rss_mb
 from tuner.records import StudyMeta, TrialMeta, TrialResult
 from tuner.retention import ArtifactRetention, DiskUse
 from tuner.space import (
@@ -60,6 +61,7 @@ class StudyResult:
     latency_check: dict[str, Any] = field(default_factory=dict)  # the front re-timed with no build running
     failures: dict[str, int] = field(default_factory=dict)  # failed trials per reason, most frequent first
     disk: DiskUse | None = None  # what the run directory holds at the end
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)  # largest per-trial peak: build, meter, driver
 
 
 def default_workers(latency_threads: int) -> int:
@@ -245,7 +247,7 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
                        states.count(TrialState.FAIL), time.perf_counter() - started,
                        {"metric": meta.baseline_metric, "latency_ms": meta.baseline_latency_ms},
                        recorder.tracking_uri, timings.rows, references, live_front.seconds, latency_check,
-                       failure_reasons(study), disk)
+                       failure_reasons(study), disk, {**timings.peak_rss_mb, "driver": peak_rss_mb()})
 
 
 def failure_reasons(study: optuna.Study) -> dict[str, int]:

@@ -130,8 +130,11 @@ class TimingStats:
 
     def __init__(self):
         self.rows: list[dict[str, float]] = []
+        self.peak_rss_mb: dict[str, float] = {}  # the largest peak of each process kind over all trials
 
     def __call__(self, study: optuna.Study, finished: FinishedTrial) -> None:
+        for process, mb in finished.result.memory.items():
+            self.peak_rss_mb[process] = max(self.peak_rss_mb.get(process, 0.0), mb)
         if not finished.result.completed:
             return
         row = dict(finished.result.timings)

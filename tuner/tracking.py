@@ -13,6 +13,7 @@ from typing import Any
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from tuner.measure.memory import peak_rss_mb
 from tuner.records import ArtifactRecord, TrialResult
 
 # Creating or migrating a sqlite store logs INFO lines to stderr; the user asked for a study, not for those.
@@ -155,4 +156,6 @@ def _trial_metrics(result: TrialResult, metric_name: str) -> dict[str, float]:
     values.update({k: v for k, v in result.model_stats.items()
                    if isinstance(v, (int, float)) and v == v})  # MACs/params ratios, recovery cost
     values.update({f"time_{k}_s": v for k, v in result.timings.items()})
+    values.update({f"peak_rss_{k}_mb": v for k, v in result.memory.items()})
+    values["peak_rss_driver_mb"] = peak_rss_mb()  # the driver's, since it started
     return values

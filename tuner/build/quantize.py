@@ -30,9 +30,13 @@ from tuner.precision import FP32, INT4, INT8, INT8_DYNAMIC, INT8_DYNAMIC_PER_CHA
 
 class _BatchReader(CalibrationDataReader):
     def __init__(self, input_names: Sequence[str], batches: Iterable[Sequence[np.ndarray]]):
-        self._feeds = iter([dict(zip(input_names, batch)) for batch in batches])
+        self._input_names = input_names
+        self._batches = batches
+        self._feeds = None  # read only when calibration runs (not when its ranges are cached)
 
     def get_next(self):
+        if self._feeds is None:
+            self._feeds = iter([dict(zip(self._input_names, batch)) for batch in self._batches])
         return next(self._feeds, None)
 
 

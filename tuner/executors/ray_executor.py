@@ -212,7 +212,8 @@ class RayExecutor(Executor):
             return
         now = time.perf_counter()
         result = replace(job.result, latency=measured["latency"],
-                         environment={**measured["environment"], "build_node_ip": job.node.get("node_ip", "")})
+                         environment={**measured["environment"], "build_node_ip": job.node.get("node_ip", "")},
+                         memory={**job.result.memory, **measured.get("memory", {})})
         finished.append((job.token, result.with_timings(
             latency=measured["seconds"], latency_wait=max(0.0, now - job.queued - measured["seconds"]),
             wall=now - job.submitted)))

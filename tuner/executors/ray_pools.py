@@ -105,18 +105,22 @@ class _LatencyMeter:
     def measure(self, model: bytes, feeds: dict[str, Any]) -> dict[str, Any]:
         from tuner.evaluate import time_artifact
         from tuner.measure.cores import pin
+        from tuner.measure.memory import peak_rss
 
         pin(self.cores)
         start = time.perf_counter()
         path = self.dir / "model.onnx"
         path.write_bytes(model)
+        memory: dict[str, float] = {}
         try:
-            latency, environment = time_artifact(path, feeds, self.settings)
+            with peak_rss(memory, "meter"):
+                latency, environment = time_artifact(path, feeds, self.settings)
         finally:
             path.unlink(missing_ok=True)  # the driver keeps the artifact; a meter keeps no copies
         environment = {**environment, **_node(),
                        "pinned_cores": ",".join(map(str, sorted(self.cores))) if self.cores else "none"}
-        return {"latency": latency, "environment": environment, "seconds": time.perf_counter() - start}
+        return {"latency": latency, "environment": environment, "seconds": time.perf_counter() - start,
+                "memory": memory}
 
 
 class ClusterView:
