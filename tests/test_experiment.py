@@ -92,7 +92,8 @@ def test_cli_reports_config_errors_before_any_trial(tmp_path, monkeypatch, capsy
     assert not (tmp_path / "tuner-runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-@pytest.mark.parametrize("kind, cls", [("tpe", "TPESampler"), ("nsga2", "NSGAIISampler"), ("random", "RandomSampler")])
+@pytest.mark.parametrize("kind, cls", [("tpe", "TPESampler"), ("nsga2", "NSGAIISampler"), ("gp", "GPSampler"),
+                                       ("random", "RandomSampler")])
 def test_sampler_from_config(kind, cls):
     from tuner.study import make_sampler
 

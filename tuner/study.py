@@ -27,7 +27,7 @@ from tuner.errors import ClusterError, SpaceError, StudyError, TaskError, UserCo
 from tuner.executors.base import Executor, Retime
 from tuner.experiment import Experiment
 from tuner.live_front import finish_front, publish_front
-from tuner.measure.memory import peak_rss_mb
+from tuner.measure.memory import peak_rss_mb, release_memory
 from tuner.records import StudyMeta, TrialMeta, TrialResult
 from tuner.retention import ArtifactRetention, DiskUse
 from tuner.space import (
@@ -78,7 +78,9 @@ def make_sampler(kind: str, seed: int | None) -> optuna.samplers.BaseSampler:
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    raise ValueError(f"sampler must be 'tpe', 'nsga2' or 'random', but got {kind!r}.")
+    if kind == "gp":  # Gaussian-process Bayesian optimization; reads the constraint like the others
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10)
+    raise ValueError(f"sampler must be 'tpe', 'nsga2', 'gp' or 'random', but got {kind!r}.")
 
 
 def prepare(experiment: Experiment, log: Callable[[str], None] = print):
@@ -88,9 +90,15 @@ def prepare(experiment: Experiment, log: Callable[[str], None] = print):
 
     # cheap checks first: the task may train a model
     space_file = None if experiment.auto_space else load_space_file(experiment.space_path)
+    start = time.perf_counter()
     task = experiment.task_ref().load()
     check_forward(task, experiment.task)
+    params = sum(p.numel() for p in task.model.parameters())
+    log(f"task loaded in {time.perf_counter() - start:.1f} s: {type(task.model).__name__}, {params / 1e6:.1f}M "
+        "parameters; exporting it once to read its layers ...")
+    start = time.perf_counter()
     layer_ops = layer_op_types(task.model, task.example_inputs, experiment.exporter)
+    log(f"exported in {time.perf_counter() - start:.1f} s: {len(layer_ops)} layers to tune")
     unused = [name for name in quantizable_layers(task.model) if name not in layer_ops]
     if unused:
         log(f"not in the exported graph (output unused), not tuned: {', '.join(unused)}")
@@ -115,13 +123,18 @@ def prepare(experiment: Experiment, log: Callable[[str], None] = print):
     space = SearchSpace(space_file, layer_ops, groups, experiment.round_to)
     # Each group pruned once at its largest ratio: one that breaks the model is left out, not tried in every trial.
     largest = {name: max(values) for name, values in space.prune_choices.items() if max(values) > 0}
+    start = time.perf_counter()
     broken = broken_groups(task.model, task.example_inputs, largest, task.output_layers, experiment.round_to)
+    if largest:
+        log(f"{len(largest)} pruning groups checked in {time.perf_counter() - start:.1f} s (each pruned alone at its "
+            "largest ratio and run)")
     for name, why in broken.items():
         log(f"warning: pruning group {name} is left out of the search: pruned by {largest[name]:g}, {why}")
     if broken:
         space = SearchSpace(space_file, layer_ops, [g for g in groups if g.name not in broken], experiment.round_to,
                             left_out=set(broken))
     check_finetune_hook(task, space, experiment)
+    release_memory()  # the exports and pruned copies above are garbage now; keep the driver small
     return task, space
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from tuner.candidate import Candidate
 from tuner.executors.base import Executor, Retime
 from tuner.experiment import EvalSettings
+from tuner.measure.memory import release_memory
 from tuner.records import LatencyStats, TrialResult
 from tuner.taskref import TaskRef
 
@@ -46,6 +47,7 @@ class InProcessExecutor(Executor):
             token, candidate, submitted = self._pending.popleft()
             start = time.perf_counter()
             result = self.evaluator.evaluate(candidate)
+            release_memory()
             worker_total = time.perf_counter() - start - result.timings.get("latency", 0.0)
             finished.append((token, result.with_timings(worker_total=worker_total,
                                                         wall=time.perf_counter() - submitted)))

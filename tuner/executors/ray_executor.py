@@ -179,12 +179,15 @@ class RayExecutor(Executor):
             return
         directory = self.artifact_root / result.key  # the files came back through Ray
         directory.mkdir(parents=True, exist_ok=True)
-        for name, data in shipped["files"].items():
+        files = dict(shipped["files"])
+        files["model.onnx"] = ray.get(shipped["model"])  # the only copy this process holds, dropped below
+        for name, data in files.items():
             tmp = directory / f".{name}.tmp"
             tmp.write_bytes(data)
             os.replace(tmp, directory / name)
+        del files, data
         job.result, job.feeds = replace(result, artifact_dir=str(directory)), shipped["feeds"]
-        job.model = ray.put(shipped["files"]["model.onnx"])
+        job.model = shipped["model"]  # the meter reads it from the object store
         job.stage, job.queued = Stage.TIMING, time.perf_counter()
         if not self._time(job):
             self._waiting.append(job)

@@ -71,19 +71,24 @@ class _Worker:
                                    export_root=scratch_dir / "_exports")
 
     def evaluate(self, candidate: dict[str, Any]) -> dict[str, Any]:
-        """``{"result": TrialResult, "files": {name: bytes}, "feeds": latency inputs}``."""
+        """``{"result": TrialResult, "files": {name: bytes}, "model": ObjectRef of model.onnx's bytes,
+        "feeds": latency inputs}``. The model goes into the object store once, from here: the meter reads it
+        from there and the driver fetches it once to write it, so no process holds two copies."""
         from tuner.measure.cores import pin
+        from tuner.measure.memory import release_memory
 
         pin(self.cores)
         start = time.perf_counter()
         result = self.evaluator.build_and_score(candidate)
-        shipped: dict[str, Any] = {"files": {}, "feeds": None}
+        shipped: dict[str, Any] = {"files": {}, "feeds": None, "model": None}
         if result.completed:
             artifact = Path(result.artifact_dir)
             shipped["files"] = {name: (artifact / name).read_bytes() for name in SHIPPED_FILES}
+            shipped["model"] = ray.put(shipped["files"].pop("model.onnx"))
             shipped["feeds"] = self.evaluator.feeds(artifact / "model.onnx")
         if result.artifact_dir:  # the driver keeps a completed model; a failed one is not kept anywhere
             shutil.rmtree(result.artifact_dir, ignore_errors=True)
+        release_memory()  # the pruned copy, the ONNX graphs: back to the OS before the next candidate
         shipped["result"] = result.with_timings(worker_total=time.perf_counter() - start)
         return shipped
 
