@@ -52,5 +52,6 @@ def test_bert_base_at_full_size_builds_dynamic_int8_with_pruned_heads(tmp_path):
     _, (result,) = evaluate(tmp_path, "tuner.tasks.bert_base:make_task", args, [candidate])
     assert result.completed, result.error
     assert 0.9 < result.metric <= 1.0
-    assert result.size_mb < 0.4 * 436  # int8 Linear weights; the fp32 export is 436 MB
+    # the fp32 export is 436 MB; int8 Linear weights leave the 94 MB word embeddings in fp32
+    assert result.size_mb < 0.45 * 436
     assert result.model_stats["params_ratio"] < 1.0

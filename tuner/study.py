@@ -94,7 +94,7 @@ def prepare(experiment: Experiment, log: Callable[[str], None] = print):
     task = experiment.task_ref().load()
     check_forward(task, experiment.task)
     params = sum(p.numel() for p in task.model.parameters())
-    log(f"task loaded in {time.perf_counter() - start:.1f} s: {type(task.model).__name__}, {params / 1e6:.1f}M "
+    log(f"task loaded in {time.perf_counter() - start:.1f} s: {type(task.model).__name__}, {params:,} "
         "parameters; exporting it once to read its layers ...")
     start = time.perf_counter()
     layer_ops = layer_op_types(task.model, task.example_inputs, experiment.exporter)
