@@ -10,6 +10,7 @@ group of hidden units.
 from __future__ import annotations
 
 import copy
+import gc
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -210,6 +211,10 @@ def broken_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], ra
         if exc is not None:
             at = f"layer {layer!r}" if layer else f"{type(model).__name__}.forward"
             broken[name] = f"{at} then raised{where(exc)}: {type(exc).__name__}: {exc}"
+        # torch-pruning's dependency graph holds the pruned copy in reference cycles: free each copy now, or
+        # a model's worth of memory piles up per group (6.2 GB peak for ResNet-50's 37 groups)
+        del pruned
+        gc.collect()
     return broken
 
 
