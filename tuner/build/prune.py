@@ -200,6 +200,8 @@ def broken_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], ra
     torch-pruning follows the traced graph; code that bakes a channel count into a constant is invisible to
     it, and the model only fails when run.
     """
+    if len(ratios) > 1 and _runs_pruned(model, example_inputs, ratios, output_layers, round_to):
+        return {}  # the usual case: every group at once works, so one pruned copy answers for all of them
     broken = {}
     for name, ratio in ratios.items():
         try:
@@ -216,6 +218,19 @@ def broken_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], ra
         del pruned
         gc.collect()
     return broken
+
+
+def _runs_pruned(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], ratios: Mapping[str, float],
+                 output_layers: Sequence[str], round_to: int) -> bool:
+    """Whether ``model`` still runs with every group in ``ratios`` pruned at once."""
+    try:
+        pruned = prune(model, example_inputs, ratios, output_layers, round_to)
+        ok = _run_and_catch(pruned, example_inputs)[1] is None
+    except Exception:
+        ok = False
+    pruned = None
+    gc.collect()
+    return ok
 
 
 @torch.no_grad()
