@@ -126,8 +126,8 @@ def prepare(experiment: Experiment, log: Callable[[str], None] = print):
     start = time.perf_counter()
     broken = broken_groups(task.model, task.example_inputs, largest, task.output_layers, experiment.round_to)
     if largest:
-        log(f"{len(largest)} pruning groups checked in {time.perf_counter() - start:.1f} s (each pruned alone at its "
-            "largest ratio and run)")
+        log(f"{len(largest)} pruning groups checked in {time.perf_counter() - start:.1f} s (pruned at their largest "
+            "ratios and run)")
     for name, why in broken.items():
         log(f"warning: pruning group {name} is left out of the search: pruned by {largest[name]:g}, {why}")
     if broken:
