@@ -121,7 +121,7 @@ def prepare(experiment: Experiment, log: Callable[[str], None] = print):
         space_file = auto_space_file(f"{experiment.source}: search_space auto", layer_ops, groups,
                                      experiment.round_to)
     space = SearchSpace(space_file, layer_ops, groups, experiment.round_to)
-    # Each group pruned once at its largest ratio: one that breaks the model is left out, not tried in every trial.
+    # Groups pruned at their largest ratios: one that breaks the model is left out, not tried in every trial.
     largest = {name: max(values) for name, values in space.prune_choices.items() if max(values) > 0}
     start = time.perf_counter()
     broken = broken_groups(task.model, task.example_inputs, largest, task.output_layers, experiment.round_to)
