@@ -123,6 +123,7 @@ def test_a_study_on_a_multi_node_cluster_survives_losing_a_node(tmp_path, monkey
     config = write_job(tmp_path, "cluster", budget, """
         latency: {threads: 1, warmup: 2, repeats: 10, resource: timing}
         retries: 2
+        keep_artifacts: all   # every model stays: the node goes once 4 came back, and each is checked below
     """)
     experiment = load_experiment(config)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"timing": 1}})
@@ -165,6 +166,7 @@ def test_candidates_fail_with_the_reason_when_the_only_latency_node_is_lost(tmp_
     config = write_job(tmp_path, "lost-timer", budget, """
         latency: {threads: 1, warmup: 2, repeats: 10, resource: timing}
         pending_timeout_s: 5
+        keep_artifacts: all   # the node goes once 3 models came back
     """)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     timer = cluster.add_node(num_cpus=0, resources={"timing": 1})  # times latency, builds nothing

@@ -207,6 +207,11 @@ class RayExecutor(Executor):
             self._meters.drop(job.meter_host)
             job.meter_failures += 1
             if job.meter_failures <= self.retries + 1:
+                # The model's object belongs to the worker that built it; if that worker's node went too, it is
+                # gone: put it again from the copy the driver wrote.
+                directory = job.result.artifact_dir if job.result is not None else None
+                if directory and (Path(directory) / "model.onnx").is_file():
+                    job.model = ray.put((Path(directory) / "model.onnx").read_bytes())
                 if not self._time(job):
                     self._waiting.append(job)
                 return
