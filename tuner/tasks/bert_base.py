@@ -15,9 +15,9 @@ import os
 
 import torch
 
-from tuner.task import Task, TaskError
+from tuner.task import Task
 from tuner.tasks.encoder import embedding_task
-from tuner.tasks.minilm import model_dir, stdlib_docstrings
+from tuner.tasks.minilm import docstring_tokens, model_dir
 
 
 def make_task(seq_len: int = 128, n_eval: int = 64, calibration_batches: int = 4, calibration_batch_size: int = 8,
@@ -31,11 +31,5 @@ def make_task(seq_len: int = 128, n_eval: int = 64, calibration_batches: int = 4
     torch.manual_seed(seed)
     encoder = BertModel(BertConfig(num_hidden_layers=layers), add_pooling_layer=False).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir())
-    texts = stdlib_docstrings()
-    n_needed = n_eval + calibration_batches * calibration_batch_size
-    if len(texts) < n_needed:
-        raise TaskError(f"tuner.tasks.bert_base: the corpus has {len(texts)} texts, fewer than {n_needed}.")
-    texts = [texts[i * len(texts) // n_needed] for i in range(n_needed)]
-    tokens = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
-    return embedding_task(encoder, dict(tokens), n_eval, calibration_batches, calibration_batch_size,
-                          eval_batch_size=16)
+    tokens = docstring_tokens(tokenizer, n_eval + calibration_batches * calibration_batch_size, seq_len, __name__)
+    return embedding_task(encoder, tokens, n_eval, calibration_batches, calibration_batch_size, eval_batch_size=16)

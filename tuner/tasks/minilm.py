@@ -76,11 +76,15 @@ def make_task(seq_len: int = 128, n_eval: int = 256, calibration_batches: int = 
     path = model_dir()
     tokenizer = AutoTokenizer.from_pretrained(path)
     encoder = AutoModel.from_pretrained(path, add_pooling_layer=False).eval()  # mean pooling instead
+    tokens = docstring_tokens(tokenizer, n_eval + calibration_batches * calibration_batch_size, seq_len, __name__)
+    return embedding_task(encoder, tokens, n_eval, calibration_batches, calibration_batch_size)
+
+
+def docstring_tokens(tokenizer, n_needed: int, seq_len: int, task: str) -> dict:
+    """``n_needed`` stdlib docstrings, tokenized to ``seq_len``; ``task`` names the caller in the error."""
     texts = stdlib_docstrings()
-    n_needed = n_eval + calibration_batches * calibration_batch_size
     if len(texts) < n_needed:
-        raise TaskError(f"tuner.tasks.minilm: the corpus has {len(texts)} texts, fewer than the {n_needed} asked for.")
+        raise TaskError(f"{task}: the corpus has {len(texts)} texts, fewer than the {n_needed} asked for.")
     # Spread the picks over the corpus so that no single module dominates; eval and calibration interleave.
     texts = [texts[i * len(texts) // n_needed] for i in range(n_needed)]
-    tokens = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
-    return embedding_task(encoder, dict(tokens), n_eval, calibration_batches, calibration_batch_size)
+    return dict(tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="np"))
