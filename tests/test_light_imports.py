@@ -67,3 +67,16 @@ def test_front_and_pick_load_neither_torch_nor_ray(tmp_path):
     picked = json.loads((tmp_path / "picked" / "candidate.json").read_text())
     assert picked["format"] == 1 and picked["trial"] == 1 and picked["metrics"]["accuracy"] == 0.85
     assert (tmp_path / "picked" / "model.onnx").read_bytes() == (tmp_path / "model.onnx").read_bytes()
+
+
+def test_the_api_functions_stay_functions_after_every_submodule_is_imported():
+    # A submodule named like an API function would replace it on the package once imported (`tuner.verify`
+    # became the module after the CLI imported it). Import every module, then read each public name.
+    code = textwrap.dedent("""
+        import importlib, pkgutil, tuner
+        for info in pkgutil.walk_packages(tuner.__path__, "tuner."):
+            importlib.import_module(info.name)
+        print(sorted(name for name in tuner.__all__ if not callable(getattr(tuner, name))))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"

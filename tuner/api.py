@@ -91,8 +91,8 @@ def _front_of(opened) -> Front:
 
 def choose(table: Front, *, min_metric: float | None = None, max_latency_ms: float | None = None,
            max_size_mb: float | None = None, knee: bool = False) -> dict[str, Any]:
-    """The front member that the constraints pick (see :func:`tuner.pick.choose`)."""
-    from tuner.pick import choose as choose_row
+    """The front member that the constraints pick (see :func:`tuner.picking.choose`)."""
+    from tuner.picking import choose as choose_row
 
     return choose_row(table.rows, table.metric_name, table.maximize, min_metric, max_latency_ms, max_size_mb, knee)
 
@@ -103,7 +103,7 @@ def pick(study: str, *, min_metric: float | None = None, max_latency_ms: float |
          ) -> ArtifactRecord:
     """Pick a front member by constraint and write ``model.onnx``, ``candidate.json`` and ``MODEL_CARD.md`` to
     ``out``; with ``register``, register it in the MLflow Model Registry (``alias`` points at the version)."""
-    from tuner.pick import export_pick
+    from tuner.picking import export_pick
 
     if alias and not register:
         raise ValueError("an alias needs register=NAME.")
@@ -115,7 +115,7 @@ def pick(study: str, *, min_metric: float | None = None, max_latency_ms: float |
 
 def verify(study: str, trial: int, output_dir: str | Path = "tuner-runs", tracking_uri: str | None = None
            ) -> dict[str, Any]:
-    """Rebuild or reload a trial's artifact in a fresh process, re-score and re-time it (see `tuner.verify`)."""
-    from tuner.verify import verify as verify_trial
+    """Rebuild or reload a trial's artifact in a fresh process, re-score and re-time it (see `tuner.verification`)."""
+    from tuner.verification import verify as verify_trial
 
     return verify_trial(study, trial, output_dir, tracking_uri)

@@ -158,7 +158,7 @@ def _pick(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from tuner.verify import format_report
+    from tuner.verification import format_report
 
     trials = list(args.trial or [])
     if args.front:

@@ -38,7 +38,7 @@ def verify(study_name: str, trial_number: int, output_dir: str | Path = "tuner-r
         _candidate_from_mlflow(trial_meta.mlflow_run_id, tracking_uri or meta.tracking_uri)
     job = {"task_ref": dict(meta.task_ref), "settings": dict(meta.eval_settings),
            "artifact_root": str(run_dir / "artifacts"), "candidate": dict(candidate)}
-    proc = subprocess.run([sys.executable, "-m", "tuner.verify", json.dumps(job)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "tuner.verification", json.dumps(job)], capture_output=True, text=True,
                           timeout=timeout_s)
     if proc.returncode != 0:
         raise RuntimeError(f"the verifying process failed: {proc.stderr[-2000:]}")
