@@ -10,7 +10,7 @@ import pytest
 from tuner.candidate import Candidate
 from tuner.executors import Executor, InProcessExecutor, Retime
 from tuner.experiment import EvalSettings
-from tuner.records import ArtifactRecord, LatencyStats, TrialResult
+from tuner.records import ArtifactRecord, Fidelity, LatencyStats, TrialResult
 from tuner.taskref import TaskRef
 
 SETTINGS = EvalSettings(warmup=1, repeats=3)
@@ -56,6 +56,17 @@ class ExecutorContract:
         assert not bad.completed and "int8 needs opt_level" in bad.error and bad.latency is None
         executor.submit("good", INT8)
         assert drain(executor, 1)["good"].completed
+
+    def test_a_subset_untimed_evaluation_comes_back_with_an_estimate_and_no_latency(self, executor):
+        one = Candidate(precision=(("2", "int8"),))
+        executor.submit("subset", one, Fidelity(samples=100, timed=False))
+        executor.submit("full", one)
+        got = drain(executor, 2)
+        subset, full = got["subset"], got["full"]
+        assert subset.completed and subset.latency is None and subset.scored_samples == 100
+        assert subset.metric_stderr is not None and subset.metric_stderr >= 0 and "accuracy" in subset.timings
+        assert full.scored_samples is None and full.latency is not None
+        assert abs(subset.metric - full.metric) <= 4 * subset.metric_stderr + 0.01
 
     def test_idle_counts_free_capacity(self, executor):
         slots = executor.idle

@@ -228,6 +228,16 @@ def test_the_run_directory_keeps_front_and_reference_models_and_verify_rebuilds_
     for number in metas:  # every completed trial run records the peak memory of each process
         assert {"peak_rss_build_mb", "peak_rss_meter_mb", "peak_rss_driver_mb"} <= set(runs[number].data.metrics)
     assert set(result.peak_rss_mb) == {"build", "meter", "driver"}
+    # the latency model: fitted from the reference trials' artifacts, each other trial predicted (values not
+    # checked here: they are timings; experiments/latency_model measures the error)
+    references = {n for n, m in metas.items() if m.reference}
+    assert result.latency_model is not None and result.latency_model.references == len(references)
+    saved = json.loads((run_dir / "latency_model.json").read_text())
+    assert set(saved["trials"]) == {str(n) for n in metas if n not in references}
+    assert set(saved["model"]["layer_ms"]) == set(json.loads(
+        (run_dir / "artifacts" / metas[min(references)].key / "candidate.json").read_text())["layer_weights"])
+    for number in metas:
+        assert ("latency_predicted_ms" in runs[number].data.metrics) == (number not in references)
 
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the verifying process imports tiny_mlp
     report = tuner.verify("retain", dropped[0], tmp_path / "runs", store)

@@ -80,6 +80,8 @@ def _print_timings(result) -> None:
         spent = sum(result.live_front_s)
         print(f"live front: {len(result.live_front_s)} refreshes, {spent:.1f} s "
               f"({spent / result.wall_s:.1%} of the study's wall time)")
+    if result.latency_model is not None:
+        print(result.latency_model.line())
     check = result.latency_check
     if check:
         print(f"latency re-check: {check['retimed']} front models timed again with no build running; "

@@ -30,9 +30,9 @@ from tuner.experiment import EvalSettings
 from tuner.measure.environment import file_sha256, fingerprint
 from tuner.measure.latency import measure_latency
 from tuner.measure.memory import peak_rss
-from tuner.measure.quality import score_all
+from tuner.measure.quality import score_all, score_subset, session_outputs, subset_indices
 from tuner.precision import FP32, KINDS, kind_of
-from tuner.records import ArtifactRecord, LatencyStats, TrialResult
+from tuner.records import FULL, ArtifactRecord, Fidelity, LatencyStats, TrialResult
 from tuner.runtime import RuntimeConfig, load_artifact
 from tuner.space import quantizable_layers
 from tuner.task import Task, TaskRef
@@ -72,11 +72,13 @@ class Evaluator:
         self.layers = quantizable_layers(self.task.model)
         self._base_size: tuple[float, float] | None = None
         self._feeds: dict[str, np.ndarray] | None = None
+        self._reference_outputs: np.ndarray | None = None
 
-    def evaluate(self, candidate: Candidate | dict) -> TrialResult:
-        """Build, score and time in this process (what `tuner verify` does; the study splits the last step off)."""
-        result = self.build_and_score(candidate)
-        if not result.completed:
+    def evaluate(self, candidate: Candidate | dict, fidelity: Fidelity = FULL) -> TrialResult:
+        """Build, score and time in this process (what `tuner verify` does; the study splits the last step off).
+        ``fidelity``: score a subset only, or leave the latency out (see :class:`Fidelity`)."""
+        result = self.build_and_score(candidate, fidelity.samples)
+        if not result.completed or not fidelity.timed:
             return result
         timings: dict[str, float] = {}
         memory = dict(result.memory)
@@ -88,15 +90,25 @@ class Evaluator:
             return _failed(result.with_timings(**timings), "latency", exc)
         return replace(result, latency=latency, environment=environment, memory=memory).with_timings(**timings)
 
-    def build_and_score(self, candidate: Candidate | dict) -> TrialResult:
+    def build_and_score(self, candidate: Candidate | dict, samples: int | None = None) -> TrialResult:
         """Build the artifact into ``artifact_root/<key>/`` and score it with the task's metric; no latency.
+        ``samples``: estimate the metric from that many evaluation samples (:func:`score_subset`).
         Records this process's peak RSS while doing so (``memory["build"]``)."""
         memory: dict[str, float] = {}
         with peak_rss(memory, "build"):
-            result = self._build_and_score(candidate)
+            result = self._build_and_score(candidate, samples)
         return replace(result, memory={**result.memory, **memory})
 
-    def _build_and_score(self, candidate: Candidate | dict) -> TrialResult:
+    def reference_outputs(self) -> np.ndarray:
+        """The unpruned fp32 export's outputs on the whole evaluation set (computed once per evaluator)."""
+        if self._reference_outputs is None:
+            export_dir, _ = self._pruned_export(Candidate(), {})
+            session = load_artifact(export_dir / "fp32.onnx", self.settings.threads)
+            evaluation = self.task.evaluation
+            self._reference_outputs = session_outputs(session, evaluation.inputs, evaluation.batch_size)
+        return self._reference_outputs
+
+    def _build_and_score(self, candidate: Candidate | dict, samples: int | None = None) -> TrialResult:
         if isinstance(candidate, dict):
             candidate = Candidate.from_dict(candidate)
         key = candidate.key(self.fingerprint)
@@ -117,8 +129,14 @@ class Evaluator:
             stage = "accuracy"
             with _timed(timings, "accuracy"):
                 session = load_artifact(model_path, self.settings.threads)  # exactly as deployed
-                metric, extra = score_all(session, self.task.evaluation)
-            result = replace(result, metric=metric, extra_metrics=extra)
+                n_total = len(self.task.evaluation.inputs[0])
+                if samples is not None and samples < n_total:
+                    metric, stderr = score_subset(session, self.task.evaluation, self.reference_outputs(),
+                                                  subset_indices(n_total, samples))
+                    result = replace(result, metric=metric, scored_samples=samples, metric_stderr=stderr)
+                else:
+                    metric, extra = score_all(session, self.task.evaluation)
+                    result = replace(result, metric=metric, extra_metrics=extra)
         except Exception as exc:  # a broken candidate is a result (FAIL), not a crash of the study
             return _failed(result.with_timings(**timings), stage, exc)
         return result.with_timings(**timings)
@@ -161,7 +179,8 @@ class Evaluator:
                 kernels = self._check_kernels(tmp, candidate, {layer: v[2] for layer, v in nodes.items()})
             ArtifactRecord(candidate.to_dict(), key=candidate.key(self.fingerprint), task=self.task_ref.spec,
                            task_fingerprint=self.fingerprint, fused_operators=fused, kernels=kernels,
-                           layer_nodes={layer: v[0] for layer, v in nodes.items()}).write(tmp / "candidate.json")
+                           layer_nodes={layer: v[0] for layer, v in nodes.items()},
+                           layer_weights={layer: v[2] for layer, v in nodes.items()}).write(tmp / "candidate.json")
             try:
                 os.rename(tmp, artifact)
             except OSError:  # another worker built the same key first; theirs is identical
@@ -170,6 +189,11 @@ class Evaluator:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return cached
+
+    def weight_names(self, candidate: Candidate) -> dict[str, str]:
+        """Each layer's weight initializer in the candidate's (pruned) export, exported if not cached."""
+        export_dir, _ = self._pruned_export(candidate, {})
+        return {layer: v[2] for layer, v in json.loads((export_dir / "layers.json").read_text()).items()}
 
     def _pruned_export(self, candidate: Candidate, timings: dict[str, float]) -> tuple[Path, bool]:
         """The pruned fp32 ONNX model and its layer->node map, built once per pruning configuration."""

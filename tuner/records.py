@@ -40,6 +40,29 @@ class LatencyStats:
 
 
 @dataclass(frozen=True)
+class Fidelity:
+    """How far an evaluation goes: score on ``samples`` of the evaluation set (None: all of it), and time the
+    artifact or not. The study's trials run at full fidelity; the sensitivity pass scores subsets, untimed."""
+
+    samples: int | None = None
+    timed: bool = True
+
+    @property
+    def full(self) -> bool:
+        return self.samples is None and self.timed
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Fidelity:
+        return cls(**_known_fields(cls, data)) if data else cls()
+
+
+FULL = Fidelity()
+
+
+@dataclass(frozen=True)
 class TrialResult:
     """What one evaluation of a candidate produced, from the worker to Optuna, MLflow, the CSVs, pick and verify.
 
@@ -65,6 +88,10 @@ class TrialResult:
     model_stats: Mapping[str, Any] = field(default_factory=dict)  # MACs/params (ratios to unpruned), recovery
     worker_deaths: int = 0  # workers lost while building it (it was retried)
     memory: Mapping[str, float] = field(default_factory=dict)  # peak RSS (MB) of each process, per stage
+    # scored on a subset of the evaluation set: how many samples, and the standard error of ``metric`` as an
+    # estimate of the full-set metric (None: scored on all of it)
+    scored_samples: int | None = None
+    metric_stderr: float | None = None
 
     def __post_init__(self) -> None:
         if self.state not in (COMPLETE, FAIL):
@@ -225,6 +252,7 @@ class ArtifactRecord:
     fused_operators: Mapping[str, int] = field(default_factory=dict)
     kernels: Mapping[str, str | None] = field(default_factory=dict)  # layer -> op type ORT runs it with
     layer_nodes: Mapping[str, str] = field(default_factory=dict)  # layer -> ONNX node
+    layer_weights: Mapping[str, str] = field(default_factory=dict)  # layer -> its weight initializer in the export
     # Filled once a trial measured it:
     study: str | None = None
     trial: int | None = None

@@ -289,6 +289,8 @@ class SearchSpace:
         self.precision_choices = self._resolve_precision()
         self.left_out_groups = frozenset(left_out)  # prunable groups whose pruning was found to break the model
         self.prune_choices = self._resolve_groups(groups, round_to)
+        self.groups = {g.name: g for g in groups if g.name in self.prune_choices}
+        self.round_to = round_to
         self.opt_levels = space.fusion.opt_levels
         self.transformer_fusions = space.fusion.transformer_fusions
         self.disable = space.fusion.disable

@@ -62,6 +62,7 @@ class StudyResult:
     failures: dict[str, int] = field(default_factory=dict)  # failed trials per reason, most frequent first
     disk: DiskUse | None = None  # what the run directory holds at the end
     peak_rss_mb: dict[str, float] = field(default_factory=dict)  # largest per-trial peak: build, meter, driver
+    latency_model: Any = None  # LatencyModelCheck: the per-layer model from the references, checked on the trials
 
 
 def default_workers(latency_threads: int) -> int:
@@ -229,6 +230,7 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
     live_front = Every(experiment.front_every, lambda step: publish_front(study, recorder, run_dir, step))
     retention = ArtifactRetention(run_dir / "artifacts", experiment.keep_artifacts)
     latency_check: dict[str, Any] = {}
+    model_check = None
     status = "FAILED"
     with StopRequest(experiment.stop_grace_s) as stop:
         try:
@@ -239,6 +241,7 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
             StudyLoop(study, space, runner, budget, recorders=[log_to_mlflow(recorder, trial_runs)],
                       callbacks=[timings, progress_bar, live_front, retention], stop=stop).run()
             progress_bar.close()  # before the re-check prints
+            model_check = latency_model_check(study, space, task, experiment, recorder, trial_runs, log)
             latency_check = recheck_front_latency(study, runner, task, experiment, recorder, trial_runs)
             status = "FINISHED"
         except ClusterError as exc:  # completed trials are kept; `tuner run` again continues the study
@@ -260,7 +263,7 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
                        states.count(TrialState.FAIL), time.perf_counter() - started,
                        {"metric": meta.baseline_metric, "latency_ms": meta.baseline_latency_ms},
                        recorder.tracking_uri, timings.rows, references, live_front.seconds, latency_check,
-                       failure_reasons(study), disk, {**timings.peak_rss_mb, "driver": peak_rss_mb()})
+                       failure_reasons(study), disk, {**timings.peak_rss_mb, "driver": peak_rss_mb()}, model_check)
 
 
 def failure_reasons(study: optuna.Study) -> dict[str, int]:
@@ -343,6 +346,29 @@ def measure_baseline(study: optuna.Study, space: SearchSpace, executor: Executor
     for label, params in space.references():
         study.enqueue_trial(params, user_attrs={"reference": label})
     return result
+
+
+def latency_model_check(study: optuna.Study, space: SearchSpace, task, experiment: Experiment,
+                        recorder: MlflowRecorder, trial_runs: dict[int, str], log: Callable[[str], None]):
+    """Fit the per-layer latency model from the reference trials and check it on the others
+    (:mod:`tuner.latency_check`). A model that cannot be fitted is reported, never fatal: the study is done."""
+    from tuner.evaluate import artifact_feeds
+    from tuner.latency_check import check_latency_model
+
+    try:
+        check, predicted = check_latency_model(
+            study, space, experiment.run_dir,
+            lambda path: artifact_feeds(task, path, experiment.latency.batch_size), experiment.latency.threads)
+    except Exception as exc:  # noqa: BLE001  (a report; the trials are recorded already)
+        log(f"latency model not fitted: {type(exc).__name__}: {exc}")
+        return None
+    for number, ms in predicted.items():
+        if number in trial_runs:
+            recorder.client.log_metric(trial_runs[number], "latency_predicted_ms", ms)
+    recorder.log_study_metrics({f"latency_model_{k}": v for k, v in (
+        ("median_error", check.median_error), ("p90_error", check.p90_error),
+        ("rank_correlation", check.rank_correlation)) if v == v})
+    return check
 
 
 def recheck_front_latency(study: optuna.Study, executor: Executor, task, experiment: Experiment,

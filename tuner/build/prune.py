@@ -37,6 +37,7 @@ class PruningGroup:
     members: tuple[str, ...]  # layers whose output channels shrink together
     channels: int  # output channels before pruning
     head_dim: int = 0  # > 0: an attention block's q/k/v, pruned in whole heads of this many channels
+    consumers: tuple[str, ...] = ()  # layers whose input channels shrink with them (the latency model scales them)
 
     @property
     def unit(self) -> str:
@@ -106,11 +107,16 @@ def pruning_groups(
              if isinstance(dep.target.module, PRUNABLE_TYPES) and graph.is_out_channel_pruning_fn(dep.handler)},
             key=list(modules).index,
         )
+        consumers = sorted(
+            {names[dep.target.module] for dep, _ in group
+             if isinstance(dep.target.module, PRUNABLE_TYPES) and graph.is_in_channel_pruning_fn(dep.handler)},
+            key=list(modules).index,
+        )
         if members:
             root = modules[members[0]]
             channels = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
             head_dim = next((block.head_dim for block in attention_blocks(model).values() if root is block.qkv[0]), 0)
-            groups.append(PruningGroup("+".join(members), tuple(members), channels, head_dim))
+            groups.append(PruningGroup("+".join(members), tuple(members), channels, head_dim, tuple(consumers)))
     return groups
 
 

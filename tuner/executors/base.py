@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.candidate import Candidate
-from tuner.records import LatencyStats, TrialResult
+from tuner.records import FULL, Fidelity, LatencyStats, TrialResult
 
 
 class Stage(enum.Enum):
@@ -46,8 +46,10 @@ class Executor(abc.ABC):
         """How many more candidates it can start now (the loop submits at most this many)."""
 
     @abc.abstractmethod
-    def submit(self, token: Hashable, candidate: Candidate) -> None:
-        """Start evaluating ``candidate``; its result comes back from ``results`` under ``token``."""
+    def submit(self, token: Hashable, candidate: Candidate, fidelity: Fidelity = FULL) -> None:
+        """Start evaluating ``candidate``; its result comes back from ``results`` under ``token``. Below full
+        ``fidelity`` it is scored on a subset and/or not timed, and an untimed artifact stays where it was
+        built (only its result comes back)."""
 
     @abc.abstractmethod
     def results(self, timeout: float = 1.0) -> list[tuple[Hashable, TrialResult]]:

@@ -15,7 +15,7 @@ from tuner.candidate import Candidate
 from tuner.executors.base import Executor, Retime
 from tuner.experiment import EvalSettings
 from tuner.measure.memory import release_memory
-from tuner.records import LatencyStats, TrialResult
+from tuner.records import FULL, Fidelity, LatencyStats, TrialResult
 from tuner.taskref import TaskRef
 
 
@@ -32,21 +32,21 @@ class InProcessExecutor(Executor):
         self._scratch = None if export_root else tempfile.TemporaryDirectory(prefix="tuner-exports-")
         self.evaluator = Evaluator(task_ref, settings, artifact_root,
                                    export_root=export_root or self._scratch.name, task=task)
-        self._pending: deque[tuple[Hashable, Candidate, float]] = deque()
+        self._pending: deque[tuple[Hashable, Candidate, Fidelity, float]] = deque()
 
     @property
     def idle(self) -> int:
         return 0 if self._pending else 1
 
-    def submit(self, token: Hashable, candidate: Candidate) -> None:
-        self._pending.append((token, candidate, time.perf_counter()))
+    def submit(self, token: Hashable, candidate: Candidate, fidelity: Fidelity = FULL) -> None:
+        self._pending.append((token, candidate, fidelity, time.perf_counter()))
 
     def results(self, timeout: float = 1.0) -> list[tuple[Hashable, TrialResult]]:
         finished = []
         while self._pending:
-            token, candidate, submitted = self._pending.popleft()
+            token, candidate, fidelity, submitted = self._pending.popleft()
             start = time.perf_counter()
-            result = self.evaluator.evaluate(candidate)
+            result = self.evaluator.evaluate(candidate, fidelity)
             release_memory()
             worker_total = time.perf_counter() - start - result.timings.get("latency", 0.0)
             finished.append((token, result.with_timings(worker_total=worker_total,

@@ -26,7 +26,7 @@ from tuner.errors import ClusterError
 from tuner.executors.base import Executor, Retime, Stage
 from tuner.executors.ray_pools import ClusterView, MeterPool, WorkerPool, _Worker
 from tuner.experiment import EvalSettings
-from tuner.records import LatencyStats, TrialResult
+from tuner.records import FULL, Fidelity, LatencyStats, TrialResult
 from tuner.taskref import TaskRef
 
 # Never shipped to a cluster with the working directory: environments, run outputs, local MLflow stores.
@@ -39,6 +39,7 @@ class _Job:
     token: Any
     candidate: dict[str, Any]
     submitted: float
+    fidelity: Fidelity = FULL
     started: float = 0.0  # when its current stage began on a worker or meter (a retry starts anew)
     stage: Stage = Stage.BUILD
     attempt: int = 0  # worker deaths so far
@@ -116,13 +117,13 @@ class RayExecutor(Executor):
         """Workers free for a new candidate (retries waiting for a worker come first)."""
         return max(0, len(self._pool.free) - sum(1 for job in self._waiting if job.stage is Stage.BUILD))
 
-    def submit(self, token: Hashable, candidate: Candidate) -> None:
-        self._build(_Job(token, candidate.to_dict(), time.perf_counter()))
+    def submit(self, token: Hashable, candidate: Candidate, fidelity: Fidelity = FULL) -> None:
+        self._build(_Job(token, candidate.to_dict(), time.perf_counter(), fidelity))
 
     def _build(self, job: _Job) -> None:
         job.actor, job.node = self._pool.take()
         job.started = time.perf_counter()
-        self._running[job.actor.evaluate.remote(job.candidate)] = job
+        self._running[job.actor.evaluate.remote(job.candidate, job.fidelity.to_dict())] = job
 
     def _time(self, job: _Job, into: dict | None = None) -> bool:
         """Hand ``job``'s artifact to a meter (tracked in ``into``, default: the running jobs); False when no
@@ -174,7 +175,7 @@ class RayExecutor(Executor):
                                                    f"{type(exc).__name__}: {_first_line(exc)}")))
             return
         result = replace(shipped["result"], worker_deaths=job.attempt)  # retried after losing its worker
-        if not result.completed:
+        if not result.completed or not job.fidelity.timed:  # nothing to write or time
             finished.append((job.token, result.with_timings(wall=time.perf_counter() - job.submitted)))
             return
         directory = self.artifact_root / result.key  # the files came back through Ray

@@ -70,18 +70,21 @@ class _Worker:
         self.evaluator = Evaluator(task_ref, settings, tempfile.mkdtemp(prefix="worker-", dir=_mkdir(scratch_dir)),
                                    export_root=scratch_dir / "_exports")
 
-    def evaluate(self, candidate: dict[str, Any]) -> dict[str, Any]:
+    def evaluate(self, candidate: dict[str, Any], fidelity: dict[str, Any] | None = None) -> dict[str, Any]:
         """``{"result": TrialResult, "files": {name: bytes}, "model": ObjectRef of model.onnx's bytes,
         "feeds": latency inputs}``. The model goes into the object store once, from here: the meter reads it
-        from there and the driver fetches it once to write it, so no process holds two copies."""
+        from there and the driver fetches it once to write it, so no process holds two copies. An untimed
+        ``fidelity`` ships the result alone."""
         from tuner.measure.cores import pin
         from tuner.measure.memory import release_memory
+        from tuner.records import Fidelity
 
         pin(self.cores)
         start = time.perf_counter()
-        result = self.evaluator.build_and_score(candidate)
+        fidelity = Fidelity.from_dict(fidelity)
+        result = self.evaluator.build_and_score(candidate, fidelity.samples)
         shipped: dict[str, Any] = {"files": {}, "feeds": None, "model": None}
-        if result.completed:
+        if result.completed and fidelity.timed:
             artifact = Path(result.artifact_dir)
             shipped["files"] = {name: (artifact / name).read_bytes() for name in SHIPPED_FILES}
             shipped["model"] = ray.put(shipped["files"].pop("model.onnx"))

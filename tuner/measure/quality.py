@@ -40,3 +40,36 @@ def _call(metric, outputs: np.ndarray, name: str) -> float:
         return float(metric(outputs))
     except Exception as exc:  # the task's code: say so, and where
         raise UserCodeError(f"the task's metric {name!r} raised{where(exc)}: {type(exc).__name__}: {exc}") from exc
+
+
+def subset_indices(n_total: int, samples: int, seed: int = 0) -> np.ndarray:
+    """A fixed random subset of the evaluation set (the same for every candidate, so they compare alike)."""
+    return np.sort(np.random.default_rng(seed).permutation(n_total)[:samples])
+
+
+def score_subset(session: ort.InferenceSession, evaluation: Evaluation, reference: np.ndarray,
+                 indices: np.ndarray) -> tuple[float, float]:
+    """The full-set metric estimated from the candidate's outputs on ``indices`` only, and its standard error.
+
+    The task's metric reads the outputs of every sample, so the other samples take ``reference`` (the fp32
+    model's outputs): the change of the metric, scaled by N / n, estimates the change a full run would show
+    (exactly, for a metric that is a mean over samples: accuracy, mean cosine). The standard error comes from
+    each sample's own contribution (the metric with only that sample changed), with the finite-population
+    correction: computed from the data, never assumed.
+    """
+    n_total, n = len(reference), len(indices)
+    outputs = session_outputs(session, tuple(a[indices] for a in evaluation.inputs), evaluation.batch_size)
+    base = _call(evaluation.metric, reference, evaluation.metric_name)
+    mixed = reference.copy()
+    mixed[indices] = outputs
+    estimate = base + (_call(evaluation.metric, mixed, evaluation.metric_name) - base) * n_total / n
+    if not np.isfinite(estimate):
+        raise ValueError(f"metric {evaluation.metric_name!r} returned {estimate} on a subset.")
+    effects = np.empty(n)
+    for j, i in enumerate(indices):
+        one = reference.copy()
+        one[i] = outputs[j]
+        effects[j] = (_call(evaluation.metric, one, evaluation.metric_name) - base) * n_total
+    correction = (n_total - n) / (n_total - 1) if n_total > 1 else 0.0
+    stderr = float(effects.std(ddof=1) / np.sqrt(n) * np.sqrt(correction)) if n > 1 else float("inf")
+    return float(estimate), stderr
