@@ -15,9 +15,12 @@ from tuner import Evaluation, Task
 
 
 def make_task(hidden: int = 32, fragile: bool = False, seed: int = 0, scoring_marker: str = "",
-              scoring_s: float = 0.0) -> Task:
+              scoring_s: float = 0.0, outlier: float = 0.0) -> Task:
     """``scoring_marker``, ``scoring_s``: the metric touches that file, then takes that long (a trial whose
-    scoring a test can catch in flight)."""
+    scoring a test can catch in flight). ``outlier``: a pixel that is 0 in every digit takes this value, and
+    the first layer's weights on it are zeroed: the fp32 model computes the same, but the per-tensor int8
+    scale of that layer's input is stretched until the real pixels round to nothing (a layer made
+    deliberately fragile; the other layers never see the pixel)."""
     torch.manual_seed(seed)
     digits = load_digits()
     x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
@@ -30,6 +33,11 @@ def make_task(hidden: int = 32, fragile: bool = False, seed: int = 0, scoring_ma
         nn.functional.cross_entropy(model(x[:1400]), y[:1400]).backward()
         optimizer.step()
     model.eval()
+    if outlier:  # pixel 0 is 0 in every digit: after training, its weights are zeroed and it becomes `outlier`
+        assert not digits.data[:, 0].any()
+        with torch.no_grad():
+            model[0].weight[:, 0] = 0.0
+        x[:, 0] = outlier
     held_out, labels = x[1400:].numpy(), digits.target[1400:]
     with torch.no_grad():
         reference = model(x[1400:]).numpy()
