@@ -33,13 +33,13 @@ def store(tmp_path_factory):
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
-def experiment(tmp_path, name, trials=4, fragile=False, max_drop=0.02, keep="front"):
+def experiment(tmp_path, name, trials=4, fragile=False, max_drop=0.02, keep="front", task_args=None, extra=""):
     (tmp_path / "space.yaml").write_text(SPACE)
     path = tmp_path / f"{name}.yaml"
     path.write_text(textwrap.dedent(f"""
         name: {name}
         task: tiny_mlp:make_task
-        task_args: {json.dumps({"fragile": fragile})}
+        task_args: {json.dumps({"fragile": fragile, **(task_args or {})})}
         search_space: space.yaml
         trials: {trials}
         seed: 3
@@ -47,7 +47,7 @@ def experiment(tmp_path, name, trials=4, fragile=False, max_drop=0.02, keep="fro
         front_every: 2
         keep_artifacts: {keep}
         latency: {{threads: 1, warmup: 1, repeats: 5}}
-    """))
+    """) + extra)
     return path
 
 
@@ -248,3 +248,41 @@ def test_the_run_directory_keeps_front_and_reference_models_and_verify_rebuilds_
     assert _model_folders(tmp_path / "runs" / "retain-all") >= {
         TrialMeta.of(t).key for t in study.trials if t.state.name == "COMPLETE"}  # and the fp32 baseline's
     assert result.disk.models_deleted == 0
+
+
+def test_seeds_from_sensitivity_and_the_latency_model_run_right_after_the_references(tmp_path, store):
+    # layer 0 made fragile under int8 (tiny_mlp's outlier): the sensitivity pass must find it
+    path = experiment(tmp_path, "seeded", trials=7, task_args={"outlier": 1e4},
+                      extra="seeding: {seeds: 3, samples: 200}\n")
+    lines = []
+    tuner.run(path, output_dir=tmp_path / "runs", tracking_uri=store, in_process=True, progress=False,
+              log=lines.append)
+    study = load_finished_study("seeded", tmp_path / "runs")
+    assert StudyMeta.load(study).seeded
+    assert [TrialMeta.of(t).reference for t in study.trials[:2]] == ["fp32", "uniform int8"]
+    seeds = [t for t in study.trials if t.user_attrs.get("seed")]
+    assert 1 <= len(seeds) <= 3 and [t.number for t in seeds] == list(range(2, 2 + len(seeds)))
+    for t in seeds:  # a seed predicted within the constraint never quantizes the fragile layer
+        if t.user_attrs["seed_predicted_drop"] <= 0.02:
+            assert t.params["precision.0"] == "fp32"
+        else:
+            assert t is seeds[-1]  # at most one seed past the constraint, the last
+    assert len(study.trials) == 7
+    cache = tmp_path / "runs" / "seeded" / "sensitivity.jsonl"
+    rows = [json.loads(line) for line in cache.read_text().splitlines()]
+    assert {(r["group"], r["choice"]) for r in rows if r["kind"] == "precision"} == {("0", "int8"), ("2", "int8"),
+                                                                                  ("4", "int8")}
+    assert max((r for r in rows if r["kind"] == "precision"), key=lambda r: r["drop"])["group"] == "0"
+    assert any("sensitivity: 7 probes in" in line and "seeds queued" in line for line in lines)
+    parents, _ = trial_runs(store, "seeded")
+    client = MlflowClient(store)
+    assert {f.path for f in client.list_artifacts(parents[0].info.run_id, "sensitivity")} == {
+        "sensitivity/sensitivity.md", "sensitivity/sensitivity.html", "sensitivity/sensitivity.jsonl"}
+    assert parents[0].data.metrics["sensitivity_probes"] == 7
+
+    lines.clear()  # continued: no second pass, no second set of seeds
+    tuner.run(path, trials=8, output_dir=tmp_path / "runs", tracking_uri=store, in_process=True, progress=False,
+              log=lines.append)
+    study = load_finished_study("seeded", tmp_path / "runs")
+    assert len(study.trials) == 8 and len([t for t in study.trials if t.user_attrs.get("seed")]) == len(seeds)
+    assert not any(line.startswith("sensitivity") for line in lines)

@@ -66,6 +66,18 @@ class RecoveryConfig(BaseModel):
     time_limit_s: float = Field(120.0, gt=0)
 
 
+class SeedingConfig(BaseModel):
+    """Queue candidates of the predicted front right after the references (:mod:`tuner.seeding`): a sensitivity
+    pass over the layer groups (:mod:`tuner.sensitivity`), the per-layer latency model from the references, then
+    ``seeds`` candidates. 0 seeds: no sensitivity pass, the sampler starts alone after the references."""
+
+    model_config = ConfigDict(extra="forbid")
+    seeds: int = Field(0, ge=0, le=200)
+    samples: int | None = Field(128, ge=8)  # evaluation samples per sensitivity probe (None: all of them)
+    mode: Literal["one_in", "one_out"] = "one_in"
+    max_groups: int = Field(48, ge=1)  # more searched layers than this: one probe per block of layers
+
+
 class Experiment(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
@@ -85,6 +97,7 @@ class Experiment(BaseModel):
     pending_timeout_s: float = Field(120.0, gt=0)  # longest wait for a worker or a latency node to be placed
     stop_grace_s: float = Field(30.0, ge=0)  # on Ctrl-C/SIGTERM: how long trials in flight may take to finish
     recovery: RecoveryConfig = RecoveryConfig()
+    seeding: SeedingConfig = SeedingConfig()
     # torch.export-based, or the TorchScript tracer for models that branch on tensor values (it follows the
     # branch the example input takes)
     exporter: Literal[EXPORTERS] = "dynamo"

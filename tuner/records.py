@@ -151,6 +151,7 @@ class StudyMeta:
     baseline_metric: float | None = None
     baseline_latency_ms: float | None = None
     latency_check: Mapping[str, Any] = field(default_factory=dict)  # the front re-timed with no build running
+    seeded: bool = False  # the predicted front was queued (once per study, after the references)
     direction: str = "maximize"  # of the metric: the study's first objective (not an attribute)
 
     @classmethod

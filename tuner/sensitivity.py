@@ -24,6 +24,7 @@ from tuner.executors.base import Executor
 from tuner.precision import FP32
 from tuner.records import Fidelity
 from tuner.space import SearchSpace
+from tuner.stop import StopRequest, StudyStopped
 
 MODES = ("one_in", "one_out")
 PRUNE = "prune"  # the kind of a pruning probe
@@ -107,7 +108,8 @@ def probes(space: SearchSpace, mode: str = "one_in", max_groups: int = 48) -> li
 
 def run_sensitivity(executor: Executor, todo: Sequence[Probe], baseline_metric: float, maximize: bool,
                     samples: int | None, cache: Path, log: Callable[[str], None] = print,
-                    reference_metric: Mapping[str, float] | None = None) -> list[SensitivityRow]:
+                    reference_metric: Mapping[str, float] | None = None, stop: StopRequest | None = None
+                    ) -> list[SensitivityRow]:
     """Evaluate the probes not yet in ``cache`` (JSON lines) on the executor, at subset fidelity, untimed.
 
     ``reference_metric``: for ``one_out`` probes, the metric of the uniform candidate of each choice, from which
@@ -121,6 +123,8 @@ def run_sensitivity(executor: Executor, todo: Sequence[Probe], baseline_metric: 
     queue, in_flight, started, finished = list(pending), {}, time.perf_counter(), 0
     with cache.open("a") as out:
         while queue or in_flight:
+            if stop is not None and stop.requested:  # what finished is in the cache; the rest runs next time
+                raise StudyStopped(stop.signal_name, 0, len(in_flight))
             while queue and executor.idle:
                 probe = queue.pop(0)
                 in_flight[probe.id] = (probe, time.perf_counter())

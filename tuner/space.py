@@ -396,6 +396,24 @@ class SearchSpace:
                          recovery=params.get("recovery", self.recovery[0]),
                          importance=params.get("importance", self.importance[0]))
 
+    def params_of(self, candidate: Candidate) -> dict[str, Any]:
+        """The Optuna parameters that :meth:`decode` turns into ``candidate`` (its choices must be in the space)."""
+        precision, prune = dict(candidate.precision), dict(candidate.prune)
+        params: dict[str, Any] = {}
+        for name in self.distributions():
+            kind, _, rest = name.partition(".")
+            if kind == "precision":
+                params[name] = precision.get(rest, FP32)
+            elif kind == "prune":
+                params[name] = prune.get(rest, self.prune_choices[rest][0])
+            elif kind == "fuse":
+                params[name] = rest in candidate.fusions
+            elif kind == "disable":
+                params[name] = rest in candidate.disabled_optimizers
+            else:
+                params[name] = getattr(candidate, name)
+        return params
+
     def uniform_params(self, choice: str) -> dict[str, Any]:
         """Params of the unpruned, unfused candidate with every searched layer at ``choice`` where it is allowed
         (fp32 elsewhere, if allowed), at the highest opt level."""

@@ -238,8 +238,19 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
                 baseline = measure_baseline(study, space, runner, experiment, log, stop)
                 retention.discard(study, baseline.key)  # not a trial: the fp32 reference trial is kept instead
             progress_bar = Progress(study, budget, progress)
-            StudyLoop(study, space, runner, budget, recorders=[log_to_mlflow(recorder, trial_runs)],
-                      callbacks=[timings, progress_bar, live_front, retention], stop=stop).run()
+            loop = StudyLoop(study, space, runner, budget, recorders=[log_to_mlflow(recorder, trial_runs)],
+                             callbacks=[timings, progress_bar, live_front, retention], stop=stop)
+            if experiment.seeding.seeds and not StudyMeta.load(study).seeded:
+                waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+                loop.run(until=n_finished(study) + waiting)  # the references (queued) first
+                if n_finished(study) < budget:
+                    from tuner.evaluate import artifact_feeds
+                    from tuner.seeding import seed_study
+
+                    seed_study(study, space, runner, experiment,
+                               lambda path: artifact_feeds(task, path, experiment.latency.batch_size), recorder,
+                               progress_bar.write if progress else log, stop)
+            loop.run()
             progress_bar.close()  # before the re-check prints
             model_check = latency_model_check(study, space, task, experiment, recorder, trial_runs, log)
             latency_check = recheck_front_latency(study, runner, task, experiment, recorder, trial_runs)

@@ -82,17 +82,19 @@ class StudyLoop:
         self.recorders = list(recorders)
         self.callbacks = list(callbacks)
 
-    def run(self) -> None:
+    def run(self, until: int | None = None) -> None:
+        """Until ``until`` trials are finished (default: the budget); may be called again to go on."""
+        budget = self.budget if until is None else min(until, self.budget)
         dists = self.space.distributions()
         meta = StudyMeta.load(self.study)
         done = n_finished(self.study)
         in_flight: dict[int, optuna.Trial] = {}
         try:
-            while done < self.budget or in_flight:
+            while done < budget or in_flight:
                 if self.stop.requested and (not in_flight or self.stop.expired()):
                     raise StudyStopped(self.stop.signal_name, max(self.stop.in_flight_at_stop - len(in_flight), 0),
                                        len(in_flight))
-                while self.executor.idle and done + len(in_flight) < self.budget and not self.stop.requested:
+                while self.executor.idle and done + len(in_flight) < budget and not self.stop.requested:
                     trial = self.study.ask(fixed_distributions=dists)
                     candidate = self.space.decode(trial.params)
                     trial.set_user_attr("summary", candidate.summary())
@@ -167,6 +169,15 @@ class Progress:
             best = f"fastest={fastest.values[1]:.3f}ms@{self.metric_name}={fastest.values[0]:.4f}"
         self.bar.set_postfix_str(f"failed={self.failed} front={len(front)} {best}")
         self.bar.update(1)
+
+    def write(self, line: str) -> None:
+        """Print a line above the bar (or plainly, without one)."""
+        if self.bar is None:
+            print(line)
+        else:
+            from tqdm import tqdm
+
+            tqdm.write(line)
 
     def close(self) -> None:
         if self.bar is not None:

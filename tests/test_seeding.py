@@ -1,0 +1,75 @@
+"""The predicted front: the greedy path over sensitivity drops and latency-model costs, and which seeds it gives."""
+
+from pathlib import Path
+
+import pytest
+
+from tuner.candidate import Candidate
+from tuner.latency_model import LatencyModel, LayerCosts, PruneShape
+from tuner.seeding import Seed, greedy_path, pick_seeds
+from tuner.sensitivity import SensitivityRow
+from tuner.space import SearchSpace, load_space_file
+
+SPACE = """
+layers:
+  - match: "re:.*"
+    precision: [fp32, int8]
+    prune: {low: 0.0, high: 0.5, step: 0.5}
+"""
+
+
+class Group:  # what SearchSpace reads of a pruning group
+    def __init__(self, name, channels=16):
+        self.name, self.members, self.channels, self.head_dim = name, (name,), channels, 0
+        self.consumers = ()
+
+    def remaining(self, ratio, round_to):
+        return int(self.channels * (1 - ratio))
+
+
+@pytest.fixture
+def space(tmp_path):
+    (tmp_path / "space.yaml").write_text(SPACE)
+    return SearchSpace(load_space_file(Path(tmp_path / "space.yaml")), {"a": "Gemm", "b": "Gemm"},
+                       [Group("a")], round_to=1)
+
+
+def row(kind, group, choice, drop):
+    return SensitivityRow(kind, group, choice, (group,), 0.9 - drop, drop, 0.001, 1.0)
+
+
+def model():
+    fp32 = LayerCosts({"a": 4.0, "b": 2.0}, 1.0, 7.0)
+    int8 = LayerCosts({"a": 1.0, "b": 1.0}, 1.0, 3.0)
+    shape = {"a": PruneShape(("a",), (), {0.5: 0.5})}
+    return LatencyModel.fit([(Candidate(), fp32), (Candidate((("a", "int8"), ("b", "int8"))), int8)], shape)
+
+
+def test_the_path_takes_the_cheapest_saving_first_and_never_a_failed_probe(space):
+    rows = [row("precision", "a", "int8", 0.05), row("precision", "b", "int8", 0.001),
+            row("prune", "a", "0.5", 0.3)]
+    path = greedy_path(space, model(), rows)
+    precision = [dict(s.candidate.precision) for s in path]
+    # fp32; then b to int8 (1 ms for 0.001); then a to int8 (3 ms for 0.05); then pruning a (0.5 ms for 0.3)
+    assert [s.step for s in path] == [0, 1, 2, 3]
+    assert precision[:3] == [{"a": "fp32", "b": "fp32"}, {"a": "fp32", "b": "int8"}, {"a": "int8", "b": "int8"}]
+    assert [s.candidate.prune for s in path] == [(("a", 0.0),)] * 3 + [(("a", 0.5),)]
+    assert [s.predicted_drop for s in path] == pytest.approx([0.0, 0.001, 0.051, 0.351])
+    assert all(later.predicted_ms < earlier.predicted_ms for earlier, later in zip(path, path[1:]))
+
+    broken = [row("precision", "a", "int8", 0.05), SensitivityRow("precision", "b", "int8", ("b",), None, None,
+                                                                  None, 1.0, "quantize failed")]
+    assert all(dict(s.candidate.precision)["b"] == "fp32" for s in greedy_path(space, model(), broken))
+
+
+def seed(step, drop, ms):
+    return Seed(Candidate(prune=(("g", step / 100),)), drop, ms, step)
+
+
+def test_seeds_spread_over_the_feasible_path_plus_one_past_the_constraint():
+    path = [seed(i, 0.002 * i, 10.0 - i) for i in range(11)]  # drops 0 .. 0.02, feasible up to step 5
+    picked = pick_seeds(path, 0.01, 4)
+    assert [s.step for s in picked] == [1, 3, 5, 6]  # 1..5 spread over three, then the first past 0.01
+    assert [s.step for s in pick_seeds(path, 0.01, 1)] == [5]  # one seed: the fastest predicted feasible
+    assert [s.step for s in pick_seeds(path[:10], None, 3)] == [1, 5, 9]  # no constraint: all feasible
+    assert pick_seeds(path[:1], 0.01, 4) == [] and pick_seeds(path, 0.01, 0) == []
