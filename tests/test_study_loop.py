@@ -286,3 +286,30 @@ def test_seeds_from_sensitivity_and_the_latency_model_run_right_after_the_refere
     study = load_finished_study("seeded", tmp_path / "runs")
     assert len(study.trials) == 8 and len([t for t in study.trials if t.user_attrs.get("seed")]) == len(seeds)
     assert not any(line.startswith("sensitivity") for line in lines)
+
+
+def test_a_candidate_far_below_the_constraint_is_screened_out_untimed_and_a_close_one_goes_on(tmp_path, store):
+    path = experiment(tmp_path, "screened", trials=2, task_args={"outlier": 1e4}, extra="screening: {samples: 200}\n")
+    run(path, tmp_path, store)  # the two references: always scored and timed in full
+    study = load_finished_study("screened", tmp_path / "runs")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]  # uniform int8 too, broken as it is
+    far = {**study.trials[0].params, "precision.0": "int8"}  # the layer the outlier makes fragile
+    near = {**study.trials[0].params, "precision.4": "int8"}
+    study.enqueue_trial(far)
+    study.enqueue_trial(near)
+    result = run(path, tmp_path, store, trials=4)
+    study = load_finished_study("screened", tmp_path / "runs")
+    screened, kept = study.trials[2], study.trials[3]
+    assert screened.params == far and kept.params == near
+    attrs = screened.user_attrs
+    assert screened.state.name == "PRUNED" and attrs["screened_out"] and attrs["scored_samples"] == 200
+    assert attrs["metric_drop"] > 0.02 + 3 * attrs["metric_stderr"]  # clearly infeasible, by its own error bar
+    assert screened.system_attrs["constraints:metric_drop"] > 0  # the sampler sees an infeasible trial
+    assert kept.state.name == "COMPLETE" and "screened_out" not in kept.user_attrs
+    assert result.n_screened == 1 and result.n_complete == 3
+    assert screened.number not in {t.number for t in study.best_trials}
+    assert not (tmp_path / "runs" / "screened" / "artifacts" / attrs["key"]).exists()  # never timed, not kept
+    _, runs = trial_runs(store, "screened")
+    assert runs[2].data.tags["tuner.fidelity"].startswith("subset of 200 samples")
+    assert "latency_ms" not in runs[2].data.metrics and "accuracy_stderr" in runs[2].data.metrics
+    assert "latency_ms" in runs[3].data.metrics

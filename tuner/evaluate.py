@@ -77,8 +77,8 @@ class Evaluator:
     def evaluate(self, candidate: Candidate | dict, fidelity: Fidelity = FULL) -> TrialResult:
         """Build, score and time in this process (what `tuner verify` does; the study splits the last step off).
         ``fidelity``: score a subset only, or leave the latency out (see :class:`Fidelity`)."""
-        result = self.build_and_score(candidate, fidelity.samples)
-        if not result.completed or not fidelity.timed:
+        result = self.build_and_score(candidate, fidelity)
+        if not result.completed or not fidelity.timed or result.screened_out:
             return result
         timings: dict[str, float] = {}
         memory = dict(result.memory)
@@ -90,13 +90,14 @@ class Evaluator:
             return _failed(result.with_timings(**timings), "latency", exc)
         return replace(result, latency=latency, environment=environment, memory=memory).with_timings(**timings)
 
-    def build_and_score(self, candidate: Candidate | dict, samples: int | None = None) -> TrialResult:
+    def build_and_score(self, candidate: Candidate | dict, fidelity: Fidelity = FULL) -> TrialResult:
         """Build the artifact into ``artifact_root/<key>/`` and score it with the task's metric; no latency.
-        ``samples``: estimate the metric from that many evaluation samples (:func:`score_subset`).
+        ``fidelity.samples``: estimate the metric from that many evaluation samples (:func:`score_subset`),
+        and with ``fidelity.threshold`` go on to the whole set unless the estimate is clearly infeasible.
         Records this process's peak RSS while doing so (``memory["build"]``)."""
         memory: dict[str, float] = {}
         with peak_rss(memory, "build"):
-            result = self._build_and_score(candidate, samples)
+            result = self._build_and_score(candidate, fidelity)
         return replace(result, memory={**result.memory, **memory})
 
     def reference_outputs(self) -> np.ndarray:
@@ -108,7 +109,7 @@ class Evaluator:
             self._reference_outputs = session_outputs(session, evaluation.inputs, evaluation.batch_size)
         return self._reference_outputs
 
-    def _build_and_score(self, candidate: Candidate | dict, samples: int | None = None) -> TrialResult:
+    def _build_and_score(self, candidate: Candidate | dict, fidelity: Fidelity = FULL) -> TrialResult:
         if isinstance(candidate, dict):
             candidate = Candidate.from_dict(candidate)
         key = candidate.key(self.fingerprint)
@@ -130,13 +131,18 @@ class Evaluator:
             with _timed(timings, "accuracy"):
                 session = load_artifact(model_path, self.settings.threads)  # exactly as deployed
                 n_total = len(self.task.evaluation.inputs[0])
+                samples = fidelity.samples
                 if samples is not None and samples < n_total:
                     metric, stderr = score_subset(session, self.task.evaluation, self.reference_outputs(),
                                                   subset_indices(n_total, samples))
                     result = replace(result, metric=metric, scored_samples=samples, metric_stderr=stderr)
-                else:
+                    if fidelity.screens:  # a first look: stop only a clearly infeasible candidate
+                        result = replace(result, screened_out=fidelity.clearly_infeasible(metric, stderr))
+                        samples = n_total if not result.screened_out else samples
+                if samples is None or samples >= n_total:  # the whole set (after a screen: it decides)
                     metric, extra = score_all(session, self.task.evaluation)
-                    result = replace(result, metric=metric, extra_metrics=extra)
+                    result = replace(result, metric=metric, extra_metrics=extra, scored_samples=None,
+                                     metric_stderr=None)
         except Exception as exc:  # a broken candidate is a result (FAIL), not a crash of the study
             return _failed(result.with_timings(**timings), stage, exc)
         return result.with_timings(**timings)

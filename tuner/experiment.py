@@ -78,6 +78,16 @@ class SeedingConfig(BaseModel):
     max_groups: int = Field(48, ge=1)  # more searched layers than this: one probe per block of layers
 
 
+class ScreeningConfig(BaseModel):
+    """Multi-fidelity: score each trial on ``samples`` evaluation samples first; a candidate whose estimate is
+    worse than the constraint by more than ``z`` standard errors stops there (recorded PRUNED, never timed).
+    ``samples: null`` (the default) scores every trial on the whole set at once."""
+
+    model_config = ConfigDict(extra="forbid")
+    samples: int | None = Field(None, ge=8)
+    z: float = Field(3.0, gt=0)
+
+
 class Experiment(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
@@ -98,6 +108,7 @@ class Experiment(BaseModel):
     stop_grace_s: float = Field(30.0, ge=0)  # on Ctrl-C/SIGTERM: how long trials in flight may take to finish
     recovery: RecoveryConfig = RecoveryConfig()
     seeding: SeedingConfig = SeedingConfig()
+    screening: ScreeningConfig = ScreeningConfig()
     # torch.export-based, or the TorchScript tracer for models that branch on tensor values (it follows the
     # branch the example input takes)
     exporter: Literal[EXPORTERS] = "dynamo"

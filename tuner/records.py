@@ -46,10 +46,25 @@ class Fidelity:
 
     samples: int | None = None
     timed: bool = True
+    # Screening: with ``threshold`` set, the subset is only a first look. A candidate whose estimate is worse
+    # than ``threshold`` by more than ``z`` standard errors stops there (never timed); any other is scored on
+    # the whole set and timed.
+    threshold: float | None = None
+    maximize: bool = True
+    z: float = 3.0
 
     @property
     def full(self) -> bool:
         return self.samples is None and self.timed
+
+    @property
+    def screens(self) -> bool:
+        return self.samples is not None and self.threshold is not None
+
+    def clearly_infeasible(self, estimate: float, stderr: float) -> bool:
+        if self.maximize:
+            return estimate + self.z * stderr < self.threshold
+        return estimate - self.z * stderr > self.threshold
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +107,7 @@ class TrialResult:
     # estimate of the full-set metric (None: scored on all of it)
     scored_samples: int | None = None
     metric_stderr: float | None = None
+    screened_out: bool = False  # stopped after the subset: clearly infeasible, never timed (Fidelity.threshold)
 
     def __post_init__(self) -> None:
         if self.state not in (COMPLETE, FAIL):
@@ -225,6 +241,11 @@ class TrialMeta:
             attrs["worker_deaths"] = result.worker_deaths
         if not result.completed:
             attrs["fail_reason"] = result.error
+            return attrs
+        if result.screened_out:  # stopped after the subset: its estimate, and how sure it is
+            attrs.update(key=result.key, metric_drop=metric_drop, screened_out=True,
+                         scored_samples=result.scored_samples, metric_stderr=result.metric_stderr,
+                         timings=dict(result.timings))
             return attrs
         if result.latency is None:
             raise ValueError(f"a COMPLETE result must carry its latency, but {result.key!r} has none.")

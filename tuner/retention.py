@@ -63,7 +63,7 @@ class ArtifactRetention:
         if self.policy == "all":
             return
         keep = kept_keys(study)
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
         for key in {TrialMeta.of(t).key for t in trials} - keep - {""}:
             folder = self.artifact_root / key
             if folder.is_dir():

@@ -28,7 +28,7 @@ from tuner.executors.base import Executor, Retime
 from tuner.experiment import Experiment
 from tuner.live_front import finish_front, publish_front
 from tuner.measure.memory import peak_rss_mb, release_memory
-from tuner.records import StudyMeta, TrialMeta, TrialResult
+from tuner.records import FULL, Fidelity, StudyMeta, TrialMeta, TrialResult
 from tuner.retention import ArtifactRetention, DiskUse
 from tuner.space import (
     SearchSpace,
@@ -63,6 +63,7 @@ class StudyResult:
     disk: DiskUse | None = None  # what the run directory holds at the end
     peak_rss_mb: dict[str, float] = field(default_factory=dict)  # largest per-trial peak: build, meter, driver
     latency_model: Any = None  # LatencyModelCheck: the per-layer model from the references, checked on the trials
+    n_screened: int = 0  # stopped after the subset (PRUNED): clearly infeasible, never timed
 
 
 def default_workers(latency_threads: int) -> int:
@@ -239,7 +240,8 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
                 retention.discard(study, baseline.key)  # not a trial: the fp32 reference trial is kept instead
             progress_bar = Progress(study, budget, progress)
             loop = StudyLoop(study, space, runner, budget, recorders=[log_to_mlflow(recorder, trial_runs)],
-                             callbacks=[timings, progress_bar, live_front, retention], stop=stop)
+                             callbacks=[timings, progress_bar, live_front, retention], stop=stop,
+                             fidelity=screening(experiment, StudyMeta.load(study)))
             if experiment.seeding.seeds and not StudyMeta.load(study).seeded:
                 waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
                 loop.run(until=n_finished(study) + waiting)  # the references (queued) first
@@ -274,7 +276,18 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
                        states.count(TrialState.FAIL), time.perf_counter() - started,
                        {"metric": meta.baseline_metric, "latency_ms": meta.baseline_latency_ms},
                        recorder.tracking_uri, timings.rows, references, live_front.seconds, latency_check,
-                       failure_reasons(study), disk, {**timings.peak_rss_mb, "driver": peak_rss_mb()}, model_check)
+                       failure_reasons(study), disk, {**timings.peak_rss_mb, "driver": peak_rss_mb()}, model_check,
+                       states.count(TrialState.PRUNED))
+
+
+def screening(experiment: Experiment, meta: StudyMeta) -> Callable[[optuna.Trial], Fidelity]:
+    """Each trial's fidelity: references always in full (they are measured side by side with everything);
+    others screened on a subset first when the experiment asks for it and the study has a constraint."""
+    threshold = meta.metric_threshold()
+    if experiment.screening.samples is None or threshold is None:
+        return lambda trial: FULL
+    screened = Fidelity(experiment.screening.samples, True, threshold, meta.maximize, experiment.screening.z)
+    return lambda trial: FULL if trial.user_attrs.get("reference") else screened
 
 
 def failure_reasons(study: optuna.Study) -> dict[str, int]:

@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.executors.base import Executor
-from tuner.records import StudyMeta, TrialMeta, TrialResult
+from tuner.records import FULL, Fidelity, StudyMeta, TrialMeta, TrialResult
 from tuner.space import SearchSpace
 from tuner.stop import StopRequest, StudyStopped
 
@@ -52,6 +52,9 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, meta: St
     if not result.completed:
         study.tell(trial, state=TrialState.FAIL)
         return False
+    if result.screened_out:  # PRUNED with its constraint violated: TPE learns from it as an infeasible trial
+        study.tell(trial, state=TrialState.PRUNED)
+        return False
     study.tell(trial, [result.metric, result.latency.median_ms])
     return True
 
@@ -63,9 +66,10 @@ def requeue(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> None:
 
 
 def n_finished(study: optuna.Study) -> int:
-    """Trials that count toward the budget: COMPLETE or FAIL, except those a stop interrupted (re-run)."""
-    return len([t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-                if not t.user_attrs.get("interrupted")])
+    """Trials that count toward the budget: COMPLETE, screened out (PRUNED) or FAIL, except those a stop
+    interrupted (re-run)."""
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return len([t for t in study.get_trials(deepcopy=False, states=states) if not t.user_attrs.get("interrupted")])
 
 
 class StudyLoop:
@@ -73,8 +77,10 @@ class StudyLoop:
 
     def __init__(self, study: optuna.Study, space: SearchSpace, executor: Executor, budget: int,
                  recorders: Sequence[Recorder] = (), callbacks: Sequence[Callback] = (),
-                 stop: StopRequest | None = None):
+                 stop: StopRequest | None = None, fidelity: Callable[[optuna.Trial], Fidelity] | None = None):
+        """``fidelity``: how far each trial's evaluation goes (default: full, built, scored and timed)."""
         self.study = study
+        self.fidelity = fidelity or (lambda trial: FULL)
         self.stop = stop or StopRequest()
         self.space = space
         self.executor = executor
@@ -99,7 +105,7 @@ class StudyLoop:
                     candidate = self.space.decode(trial.params)
                     trial.set_user_attr("summary", candidate.summary())
                     in_flight[trial.number] = trial
-                    self.executor.submit(trial.number, candidate)
+                    self.executor.submit(trial.number, candidate, self.fidelity(trial))
                 self.stop.in_flight = len(in_flight)
                 for number, result in self.executor.results(timeout=1.0):
                     received = time.perf_counter()
@@ -137,7 +143,7 @@ class TimingStats:
     def __call__(self, study: optuna.Study, finished: FinishedTrial) -> None:
         for process, mb in finished.result.memory.items():
             self.peak_rss_mb[process] = max(self.peak_rss_mb.get(process, 0.0), mb)
-        if not finished.result.completed:
+        if not finished.result.completed or finished.result.screened_out:
             return
         row = dict(finished.result.timings)
         row["orchestration"] = row.get("wall", 0.0) - row.get("worker_total", 0.0) - row.get("latency", 0.0) \

@@ -79,6 +79,8 @@ class MlflowRecorder:
                 "tuner.artifact_key": result.key or "", "tuner.pareto": "false"}
         if failed:
             tags["tuner.fail_reason"] = (result.error or "unknown")[:5000]
+        if result.screened_out:  # the fidelity it reached: a subset estimate, never timed, never on the front
+            tags["tuner.fidelity"] = f"subset of {result.scored_samples} samples (screened out, not timed)"
         if result.artifact_sha256:
             tags["tuner.artifact_sha256"] = result.artifact_sha256
         for key, value in result.environment.items():
@@ -147,6 +149,9 @@ class MlflowRecorder:
 
 def _trial_metrics(result: TrialResult, metric_name: str) -> dict[str, float]:
     """A completed trial's MLflow metrics: its values, model statistics and seconds per stage."""
+    if result.screened_out:
+        return {metric_name: result.metric, f"{metric_name}_stderr": result.metric_stderr or 0.0,
+                **{f"time_{k}_s": v for k, v in result.timings.items()}}
     if not result.completed or result.latency is None:
         return {}
     lat = result.latency

@@ -4,6 +4,7 @@ nothing else should run on the machine meanwhile."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from collections import deque
@@ -47,6 +48,8 @@ class InProcessExecutor(Executor):
             token, candidate, fidelity, submitted = self._pending.popleft()
             start = time.perf_counter()
             result = self.evaluator.evaluate(candidate, fidelity)
+            if (not fidelity.timed or result.screened_out) and result.artifact_dir and not result.cached_build:
+                shutil.rmtree(result.artifact_dir, ignore_errors=True)  # never timed, never kept: as on Ray
             release_memory()
             worker_total = time.perf_counter() - start - result.timings.get("latency", 0.0)
             finished.append((token, result.with_timings(worker_total=worker_total,

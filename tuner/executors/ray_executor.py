@@ -175,7 +175,7 @@ class RayExecutor(Executor):
                                                    f"{type(exc).__name__}: {_first_line(exc)}")))
             return
         result = replace(shipped["result"], worker_deaths=job.attempt)  # retried after losing its worker
-        if not result.completed or not job.fidelity.timed:  # nothing to write or time
+        if not result.completed or not job.fidelity.timed or result.screened_out:  # nothing to write or time
             finished.append((job.token, result.with_timings(wall=time.perf_counter() - job.submitted)))
             return
         directory = self.artifact_root / result.key  # the files came back through Ray

@@ -82,9 +82,9 @@ class _Worker:
         pin(self.cores)
         start = time.perf_counter()
         fidelity = Fidelity.from_dict(fidelity)
-        result = self.evaluator.build_and_score(candidate, fidelity.samples)
+        result = self.evaluator.build_and_score(candidate, fidelity)
         shipped: dict[str, Any] = {"files": {}, "feeds": None, "model": None}
-        if result.completed and fidelity.timed:
+        if result.completed and fidelity.timed and not result.screened_out:
             artifact = Path(result.artifact_dir)
             shipped["files"] = {name: (artifact / name).read_bytes() for name in SHIPPED_FILES}
             shipped["model"] = ray.put(shipped["files"].pop("model.onnx"))

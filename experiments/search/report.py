@@ -1,0 +1,102 @@
+"""Tables from benchmark.py's JSON lines: hypervolume against trials and wall seconds, per strategy.
+
+    python experiments/search/report.py experiments/search/digits.jsonl
+
+Hypervolume: metric up, latency down. Latency is each run's own divided by that run's fp32 baseline (runs
+happen at different times on a noisy machine; the ratio is what one run measures side by side). Reference
+point: (fp32 latency, the metric constraint). Reference hypervolume: the union of every run's feasible points.
+The sensitivity pass of ``seeded`` runs is counted as trials (its seconds divided by the run's median
+seconds per trial) and as seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+from tuner.plots import hypervolume
+
+CHECKPOINTS = (10, 25, 50, 100, 200, 400)
+
+
+def points(run: dict, upto: int | None = None, before_s: float | None = None) -> list[tuple[float, float]]:
+    base = run["baseline"]
+    sign = -1 if run["maximize"] else 1
+    out = []
+    for row in run["rows"][:upto]:
+        if row["state"] != "COMPLETE" or row["metric_drop"] is None or row["metric_drop"] > run["max_metric_drop"]:
+            continue
+        if before_s is not None and (row["completed_at"] or 0) > before_s:
+            continue
+        metric, latency = row["values"]
+        out.append((latency / base["latency_ms"], sign * metric))
+    return out
+
+
+def reference_point(run: dict) -> tuple[float, float]:
+    sign = -1 if run["maximize"] else 1
+    threshold = run["baseline"]["metric"] - run["max_metric_drop"] * (1 if run["maximize"] else -1)
+    return 1.0, sign * threshold
+
+
+def trial_seconds(run: dict) -> float:
+    times = sorted(r["completed_at"] for r in run["rows"] if r["completed_at"] is not None)
+    return statistics.median(b - a for a, b in zip(times, times[1:])) if len(times) > 1 else 1.0
+
+
+def main() -> int:
+    runs = [json.loads(line) for line in open(sys.argv[1])]
+    ref = reference_point(runs[0])
+    union = [p for run in runs for p in points(run)]
+    ref_hv = hypervolume(union, ref)
+    long_random = [r for r in runs if r["strategy"] == "random" and len(r["rows"]) >= 400]
+    target = hypervolume(points(long_random[0], 400), ref) if long_random else None
+    print(f"# {runs[0]['experiment']}: {len(runs)} runs; reference hypervolume (union of all runs) {ref_hv:.5f}"
+          + (f"; random's 400-trial hypervolume {target:.5f} ({target / ref_hv:.3f} of the reference)"
+             if target else ""))
+    by_strategy: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        by_strategy[run["strategy"]].append(run)
+
+    header = "| strategy | seeds | sensitivity (trials-equivalent, s) | " + " | ".join(
+        f"HV@{k}" for k in CHECKPOINTS) + " | trials to 0.95 ref | trials to random-400 |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for strategy, group in by_strategy.items():
+        cells, to95, to_target, extra = defaultdict(list), [], [], []
+        for run in group:
+            equivalent = run["sensitivity_s"] / trial_seconds(run)
+            extra.append((equivalent, run["sensitivity_s"]))
+            n = len(run["rows"])
+            for k in CHECKPOINTS:
+                if k <= n:
+                    cells[k].append(hypervolume(points(run, k), ref) / ref_hv)
+            hit = next((k for k in range(1, n + 1) if hypervolume(points(run, k), ref) >= 0.95 * ref_hv), None)
+            to95.append(None if hit is None else hit + equivalent)
+            if target:
+                hit = next((k for k in range(1, n + 1) if hypervolume(points(run, k), ref) >= target), None)
+                to_target.append(None if hit is None else hit + equivalent)
+
+        def fmt(values):
+            got = [v for v in values if v is not None]
+            return "-" if not got else f"{statistics.mean(got):.0f}" + (f" ({len(got)}/{len(values)})"
+                                                                         if len(got) < len(values) else "")
+        sens = f"{statistics.mean(e for e, _ in extra):.1f}, {statistics.mean(s for _, s in extra):.0f}"
+        print(f"| {strategy} | {len(group)} | {sens} | " + " | ".join(
+            f"{statistics.mean(cells[k]):.3f}" if cells[k] else "" for k in CHECKPOINTS)
+            + f" | {fmt(to95)} | {fmt(to_target) if target else 'n/a'} |")
+
+    print("\n| strategy | " + " | ".join(f"HV@{s}s" for s in (60, 120, 240, 480)) + " |")
+    print("|---|---|---|---|---|")
+    for strategy, group in by_strategy.items():
+        row = []
+        for seconds in (60, 120, 240, 480):
+            row.append(statistics.mean(hypervolume(points(run, before_s=seconds), ref) / ref_hv for run in group))
+        print(f"| {strategy} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
