@@ -6,7 +6,8 @@
 
 Each (strategy, seed) is one full `tuner run` of the experiment, in process (one candidate at a time: every
 strategy gets the same machine), with its own run directory and MLflow store. ``seeded`` is TPE after a
-sensitivity pass and the latency model's seeds (``seeding: {seeds: N}``). One JSON line per run: every
+sensitivity pass and the latency model's seeds (``seeding: {seeds: 8}``); ``seeded-screened`` also screens
+each trial on 128 samples first (``screening``). One JSON line per run: every
 trial's metric, latency, feasibility and completion time, the fp32 baseline, and the sensitivity pass's
 cost, so that report.py can count the pass as trials and as seconds.
 """
@@ -25,15 +26,15 @@ import yaml
 import tuner
 from tuner.storage import load_finished_study
 
-STRATEGIES = {"random": ("random", 0), "tpe": ("tpe", 0), "nsga2": ("nsga2", 0), "gp": ("gp", 0),
-              "seeded": ("tpe", 8)}
+# strategy -> what it sets in the experiment
+STRATEGIES = {"random": {"sampler": "random"}, "tpe": {"sampler": "tpe"}, "nsga2": {"sampler": "nsga2"},
+              "gp": {"sampler": "gp"}, "seeded": {"sampler": "tpe", "seeding": {"seeds": 8}},
+              "seeded-screened": {"sampler": "tpe", "seeding": {"seeds": 8}, "screening": {"samples": 128}}}
 
 
 def run_one(base: dict, source: Path, strategy: str, seed: int, trials: int, work: Path) -> dict:
-    sampler, seeds = STRATEGIES[strategy]
     name = f"{base['name']}-{strategy}-{seed}"
-    config = {**base, "name": name, "sampler": sampler, "seed": seed, "trials": trials,
-              "seeding": {**base.get("seeding", {}), "seeds": seeds}, "keep_artifacts": "front"}
+    config = {**base, "name": name, "seed": seed, "trials": trials, "keep_artifacts": "front", **STRATEGIES[strategy]}
     if config.get("search_space", "auto") != "auto":
         config["search_space"] = str((source.parent / config["search_space"]).resolve())
     path = work / f"{name}.yaml"
@@ -57,7 +58,9 @@ def run_one(base: dict, source: Path, strategy: str, seed: int, trials: int, wor
             "wall_s": result.wall_s, "baseline": result.baseline, "max_metric_drop": config.get("max_metric_drop"),
             "maximize": study.directions[0].name == "MAXIMIZE", "sensitivity_probes": len(probes),
             "sensitivity_s": sum(p["seconds"] for p in probes),
-            "sensitivity_lines": [line for line in lines if line.startswith("sensitivity")], "rows": rows}
+            "sensitivity_lines": [line for line in lines if line.startswith("sensitivity")],
+            "latency_model": None if result.latency_model is None else result.latency_model.__dict__,
+            "screened": result.n_screened, "rows": rows}
 
 
 def main() -> int:
