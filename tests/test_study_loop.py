@@ -274,6 +274,8 @@ def test_seeds_from_sensitivity_and_the_latency_model_run_right_after_the_refere
                                                                                   ("4", "int8")}
     assert max((r for r in rows if r["kind"] == "precision"), key=lambda r: r["drop"])["group"] == "0"
     assert any("sensitivity: 7 probes in" in line and "seeds queued" in line for line in lines)
+    # racing is on by default: the noise floor was measured once, on the baseline's model
+    assert len(StudyMeta.load(study).noise_floor_ms) == 5 and any(line.startswith("noise floor:") for line in lines)
     parents, _ = trial_runs(store, "seeded")
     client = MlflowClient(store)
     assert {f.path for f in client.list_artifacts(parents[0].info.run_id, "sensitivity")} == {

@@ -109,6 +109,7 @@ class Experiment(BaseModel):
     recovery: RecoveryConfig = RecoveryConfig()
     seeding: SeedingConfig = SeedingConfig()
     screening: ScreeningConfig = ScreeningConfig()
+    racing: bool = True  # a trial within the noise floor of a front member is re-timed beside it first
     # torch.export-based, or the TorchScript tracer for models that branch on tensor values (it follows the
     # branch the example input takes)
     exporter: Literal[EXPORTERS] = "dynamo"

@@ -168,14 +168,16 @@ class StudyMeta:
     baseline_latency_ms: float | None = None
     latency_check: Mapping[str, Any] = field(default_factory=dict)  # the front re-timed with no build running
     seeded: bool = False  # the predicted front was queued (once per study, after the references)
+    noise_floor_ms: tuple[float, ...] = ()  # the fp32 model's medians timed in a row after the baseline
     direction: str = "maximize"  # of the metric: the study's first objective (not an attribute)
 
     @classmethod
     def load(cls, study) -> StudyMeta:
         attrs = study.user_attrs
         values = _known_fields(cls, attrs, skip=("direction",))
-        if "opt_levels" in values:
-            values["opt_levels"] = tuple(values["opt_levels"])
+        for name in ("opt_levels", "noise_floor_ms"):
+            if name in values:
+                values[name] = tuple(values[name])
         values["direction"] = study.directions[0].name.lower()
         return cls(**values)
 
@@ -187,7 +189,7 @@ class StudyMeta:
                 continue
             value = getattr(self, f.name)
             value = list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, Mapping) else value
-            if (f.name in attrs and attrs[f.name] == value) or (f.name not in attrs and value in (None, {})):
+            if (f.name in attrs and attrs[f.name] == value) or (f.name not in attrs and value in (None, {}, [])):
                 continue
             study.set_user_attr(f.name, value)
 

@@ -237,11 +237,14 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
         try:
             if not meta.has_baseline:
                 baseline = measure_baseline(study, space, runner, experiment, log, stop)
+                if experiment.racing:
+                    measure_noise(study, runner, task, experiment, baseline, log)
                 retention.discard(study, baseline.key)  # not a trial: the fp32 reference trial is kept instead
             progress_bar = Progress(study, budget, progress)
             loop = StudyLoop(study, space, runner, budget, recorders=[log_to_mlflow(recorder, trial_runs)],
                              callbacks=[timings, progress_bar, live_front, retention], stop=stop,
-                             fidelity=screening(experiment, StudyMeta.load(study)))
+                             fidelity=screening(experiment, StudyMeta.load(study)),
+                             refiners=front_race(study, runner, task, experiment, log))
             if experiment.seeding.seeds and not StudyMeta.load(study).seeded:
                 waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
                 loop.run(until=n_finished(study) + waiting)  # the references (queued) first
@@ -278,6 +281,36 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
                        recorder.tracking_uri, timings.rows, references, live_front.seconds, latency_check,
                        failure_reasons(study), disk, {**timings.peak_rss_mb, "driver": peak_rss_mb()}, model_check,
                        states.count(TrialState.PRUNED))
+
+
+def measure_noise(study: optuna.Study, executor: Executor, task, experiment: Experiment, baseline: TrialResult,
+                  log: Callable[[str], None]) -> None:
+    """Time the baseline's artifact several times in a row on the study's meter; store and print the spread."""
+    from tuner.evaluate import artifact_feeds
+    from tuner.racing import measure_noise_floor
+
+    path = Path(baseline.artifact_dir or experiment.run_dir / "artifacts" / baseline.key) / "model.onnx"
+    if not path.is_file():
+        return
+    floor = measure_noise_floor(executor, path, artifact_feeds(task, path, experiment.latency.batch_size),
+                                dict(baseline.environment))
+    if floor is not None:
+        replace(StudyMeta.load(study), noise_floor_ms=floor.medians_ms).save(study)
+        log(floor.line())
+
+
+def front_race(study: optuna.Study, executor: Executor, task, experiment: Experiment,
+               log: Callable[[str], None]) -> list:
+    """The loop's refiners: the front race, when the experiment races and the noise floor is known."""
+    from tuner.evaluate import artifact_feeds
+    from tuner.racing import FrontRace, NoiseFloor
+
+    medians = StudyMeta.load(study).noise_floor_ms
+    if not experiment.racing or len(medians) < 2:
+        return []
+    return [FrontRace(executor, experiment.run_dir / "artifacts",
+                      lambda path: artifact_feeds(task, path, experiment.latency.batch_size), NoiseFloor(medians),
+                      log)]
 
 
 def screening(experiment: Experiment, meta: StudyMeta) -> Callable[[optuna.Trial], Fidelity]:

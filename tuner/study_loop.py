@@ -37,6 +37,7 @@ class FinishedTrial:
 
 
 Recorder = Callable[[optuna.Trial, TrialResult], None]
+Refiner = Callable[[optuna.Study, optuna.Trial, TrialResult], TrialResult]
 Callback = Callable[[optuna.Study, FinishedTrial], None]
 
 
@@ -77,9 +78,12 @@ class StudyLoop:
 
     def __init__(self, study: optuna.Study, space: SearchSpace, executor: Executor, budget: int,
                  recorders: Sequence[Recorder] = (), callbacks: Sequence[Callback] = (),
-                 stop: StopRequest | None = None, fidelity: Callable[[optuna.Trial], Fidelity] | None = None):
-        """``fidelity``: how far each trial's evaluation goes (default: full, built, scored and timed)."""
+                 stop: StopRequest | None = None, fidelity: Callable[[optuna.Trial], Fidelity] | None = None,
+                 refiners: Sequence[Refiner] = ()):
+        """``fidelity``: how far each trial's evaluation goes (default: full, built, scored and timed);
+        ``refiners`` may replace a result before it is recorded (a close call on the front re-timed)."""
         self.study = study
+        self.refiners = list(refiners)
         self.fidelity = fidelity or (lambda trial: FULL)
         self.stop = stop or StopRequest()
         self.space = space
@@ -109,6 +113,8 @@ class StudyLoop:
                 self.stop.in_flight = len(in_flight)
                 for number, result in self.executor.results(timeout=1.0):
                     received = time.perf_counter()
+                    for refine in self.refiners:
+                        result = refine(self.study, in_flight[number], result)
                     with self.stop.shielded():
                         trial = in_flight.pop(number)
                         self.stop.in_flight = len(in_flight)
