@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import tiny_mlp
+from test_study_loop import SPACE
 
 from tuner.build.prune import pruning_groups
 from tuner.candidate import Candidate
@@ -14,14 +15,6 @@ from tuner.space import SearchSpace, layer_op_types, load_space_file
 from tuner.taskref import TaskRef
 
 TESTS = str(Path(__file__).parent)
-SPACE = """
-layers:
-  - match: "4"
-    precision: [fp32, int8]
-  - match: "re:.*"
-    precision: [fp32, int8]
-    prune: {low: 0.0, high: 0.5, step: 0.25}
-"""
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ import numpy as np
 from tuner.candidate import Candidate
 from tuner.evaluate import Evaluator, check_runnable, time_artifact
 from tuner.experiment import load_experiment
+from tuner.latency_check import spearman
 from tuner.latency_model import LatencyModel, prune_shapes, reference_costs
 from tuner.study import prepare
 
@@ -38,11 +39,6 @@ def random_params(space, rng: random.Random) -> dict:
         params[name] = rng.choice(list(dist.choices)) if hasattr(dist, "choices") else rng.choice(
             list(np.arange(dist.low, dist.high + 1e-9, dist.step or (dist.high - dist.low))))
     return params
-
-
-def spearman(a, b) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def main() -> int:
