@@ -56,14 +56,14 @@ def run_faulty(tmp_path, monkeypatch, mode):
 
 def test_a_candidate_whose_worker_dies_is_retried_then_failed_and_the_study_completes(tmp_path, monkeypatch):
     study = run_faulty(tmp_path, monkeypatch, "crash")
-    assert len(study.trials) == 3 and {t.state.name for t in study.trials} <= {"COMPLETE", "FAIL"}
+    assert len(study.trials) == 3 and {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
     assert study.trials[0].state.name == "COMPLETE"  # fp32 is unaffected
     reason = study.trials[1].user_attrs["fail_reason"]  # uniform int8: its worker died twice (1 retry)
-    assert study.trials[1].state.name == "FAIL" and "worker died 2 time(s) on this candidate" in reason
+    assert study.trials[1].state.name == "PRUNED" and "worker died 2 time(s) on this candidate" in reason
 
 
 def test_a_hanging_candidate_times_out_its_worker_is_replaced_and_the_study_completes(tmp_path, monkeypatch):
     study = run_faulty(tmp_path, monkeypatch, "hang")
-    assert len(study.trials) == 3 and {t.state.name for t in study.trials} <= {"COMPLETE", "FAIL"}
+    assert len(study.trials) == 3 and {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
     assert study.trials[0].state.name == "COMPLETE"
     assert "timed out after 20 s" in study.trials[1].user_attrs["fail_reason"]

@@ -112,9 +112,11 @@ def test_references_first_constraints_and_the_live_front(tmp_path, store):
 def test_failed_candidates_are_recorded_and_the_study_goes_on(tmp_path, store):
     result = run(experiment(tmp_path, "fragile", trials=3, fragile=True), tmp_path, store)
     study = load_finished_study("fragile", tmp_path / "runs")
-    states = [t.state.name for t in study.trials]
-    assert len(states) == 3 and set(states) <= {"COMPLETE", "FAIL"}  # budget reached; never PRUNED
+    # a failure is told PRUNED with the constraint `failed` violated: an infeasible point to the sampler
+    states = ["FAIL" if t.user_attrs.get("fail_reason") else t.state.name for t in study.trials]
+    assert len(states) == 3 and set(states) <= {"COMPLETE", "FAIL"}  # budget reached; nothing screened out
     assert states[0] == "COMPLETE" and states[1] == "FAIL"  # fp32 scores; uniform int8 drifts and fails
+    assert study.trials[1].state.name == "PRUNED" and study.trials[1].constraints == {"failed": 1.0}
     assert "synthetic failure" in study.trials[1].user_attrs["fail_reason"]
     assert result.n_failed == states.count("FAIL")
     _, runs = trial_runs(store, "fragile")

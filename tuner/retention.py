@@ -91,7 +91,7 @@ def kept_keys(study: optuna.Study) -> set[str]:
     keep = {TrialMeta.of(t).key for t in study.best_trials}
     running = {json.dumps(t.params, sort_keys=True)
                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))}
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
         meta = TrialMeta.of(trial)
         if meta.reference or json.dumps(trial.params, sort_keys=True) in running:
             keep.add(meta.key)

@@ -41,8 +41,18 @@ Refiner = Callable[[optuna.Study, optuna.Trial, TrialResult], TrialResult]
 Callback = Callable[[optuna.Study, FinishedTrial], None]
 
 
+# The constraint a failed candidate violates. Optuna's samplers learn nothing from a FAIL trial; a PRUNED one
+# with a violated constraint is an infeasible point to TPE, which then samples less around it. (GP and NSGA-II
+# read COMPLETE trials only: to them a failure, like a screened-out trial, stays unseen.)
+FAILED_CONSTRAINT = "failed"
+
+
 def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, meta: StudyMeta) -> bool:
-    """Record a result on its trial (values, metric-drop constraint, attributes); returns whether it completed."""
+    """Record a result on its trial (values, metric-drop constraint, attributes); returns whether it completed.
+
+    A failed candidate (it did not build, run or score) is told PRUNED with the constraint ``failed`` violated
+    and its ``fail_reason``; a screened-out one PRUNED with its estimated metric drop; a stop's interrupted
+    trial FAIL (it is queued again)."""
     drop = None
     if result.completed:
         drop = (meta.baseline_metric - result.metric) if meta.maximize else (result.metric - meta.baseline_metric)
@@ -50,8 +60,9 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, meta: St
             trial.set_constraint("metric_drop", drop - meta.max_metric_drop)
     for key, value in TrialMeta.attrs_of(result, drop).items():
         trial.set_user_attr(key, value)
-    if not result.completed:
-        study.tell(trial, state=TrialState.FAIL)
+    if not result.completed:  # infeasible to the sampler: Optuna's samplers skip a FAIL trial as if never tried
+        trial.set_constraint(FAILED_CONSTRAINT, 1.0)
+        study.tell(trial, state=TrialState.PRUNED)
         return False
     if result.screened_out:  # PRUNED with its constraint violated: TPE learns from it as an infeasible trial
         study.tell(trial, state=TrialState.PRUNED)
@@ -64,6 +75,12 @@ def requeue(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> None:
     """Queue the parameters of a trial that was stopped again, keeping its reference label."""
     reference = trial.user_attrs.get("reference")
     study.enqueue_trial(trial.params, user_attrs={"reference": reference} if reference else {})
+
+
+def failed_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Candidates that failed (a reason recorded), not those a stop interrupted."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED, TrialState.FAIL))
+            if t.user_attrs.get("fail_reason") and not t.user_attrs.get("interrupted")]
 
 
 def n_finished(study: optuna.Study) -> int:
@@ -163,8 +180,7 @@ class Progress:
     def __init__(self, study: optuna.Study, budget: int, enabled: bool):
         self.bar: Any = None
         self.metric_name = StudyMeta.load(study).metric_name
-        self.failed = len([t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                           if not t.user_attrs.get("interrupted")])
+        self.failed = len(failed_trials(study))
         if enabled:
             from tqdm import tqdm
 
