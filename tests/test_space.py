@@ -2,7 +2,7 @@ import textwrap
 
 import pytest
 import torch
-from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from tuner.build.prune import pruning_groups
 from tuner.space import (
@@ -234,3 +234,25 @@ def test_tuner_space_prints_the_generated_space_as_a_file_to_start_from(tmp_path
     space = load_space_file(tmp_path / "printed.yaml")  # a valid space file as printed
     assert {rule.match for rule in space.rules} == {"0", "2", "4"}
     assert any(rule.prune is not None for rule in space.rules)  # the hidden layers are prunable
+
+
+def test_ordered_precision_is_an_integer_from_closest_to_fp32_to_furthest(tmp_path):
+    """For GP: each layer's choices sorted by how far they are from fp32, encoded as 0..n-1 and decoded back."""
+    path = write(tmp_path, """
+        layers:
+          - match: "re:.*"
+            precision: [int4-b32, int8, fp32, int8-dynamic, int8-dynamic-pc]
+    """)
+    space = SearchSpace(load_space_file(path), {"a": "MatMul", "b": "Gemm"}, [], ordered_precision=True)
+    assert space.precision_choices == {"a": ("fp32", "int8-dynamic-pc", "int8-dynamic", "int8", "int4-b32"),
+                                       "b": ("fp32", "int8")}  # a Gemm runs neither dynamic int8 nor int4
+    dists = space.distributions()
+    assert dists["precision.a"] == IntDistribution(0, 4) and dists["precision.b"] == IntDistribution(0, 1)
+    candidate = space.decode({"precision.a": 3, "precision.b": 1})
+    assert dict(candidate.precision) == {"a": "int8", "b": "int8"}
+    assert space.params_of(candidate) == {"precision.a": 3, "precision.b": 1}
+    assert dict(space.decode(space.uniform_params("int8-dynamic")).precision) == {"a": "int8-dynamic", "b": "fp32"}
+    assert space.readable({"precision.a": 4, "precision.b": 0}) == {"precision.a": "int4-b32", "precision.b": "fp32"}
+    unordered = SearchSpace(load_space_file(path), {"a": "MatMul", "b": "Gemm"}, [])
+    assert unordered.distributions()["precision.a"] == CategoricalDistribution(
+        ["int4-b32", "int8", "fp32", "int8-dynamic", "int8-dynamic-pc"])

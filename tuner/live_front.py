@@ -3,6 +3,7 @@ run directory and the MLflow parent run; at the end, front tags and models on th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,10 @@ def front_hypervolume(front: list[dict[str, Any]], rows: list[dict[str, Any]], m
                        (meta.baseline_latency_ms, sign * worst))
 
 
-def publish_front(study: optuna.Study, recorder: MlflowRecorder, run_dir: Path, step: int):
-    """Compute the front once; write its table, plots and hypervolume to the run directory and MLflow."""
+def publish_front(study: optuna.Study, recorder: MlflowRecorder, run_dir: Path, step: int,
+                  readable: Callable[[dict[str, Any]], dict[str, Any]] = dict):
+    """Compute the front once; write its table, plots and hypervolume to the run directory and MLflow.
+    ``readable`` turns a trial's parameters into the choices they stand for (`SearchSpace.readable`)."""
     meta = StudyMeta.load(study)
     metric_name = meta.metric_name
     front = front_rows(study)
@@ -45,7 +48,7 @@ def publish_front(study: optuna.Study, recorder: MlflowRecorder, run_dir: Path, 
     write_csv(list(references.values()), run_dir / "references.csv", metric_name)
     plot_front(rows, front, metric_name, run_dir / "pareto.png", references, threshold)
     plot_front_html(rows, front, metric_name, run_dir / "pareto.html", references, threshold)
-    params_of = {r["trial"]: study.trials[r["trial"]].params for r in front}
+    params_of = {r["trial"]: readable(study.trials[r["trial"]].params) for r in front}
     plot_layers(layer_rows(front, params_of), metric_name, {r["trial"]: r[metric_name] for r in front},
                 run_dir / "front_layers.png")
     hv = front_hypervolume(front, rows, meta)
@@ -54,13 +57,14 @@ def publish_front(study: optuna.Study, recorder: MlflowRecorder, run_dir: Path, 
     return front, references
 
 
-def finish_front(study: optuna.Study, recorder: MlflowRecorder, trial_runs: dict[int, str], run_dir: Path):
+def finish_front(study: optuna.Study, recorder: MlflowRecorder, trial_runs: dict[int, str], run_dir: Path,
+                 readable: Callable[[dict[str, Any]], dict[str, Any]] = dict):
     """The front once more at the end: files, ``tuner.pareto`` tags, front models attached, a study summary."""
     meta = StudyMeta.load(study)
     if not meta.has_baseline:
         return [], []
     n_finished = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
-    front, references = publish_front(study, recorder, run_dir, n_finished)
+    front, references = publish_front(study, recorder, run_dir, n_finished, readable)
     models = {}
     for r in front:
         path = run_dir / "artifacts" / r["key"] / "model.onnx"

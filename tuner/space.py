@@ -32,6 +32,7 @@ from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
     FloatDistribution,
+    IntDistribution,
 )
 
 from tuner.build.fusion import (
@@ -48,6 +49,7 @@ from tuner.precision import (
     PrecisionError,
     applies_to,
     check_precision,
+    fidelity_rank,
     op_types_for,
 )
 from tuner.vocab import IMPORTANCE_METHODS, OPT_LEVELS, RECOVERY_METHODS
@@ -277,16 +279,22 @@ class SearchSpace:
     """A space file resolved against one model: the Optuna distributions and how to decode them.
 
     layer_ops: ONNX op type each layer became (Conv, Gemm or MatMul), which decides its precision choices.
+    ordered_precision: each layer's precision is an integer, its choices sorted from closest to fp32 to furthest
+        (`precision.fidelity_rank`), instead of a category: a sampler that models distances (GP) then sees
+        int8-dynamic-pc between fp32 and int8, rather than every choice equally far from every other.
     """
 
     def __init__(self, space: SpaceFile, layer_ops: Mapping[str, str], groups: Sequence[PruningGroup],
-                 round_to: int = 8, left_out: Collection[str] = ()):
+                 round_to: int = 8, left_out: Collection[str] = (), ordered_precision: bool = False):
         self.file = space
+        self.ordered_precision = ordered_precision
         self.layer_ops = dict(layer_ops)
         self.layers = list(layer_ops)
         self.rule_of: dict[str, Rule | None] = {name: self._first_match(name) for name in self.layers}
         self._check_rules_used()
         self.precision_choices = self._resolve_precision()
+        if ordered_precision:
+            self.precision_choices = {n: tuple(sorted(c, key=fidelity_rank)) for n, c in self.precision_choices.items()}
         self.left_out_groups = frozenset(left_out)  # prunable groups whose pruning was found to break the model
         self.prune_choices = self._resolve_groups(groups, round_to)
         self.groups = {g.name: g for g in groups if g.name in self.prune_choices}
@@ -370,7 +378,8 @@ class SearchSpace:
         dists: dict[str, BaseDistribution] = {}
         for name, choices in self.precision_choices.items():
             if len(choices) > 1:
-                dists[f"precision.{name}"] = CategoricalDistribution(list(choices))
+                dists[f"precision.{name}"] = (IntDistribution(0, len(choices) - 1) if self.ordered_precision
+                                              else CategoricalDistribution(list(choices)))
         for name, values in self.prune_choices.items():
             if len(values) > 1:
                 dists[f"prune.{name}"] = FloatDistribution(values[0], values[-1], step=values[1] - values[0])
@@ -386,7 +395,23 @@ class SearchSpace:
             dists["importance"] = CategoricalDistribution(list(self.importance))
         return dists
 
+    def _precision_value(self, layer: str, choice: str) -> Any:
+        """The parameter value of ``choice`` for ``layer`` (its index when precision is ordered)."""
+        return self.precision_choices[layer].index(choice) if self.ordered_precision else choice
+
+    def readable(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` with ordered precision indices replaced by the choices they stand for (for plots, files)."""
+        if not self.ordered_precision:
+            return dict(params)
+        out = dict(params)
+        for key, value in params.items():
+            layer = key[len("precision."):]
+            if key.startswith("precision.") and layer in self.precision_choices and not isinstance(value, str):
+                out[key] = self.precision_choices[layer][int(value)]
+        return out
+
     def decode(self, params: Mapping[str, Any]) -> Candidate:
+        params = self.readable(params)
         precision = {n: params.get(f"precision.{n}", choices[0]) for n, choices in self.precision_choices.items()}
         prune = {n: float(params.get(f"prune.{n}", choices[0])) for n, choices in self.prune_choices.items()}
         return Candidate(precision=tuple(precision.items()), prune=tuple(prune.items()),
@@ -403,7 +428,7 @@ class SearchSpace:
         for name in self.distributions():
             kind, _, rest = name.partition(".")
             if kind == "precision":
-                params[name] = precision.get(rest, FP32)
+                params[name] = self._precision_value(rest, precision.get(rest, FP32))
             elif kind == "prune":
                 params[name] = prune.get(rest, self.prune_choices[rest][0])
             elif kind == "fuse":
@@ -420,9 +445,10 @@ class SearchSpace:
         params: dict[str, Any] = {}
         for name, dist in self.distributions().items():
             if name.startswith("precision."):
-                layer_choices = dist.choices
-                params[name] = choice if choice in layer_choices else (FP32 if FP32 in layer_choices
-                                                                       else layer_choices[0])
+                layer = name[len("precision."):]
+                layer_choices = self.precision_choices[layer]
+                params[name] = self._precision_value(layer, choice if choice in layer_choices else (
+                    FP32 if FP32 in layer_choices else layer_choices[0]))
             elif name.startswith("prune."):
                 params[name] = dist.low
             elif name == "opt_level":
