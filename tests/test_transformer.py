@@ -12,6 +12,7 @@ import pytest
 import tiny_bert
 import torch
 from conftest import SMALL_TASK_ARGS
+from onnx import numpy_helper
 
 from tuner.build.export import export_onnx, layer_weights, map_layers
 from tuner.build.fusion import session_optimizer_names
@@ -187,3 +188,21 @@ def test_heads_and_ffn_units_are_pruned_as_whole_units_and_the_result_builds(tas
     weight_shapes = [tuple(i.dims) for i in graph.initializer if i.name.endswith("_quantized")]
     assert weight_shapes.count((64, 32)) == 3 and (64, 64) in weight_shapes and (32, 64) in weight_shapes
     assert outcome.metric > 0.95
+
+
+def test_int8_dynamic_pc7_keeps_weights_within_7_bits_and_runs_dynamic_int8_kernels(evaluator, layers, tmp_path):
+    """ORT's reduce_range: per-channel weights in [-64, 64]; plain per-channel ones use the full int8 range."""
+    ranges = {}
+    for choice in ("int8-dynamic-pc7", "int8-dynamic-pc"):
+        outcome = evaluator.evaluate(Candidate(precision=tuple((name, choice) for name in layers)))
+        assert outcome.state == "COMPLETE", outcome.error
+        kernels = json.loads((evaluator.artifact_root / outcome.key / "candidate.json").read_text())["kernels"]
+        assert set(kernels.values()) <= {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+        path = tmp_path / f"{choice}.onnx"
+        load_artifact(evaluator.artifact_root / outcome.key / "model.onnx", optimized_model_path=str(path))
+        graph = onnx.load(str(path)).graph
+        inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        weights = [inits[n.input[1]] for n in graph.node if n.op_type == "DynamicQuantizeMatMul"]
+        assert len(weights) == len(layers)
+        ranges[choice] = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    assert ranges["int8-dynamic-pc7"] <= 64 < ranges["int8-dynamic-pc"]

@@ -25,7 +25,16 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
 from tuner.build.export import WEIGHTED_OPS
-from tuner.precision import FP32, INT4, INT8, INT8_DYNAMIC, INT8_DYNAMIC_PER_CHANNEL, KINDS, parse
+from tuner.precision import (
+    FP32,
+    INT4,
+    INT8,
+    INT8_DYNAMIC,
+    INT8_DYNAMIC_PER_CHANNEL,
+    INT8_DYNAMIC_PER_CHANNEL_7BIT,
+    KINDS,
+    parse,
+)
 
 
 class _BatchReader(CalibrationDataReader):
@@ -156,26 +165,26 @@ def _calibration_file(model_path: Path, folder: Path | None) -> Path | None:
     return folder / f"{digest.hexdigest()[:32]}.json"
 
 
-# ORT's dynamic quantizer writes LSTM weights per channel whatever it is asked: LSTM is offered per channel only.
-INT8_DYNAMIC_OPS = {False: KINDS[INT8_DYNAMIC].op_types, True: KINDS[INT8_DYNAMIC_PER_CHANNEL].op_types}
-
-
-def _int8_dynamic(per_channel: bool) -> PrecisionBuilder:
+def _int8_dynamic(kind: str, per_channel: bool, reduce_range: bool = False) -> PrecisionBuilder:
+    """ORT's dynamic quantizer; ``reduce_range``: 7-bit weights. (ORT writes LSTM weights per channel whatever it
+    is asked: LSTM is offered by the per-channel kind only.)"""
     def build(model: onnx.ModelProto, nodes: list[str], block: int | None, context: BuildContext
               ) -> onnx.ModelProto:
         with tempfile.TemporaryDirectory() as tmp:
             onnx.save(model, f"{tmp}/in.onnx")
             # DefaultTensorType: ORT's contrib ops (SkipLayerNormalization, ...) carry no type inference.
             quantize_dynamic(f"{tmp}/in.onnx", f"{tmp}/out.onnx", weight_type=QuantType.QInt8,
-                             per_channel=per_channel, nodes_to_quantize=nodes,
-                             op_types_to_quantize=list(INT8_DYNAMIC_OPS[per_channel]),
+                             per_channel=per_channel, reduce_range=reduce_range, nodes_to_quantize=nodes,
+                             op_types_to_quantize=list(KINDS[kind].op_types),
                              extra_options={"DefaultTensorType": TensorProto.FLOAT})
             return onnx.load(f"{tmp}/out.onnx")
     return build
 
 
-register_precision_builder(INT8_DYNAMIC)(_int8_dynamic(per_channel=False))
-register_precision_builder(INT8_DYNAMIC_PER_CHANNEL)(_int8_dynamic(per_channel=True))
+register_precision_builder(INT8_DYNAMIC)(_int8_dynamic(INT8_DYNAMIC, per_channel=False))
+register_precision_builder(INT8_DYNAMIC_PER_CHANNEL)(_int8_dynamic(INT8_DYNAMIC_PER_CHANNEL, per_channel=True))
+register_precision_builder(INT8_DYNAMIC_PER_CHANNEL_7BIT)(
+    _int8_dynamic(INT8_DYNAMIC_PER_CHANNEL_7BIT, per_channel=True, reduce_range=True))
 
 
 @contextmanager
