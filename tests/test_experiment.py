@@ -25,7 +25,7 @@ def test_valid_file_resolves_paths_relative_to_itself(tmp_path):
     """))
     assert exp.space_path == tmp_path / "space.yaml"
     assert exp.eval_settings().threads == 2 and exp.eval_settings().batch_size == 4
-    assert exp.trials == 60 and exp.sampler == "tpe"
+    assert exp.trials == 60 and exp.sampler == "auto"
 
 
 @pytest.mark.parametrize("body, message", [
@@ -92,7 +92,7 @@ def test_cli_reports_config_errors_before_any_trial(tmp_path, monkeypatch, capsy
     assert not (tmp_path / "tuner-runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-@pytest.mark.parametrize("kind, cls", [("tpe", "TPESampler"), ("nsga2", "NSGAIISampler"), ("gp", "GPSampler"),
+@pytest.mark.parametrize("kind, cls", [("auto", "TPESampler"), ("tpe", "TPESampler"), ("nsga2", "NSGAIISampler"), ("gp", "GPSampler"),
                                        ("random", "RandomSampler")])
 def test_sampler_from_config(kind, cls):
     from tuner.study import make_sampler

@@ -7,7 +7,7 @@ Example (``experiments/digits_cnn/experiment.yaml``)::
     task_args: {}
     search_space: ../../search_spaces/cnn_int8_prune.yaml   # or auto (the default): generated from the model
     trials: 60
-    sampler: tpe                  # tpe | nsga2 | gp | random
+    sampler: auto                 # auto (TPE, see experiments/search) | tpe | nsga2 | gp | random
     seed: 0
     max_metric_drop: 0.01         # constraint against the fp32 baseline
     latency: {threads: 1, batch_size: 1, warmup: 10, repeats: 50}   # + resource: <Ray resource> on a cluster
@@ -95,7 +95,7 @@ class Experiment(BaseModel):
     task_args: dict[str, Any] = {}
     search_space: str = "auto"  # a space file, or "auto": every kind each layer can run, pruning where prunable
     trials: int = Field(60, ge=1)
-    sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
+    sampler: Literal["auto", "tpe", "nsga2", "gp", "random"] = "auto"  # auto: study.AUTO_SAMPLER
     seed: int | None = 0
     max_metric_drop: float | None = Field(0.01, ge=0)
     latency: LatencyConfig = LatencyConfig()

@@ -1,6 +1,6 @@
 """Tables from benchmark.py's JSON lines: hypervolume against trials and wall seconds, per strategy.
 
-    python experiments/search/report.py experiments/search/digits.jsonl
+    python experiments/search/report.py experiments/search/digits.jsonl [--absolute]
 
 Hypervolume: metric up, latency down. Latency is each run's own divided by that run's fp32 baseline (runs
 happen at different times on a noisy machine; the ratio is what one run measures side by side). Reference
@@ -21,8 +21,14 @@ from tuner.plots import hypervolume
 CHECKPOINTS = (10, 25, 50, 100, 200, 400)
 
 
+# Latency scale: each run's own fp32 baseline (runs made at different times), or, with --absolute, one scale
+# for all: milliseconds, against the median of the runs' baselines (runs made side by side, where one run's
+# baseline can be a noisy single measurement that would make all of its points look fast or slow).
+ABSOLUTE_MS: float | None = None
+
+
 def points(run: dict, upto: int | None = None, before_s: float | None = None) -> list[tuple[float, float]]:
-    base = run["baseline"]
+    base = {"latency_ms": ABSOLUTE_MS} if ABSOLUTE_MS else run["baseline"]
     sign = -1 if run["maximize"] else 1
     out = []
     for row in run["rows"][:upto]:
@@ -47,21 +53,35 @@ def trial_seconds(run: dict) -> float:
 
 
 def main() -> int:
+    global ABSOLUTE_MS
     runs = [json.loads(line) for line in open(sys.argv[1])]
+    if "--absolute" in sys.argv[2:]:
+        ABSOLUTE_MS = statistics.median(run["baseline"]["latency_ms"] for run in runs)
+        print(f"# latency in ms against the median fp32 baseline of the runs, {ABSOLUTE_MS:.3f} ms")
     ref = reference_point(runs[0])
     union = [p for run in runs for p in points(run)]
     ref_hv = hypervolume(union, ref)
     long_random = [r for r in runs if r["strategy"] == "random" and len(r["rows"]) >= 400]
-    target = hypervolume(points(long_random[0], 400), ref) if long_random else None
+    target, how = None, ""
+    if long_random:
+        target, how = hypervolume(points(long_random[0], 400), ref), "one 400-trial run"
+    else:  # random draws are independent: several random runs together are one longer random run
+        random_runs = [r for r in runs if r["strategy"] == "random"]
+        pooled = [p for r in random_runs for p in points(r)]
+        if sum(len(r["rows"]) for r in random_runs) >= 400:
+            target = hypervolume(pooled, ref)
+            how = f"{len(random_runs)} runs pooled, {sum(len(r['rows']) for r in random_runs)} trials"
     print(f"# {runs[0]['experiment']}: {len(runs)} runs; reference hypervolume (union of all runs) {ref_hv:.5f}"
-          + (f"; random's 400-trial hypervolume {target:.5f} ({target / ref_hv:.3f} of the reference)"
+          + (f"; random's 400-trial hypervolume ({how}) {target:.5f} ({target / ref_hv:.3f} of the reference)"
              if target else ""))
     by_strategy: dict[str, list[dict]] = defaultdict(list)
     for run in runs:
         by_strategy[run["strategy"]].append(run)
 
+    last = max(len(r["rows"]) for r in runs)
+    checkpoints = [k for k in CHECKPOINTS if k <= last]
     header = "| strategy | seeds | sensitivity (trials-equivalent, s) | " + " | ".join(
-        f"HV@{k}" for k in CHECKPOINTS) + " | trials to 0.95 ref | trials to random-400 |"
+        f"HV@{k}" for k in checkpoints) + " | HV@50 per seed | trials to 0.95 ref | trials to random-400 |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for strategy, group in by_strategy.items():
@@ -70,7 +90,7 @@ def main() -> int:
             equivalent = run["sensitivity_s"] / trial_seconds(run)
             extra.append((equivalent, run["sensitivity_s"]))
             n = len(run["rows"])
-            for k in CHECKPOINTS:
+            for k in checkpoints:
                 if k <= n:
                     cells[k].append(hypervolume(points(run, k), ref) / ref_hv)
             hit = next((k for k in range(1, n + 1) if hypervolume(points(run, k), ref) >= 0.95 * ref_hv), None)
@@ -84,9 +104,10 @@ def main() -> int:
             return "-" if not got else f"{statistics.mean(got):.0f}" + (f" ({len(got)}/{len(values)})"
                                                                          if len(got) < len(values) else "")
         sens = f"{statistics.mean(e for e, _ in extra):.1f}, {statistics.mean(s for _, s in extra):.0f}"
+        per_seed = " ".join(f"{v:.2f}" for v in cells[50]) if 50 in cells else ""
         print(f"| {strategy} | {len(group)} | {sens} | " + " | ".join(
-            f"{statistics.mean(cells[k]):.3f}" if cells[k] else "" for k in CHECKPOINTS)
-            + f" | {fmt(to95)} | {fmt(to_target) if target else 'n/a'} |")
+            f"{statistics.mean(cells[k]):.3f}" if cells[k] else "" for k in checkpoints)
+            + f" | {per_seed} | {fmt(to95)} | {fmt(to_target) if target else 'n/a'} |")
 
     print("\n| strategy | " + " | ".join(f"HV@{s}s" for s in (60, 120, 240, 480)) + " |")
     print("|---|---|---|---|---|")
