@@ -461,6 +461,10 @@ class SearchSpace:
                 params[name] = False
         return params
 
+    def offered_precisions(self) -> set[str]:
+        """Every precision choice some layer may take."""
+        return {c for choices in self.precision_choices.values() for c in choices}
+
     def references(self) -> list[tuple[str, dict[str, Any]]]:
         """fp32 and one uniform candidate per precision choice in the space: the baselines a front must beat."""
         offered = dict.fromkeys(c for choices in self.precision_choices.values() for c in choices)

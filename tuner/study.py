@@ -29,6 +29,7 @@ from tuner.experiment import Experiment
 from tuner.live_front import finish_front, publish_front
 from tuner.measure.memory import peak_rss_mb, release_memory
 from tuner.records import FULL, Fidelity, StudyMeta, TrialMeta, TrialResult
+from tuner.reference_checks import PerChannelCheck
 from tuner.retention import ArtifactRetention, DiskUse
 from tuner.space import (
     SearchSpace,
@@ -257,7 +258,8 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
                 retention.discard(study, baseline.key)  # not a trial: the fp32 reference trial is kept instead
             progress_bar = Progress(study, budget, progress)
             loop = StudyLoop(study, space, runner, budget, recorders=[log_to_mlflow(recorder, trial_runs)],
-                             callbacks=[timings, progress_bar, live_front, retention], stop=stop,
+                             callbacks=[timings, progress_bar, live_front, retention,
+                                        PerChannelCheck(space.offered_precisions(), progress_bar.write)], stop=stop,
                              fidelity=screening(experiment, StudyMeta.load(study)),
                              refiners=front_race(study, runner, task, experiment, log))
             if experiment.seeding.seeds and not StudyMeta.load(study).seeded:
