@@ -42,5 +42,3 @@ def keep_fast_kinds(space: SearchSpace, task, experiment: Experiment, log: Calla
     rules = tuple(replace(rule, precision=tuple(c for c in rule.precision if c not in slow) or (FP32,))
                   for rule in space.file.rules)
     return replace(space.file, rules=rules), lines
-
-
