@@ -37,12 +37,15 @@ def run_one(base: dict, source: Path, strategy: str, seed: int, trials: int, wor
     config = {**base, "name": name, "seed": seed, "trials": trials, "keep_artifacts": "front", **STRATEGIES[strategy]}
     if config.get("search_space", "auto") != "auto":
         config["search_space"] = str((source.parent / config["search_space"]).resolve())
+    module, _, function = config["task"].rpartition(":")
+    if module.endswith(".py"):  # a task file beside the experiment: this copy of the experiment lives elsewhere
+        config["task"] = f"{(source.parent / module).resolve()}:{function}"
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     lines: list[str] = []
     started = time.time()
     result = tuner.run(path, output_dir=work / "runs", tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
-                       in_process=True, progress=False, log=lines.append)
+                       in_process=True, progress=False, log=lambda line: (lines.append(line), print(line, flush=True)))
     study = load_finished_study(name, work / "runs")
     probes = []
     cache = work / "runs" / name / "sensitivity.jsonl"
