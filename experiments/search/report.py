@@ -1,6 +1,6 @@
 """Tables from benchmark.py's JSON lines: hypervolume against trials and wall seconds, per strategy.
 
-    python experiments/search/report.py experiments/search/digits.jsonl [--absolute]
+    python experiments/search/report.py experiments/search/digits.jsonl [--absolute [MS]]
 
 Hypervolume: metric up, latency down. Latency is each run's own divided by that run's fp32 baseline (runs
 happen at different times on a noisy machine; the ratio is what one run measures side by side). Reference
@@ -23,7 +23,8 @@ CHECKPOINTS = (10, 25, 50, 100, 200, 400)
 
 # Latency scale: each run's own fp32 baseline (runs made at different times), or, with --absolute, one scale
 # for all: milliseconds, against the median of the runs' baselines (runs made side by side, where one run's
-# baseline can be a noisy single measurement that would make all of its points look fast or slow).
+# baseline can be a noisy single measurement that would make all of its points look fast or slow); a number
+# after --absolute sets that scale (one run's baseline known to be disturbed would otherwise move the median).
 ABSOLUTE_MS: float | None = None
 
 
@@ -55,9 +56,15 @@ def trial_seconds(run: dict) -> float:
 def main() -> int:
     global ABSOLUTE_MS
     runs = [json.loads(line) for line in open(sys.argv[1])]
-    if "--absolute" in sys.argv[2:]:
-        ABSOLUTE_MS = statistics.median(run["baseline"]["latency_ms"] for run in runs)
-        print(f"# latency in ms against the median fp32 baseline of the runs, {ABSOLUTE_MS:.3f} ms")
+    args = sys.argv[2:]
+    if "--absolute" in args:
+        given = args[args.index("--absolute") + 1:][:1]
+        if given:
+            ABSOLUTE_MS = float(given[0])
+            print(f"# latency in ms against a given fp32 latency, {ABSOLUTE_MS:.3f} ms")
+        else:
+            ABSOLUTE_MS = statistics.median(run["baseline"]["latency_ms"] for run in runs)
+            print(f"# latency in ms against the median fp32 baseline of the runs, {ABSOLUTE_MS:.3f} ms")
     ref = reference_point(runs[0])
     union = [p for run in runs for p in points(run)]
     ref_hv = hypervolume(union, ref)
