@@ -1,6 +1,6 @@
 """Tables from benchmark.py's JSON lines: hypervolume against trials and wall seconds, per strategy.
 
-    python experiments/search/report.py experiments/search/digits.jsonl [--absolute [MS]]
+    python experiments/search/report.py experiments/search/digits.jsonl [--absolute [MS]] [--sampled-only]
 
 Hypervolume: metric up, latency down. Latency is each run's own divided by that run's fp32 baseline (runs
 happen at different times on a noisy machine; the ratio is what one run measures side by side). Reference
@@ -26,6 +26,9 @@ CHECKPOINTS = (10, 25, 50, 100, 200, 400)
 # baseline can be a noisy single measurement that would make all of its points look fast or slow); a number
 # after --absolute sets that scale (one run's baseline known to be disturbed would otherwise move the median).
 ABSOLUTE_MS: float | None = None
+# --sampled-only: leave the reference trials out (where one run's references were timed while the machine was
+# disturbed, or to see what the sampler itself added)
+SAMPLED_ONLY = False
 
 
 def points(run: dict, upto: int | None = None, before_s: float | None = None) -> list[tuple[float, float]]:
@@ -36,6 +39,8 @@ def points(run: dict, upto: int | None = None, before_s: float | None = None) ->
         if row["state"] != "COMPLETE" or row["metric_drop"] is None or row["metric_drop"] > run["max_metric_drop"]:
             continue
         if before_s is not None and (row["completed_at"] or 0) > before_s:
+            continue
+        if SAMPLED_ONLY and row["reference"]:
             continue
         metric, latency = row["values"]
         out.append((latency / base["latency_ms"], sign * metric))
@@ -54,9 +59,12 @@ def trial_seconds(run: dict) -> float:
 
 
 def main() -> int:
-    global ABSOLUTE_MS
+    global ABSOLUTE_MS, SAMPLED_ONLY
     runs = [json.loads(line) for line in open(sys.argv[1])]
     args = sys.argv[2:]
+    if "--sampled-only" in args:
+        SAMPLED_ONLY = True
+        print("# reference trials left out: the samplers' own trials only")
     if "--absolute" in args:
         given = args[args.index("--absolute") + 1:][:1]
         if given:
@@ -116,11 +124,14 @@ def main() -> int:
             f"{statistics.mean(cells[k]):.3f}" if cells[k] else "" for k in checkpoints)
             + f" | {per_seed} | {fmt(to95)} | {fmt(to_target) if target else 'n/a'} |")
 
-    print("\n| strategy | " + " | ".join(f"HV@{s}s" for s in (60, 120, 240, 480)) + " |")
+    # wall-time checkpoints: doubling from 60 s, the last four within the shortest run
+    shortest = min(max((r["completed_at"] or 0) for r in run["rows"]) for run in runs)
+    seconds_at = [60 * 2 ** i for i in range(20) if 60 * 2 ** i <= max(shortest, 480)][-4:]
+    print("\n| strategy | " + " | ".join(f"HV@{s}s" for s in seconds_at) + " |")
     print("|---|---|---|---|---|")
     for strategy, group in by_strategy.items():
         row = []
-        for seconds in (60, 120, 240, 480):
+        for seconds in seconds_at:
             row.append(statistics.mean(hypervolume(points(run, before_s=seconds), ref) / ref_hv for run in group))
         print(f"| {strategy} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
     return 0
