@@ -2,7 +2,7 @@
 
 Nothing in `tuner` knows this architecture: patch embedding by convolution, pre-norm encoder blocks with
 their own attention (separate query/key/value Linears), GELU MLPs, a class token and a Linear head. It is
-trained on first use (seeded, under a minute on two cores) and cached like the built-in digits CNN.
+trained on first use (seeded; 40 epochs took 68 s on 16 cores) and cached like the built-in digits CNN.
 """
 
 from __future__ import annotations
