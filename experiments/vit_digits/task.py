@@ -7,10 +7,7 @@ trained on first use (seeded; 40 epochs took 68 s on 16 cores) and cached like t
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 
 import numpy as np
 import torch
@@ -18,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tuner import Evaluation, Task
-from tuner.tasks.digits_cnn import accuracy, cache_dir, load_digits_split
+from tuner.tasks.digits_cnn import accuracy, cached_training, load_digits_split
 
 
 class Attention(nn.Module):
@@ -97,22 +94,15 @@ def _train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: in
 
 def trained_model(size: int, dim: int, depth: int, epochs: int, seed: int) -> DigitsViT:
     settings = {"model": "vit", "size": size, "dim": dim, "depth": depth, "epochs": epochs, "seed": seed}
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    path = cache_dir() / "vit_digits" / f"{key}.pt"
     torch.manual_seed(seed)
     model = DigitsViT(size=size, dim=dim, depth=depth, hidden=2 * dim)
-    if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval()
-    x_train, _, y_train, _ = load_digits_split(size, seed)
-    with torch.random.fork_rng():
+
+    def train(m: nn.Module) -> None:
+        x_train, _, y_train, _ = load_digits_split(size, seed)
         torch.manual_seed(seed)
-        _train(model, x_train, y_train, epochs, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-    return model
+        _train(m, x_train, y_train, epochs, seed)
+
+    return cached_training(model, "vit_digits", settings, train)
 
 
 def make_task(size: int = 32, dim: int = 128, depth: int = 6, epochs: int = 40, seed: int = 0) -> Task:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -89,25 +90,35 @@ def _train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: in
     model.eval()
 
 
-def trained_model(width: int, size: int, epochs: int, seed: int) -> DigitsResNet:
-    """The trained model, from the on-disk cache when these settings were trained before."""
-    settings = {"width": width, "size": size, "epochs": epochs, "seed": seed, "version": 1}
+def cached_training(model: nn.Module, name: str, settings: dict, train: Callable[[nn.Module], None]) -> nn.Module:
+    """``model`` trained by ``train`` (seeded by the caller), or its weights from the on-disk cache when these
+    ``settings`` were trained before under ``name``."""
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    path = cache_dir() / "digits_cnn" / f"{key}.pt"
-    torch.manual_seed(seed)
-    model = DigitsResNet(width)
+    path = cache_dir() / name / f"{key}.pt"
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
-    x_train, _, y_train, _ = load_digits_split(size, seed)
     with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        _train(model, x_train, y_train, epochs, seed)
+        train(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, path)  # atomic: concurrent workers never read a half-written file
-    return model
+    return model.eval()
+
+
+def trained_model(width: int, size: int, epochs: int, seed: int) -> DigitsResNet:
+    """The trained model, from the on-disk cache when these settings were trained before."""
+    settings = {"width": width, "size": size, "epochs": epochs, "seed": seed, "version": 1}
+    torch.manual_seed(seed)
+    model = DigitsResNet(width)
+
+    def train(m: nn.Module) -> None:
+        x_train, _, y_train, _ = load_digits_split(size, seed)
+        torch.manual_seed(seed)
+        _train(m, x_train, y_train, epochs, seed)
+
+    return cached_training(model, "digits_cnn", settings, train)
 
 
 def accuracy(labels: np.ndarray):
