@@ -42,8 +42,8 @@ Callback = Callable[[optuna.Study, FinishedTrial], None]
 
 
 # The constraint a failed candidate violates. Optuna's samplers learn nothing from a FAIL trial; a PRUNED one
-# with a violated constraint is an infeasible point to TPE, which then samples less around it. (GP and NSGA-II
-# read COMPLETE trials only: to them a failure, like a screened-out trial, stays unseen.)
+# with a violated constraint is an infeasible point to TPE, which then samples less around it. (GP reads
+# COMPLETE trials only: `tuner.infeasible` shows it such a trial as an infeasible COMPLETE one.)
 FAILED_CONSTRAINT = "failed"
 
 
