@@ -64,14 +64,15 @@ def plot_layers(data: dict[str, Any], metric_name: str, metric_of: dict[int, flo
     for r, member in enumerate(members):
         for c, layer in enumerate(layers):
             ax.add_patch(plt.Rectangle((c, r), 1, 1, color=_color(family(member["precision"][layer]))))
-    ax.set_xlim(0, len(layers))
+    ax.set_xlim(0, max(len(layers), 1))  # a space that only prunes: no layer has a precision choice
     ax.set_ylim(len(members), 0)
     ax.set_xticks([c + 0.5 for c in range(len(layers))], layers, rotation=90, fontsize=6)
     ax.set_yticks([r + 0.5 for r in range(len(members))], labels, fontsize=7)
     ax.set_title("precision per layer", fontsize=9)
     used = sorted({family(m["precision"][layer]) for m in members for layer in layers} - {None})
-    fig.legend(handles=[Patch(color=_color(f), label=f) for f in used],
-               loc="upper right", ncol=len(used), fontsize=7, frameon=False)
+    if used:
+        fig.legend(handles=[Patch(color=_color(f), label=f) for f in used],
+                   loc="upper right", ncol=len(used), fontsize=7, frameon=False)
     if groups:
         ax2 = axes[0][1]
         grid = [[m["prune"][g] for g in groups] for m in members]
