@@ -59,6 +59,7 @@ def write_experiment(tmp_path, name, family, batch=1, trials=3, space="auto", ex
         max_metric_drop: 0.5
         front_every: 100
         latency: {{threads: 1, warmup: 1, repeats: 5}}
+        auto_kinds: all
     """) + extra)
     return path
 

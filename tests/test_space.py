@@ -274,3 +274,18 @@ def test_tuner_space_measure_times_each_kinds_uniform_model_and_keeps_a_valid_fi
     (tmp_path / "printed.yaml").write_text(out.out)
     space = load_space_file(tmp_path / "printed.yaml")
     assert all(rule.precision[0] == "fp32" and set(rule.precision) <= {"fp32", "int8"} for rule in space.rules)
+
+
+def test_keep_fast_leaves_out_slow_and_failed_kinds_from_every_rule_and_a_rule_with_none_keeps_fp32():
+    from tuner.space import Fusion, Rule, SpaceFile
+    from tuner.space_measure import KindTiming, keep_fast
+
+    file = SpaceFile("auto", (Rule(0, "a", precision=("fp32", "int8", "int4-b32")),
+                              Rule(1, "b", precision=("fp32", "int8-dynamic")),
+                              Rule(2, "c", precision=("int4-b32",))), Fusion())
+    timings = [KindTiming("fp32", 10.0, 1.0), KindTiming("uniform int8", 6.0, 0.6),
+               KindTiming("uniform int8-dynamic", 10.5, 1.05), KindTiming("uniform int4-b32", None, None, error="x")]
+    assert [t.kept for t in timings] == [True, True, False, False]
+    kept = keep_fast(file, timings)
+    assert [rule.precision for rule in kept.rules] == [("fp32", "int8"), ("fp32",), ("fp32",)]
+    assert "left out: not faster" in timings[2].line("accuracy") and "failed (x), left out" in timings[3].line("m")

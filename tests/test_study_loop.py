@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 import tuner
 from tuner.executors import InProcessExecutor
 from tuner.records import StudyMeta, TrialMeta, TrialResult
+from tuner.space import load_space_file
 from tuner.storage import load_finished_study, open_study
 from tuner.tracking import MlflowRecorder
 
@@ -317,3 +318,33 @@ def test_a_candidate_far_below_the_constraint_is_screened_out_untimed_and_a_clos
     assert runs[2].data.tags["tuner.fidelity"].startswith("subset of 200 samples")
     assert "latency_ms" not in runs[2].data.metrics and "accuracy_stderr" in runs[2].data.metrics
     assert "latency_ms" in runs[3].data.metrics
+
+
+def test_an_auto_space_offers_the_kinds_timed_faster_than_fp32_and_a_continued_study_keeps_it(tmp_path, store):
+    """Which kinds stay depends on timings, so the test checks that the space follows its own measurement."""
+    path = tmp_path / "auto.yaml"
+    path.write_text("name: auto\ntask: tiny_mlp:make_task\ntrials: 3\nseed: 0\nfront_every: 10\n"
+                    "latency: {threads: 1, warmup: 1, repeats: 5}\n")
+    lines = []
+    tuner.run(path, output_dir=tmp_path / "runs", tracking_uri=store, in_process=True, progress=False,
+              log=lines.append)
+    saved = tmp_path / "runs" / "auto" / "space.yaml"
+    header = [line for line in saved.read_text().splitlines() if line.startswith("# ")]
+    assert "auto_kinds: measured" in header[0]
+    measured = {line[2:].split(":")[0].removeprefix("uniform "): line for line in header[1:]}
+    assert set(measured) == {"fp32", "int8"}  # the tiny MLP's Gemm layers: fp32 and static int8
+    kept = {kind for kind, line in measured.items() if "left out" not in line}
+    offered = {c for rule in load_space_file(saved).rules for c in rule.precision}
+    assert "fp32" in kept and offered == kept
+    assert any(line.startswith("measuring which precision kinds run faster than fp32") for line in lines)
+    study = load_finished_study("auto", tmp_path / "runs")
+    references = [TrialMeta.of(t).reference for t in study.trials if TrialMeta.of(t).reference]
+    assert references == ["fp32"] + [f"uniform {k}" for k in sorted(kept - {"fp32"})]
+
+    # continued: the saved space, not a new measurement
+    before = saved.read_text()
+    lines.clear()
+    tuner.run(path, trials=4, output_dir=tmp_path / "runs", tracking_uri=store, in_process=True, progress=False,
+              log=lines.append)
+    assert not any(line.startswith("measuring which") for line in lines)
+    assert saved.read_text() == before and len(load_finished_study("auto", tmp_path / "runs").trials) == 4

@@ -127,6 +127,8 @@ class Evaluator:
             result = replace(result, cached_build=cached_build, cached_export=cached_export,
                              size_mb=model_path.stat().st_size / 1e6, artifact_sha256=file_sha256(model_path),
                              model_stats=json.loads(stats_file.read_text()) if stats_file.is_file() else {})
+            if fidelity.samples == 0:  # built, not scored (timing alone: `tuner.space_measure`)
+                return result.with_timings(**timings)
             stage = "accuracy"
             with _timed(timings, "accuracy"):
                 session = load_artifact(model_path, self.settings.threads)  # exactly as deployed

@@ -6,6 +6,7 @@ Example (``experiments/digits_cnn/experiment.yaml``)::
     task: tuner.tasks.digits_cnn:make_task     # or path/to/file.py:function (relative to this file)
     task_args: {}
     search_space: ../../search_spaces/cnn_int8_prune.yaml   # or auto (the default): generated from the model
+    auto_kinds: measured          # with auto: the kinds faster than fp32 here (timed first) | all
     trials: 60
     sampler: auto                 # auto (TPE, see experiments/search) | tpe | nsga2 | gp | random
     seed: 0
@@ -94,6 +95,9 @@ class Experiment(BaseModel):
     task: str
     task_args: dict[str, Any] = {}
     search_space: str = "auto"  # a space file, or "auto": every kind each layer can run, pruning where prunable
+    # With search_space auto: offer the kinds whose uniform model runs faster than fp32 here, timed before a new
+    # study's first trial (measured), or every kind each layer's op type can run (all)
+    auto_kinds: Literal["measured", "all"] = "measured"
     trials: int = Field(60, ge=1)
     sampler: Literal["auto", "tpe", "nsga2", "gp", "random"] = "auto"  # auto: study.AUTO_SAMPLER
     seed: int | None = 0

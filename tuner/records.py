@@ -41,8 +41,9 @@ class LatencyStats:
 
 @dataclass(frozen=True)
 class Fidelity:
-    """How far an evaluation goes: score on ``samples`` of the evaluation set (None: all of it), and time the
-    artifact or not. The study's trials run at full fidelity; the sensitivity pass scores subsets, untimed."""
+    """How far an evaluation goes: score on ``samples`` of the evaluation set (None: all of it; 0: not scored),
+    and time the artifact or not. The study's trials run at full fidelity; the sensitivity pass scores subsets,
+    untimed; measuring which kinds run fast times uniform models, unscored."""
 
     samples: int | None = None
     timed: bool = True

@@ -305,6 +305,11 @@ class SearchSpace:
         self.recovery = space.recovery if self.prune_choices else ("batchnorm",)
         self.importance = space.importance if self.prune_choices else ("magnitude",)
 
+    def with_file(self, space: SpaceFile) -> SearchSpace:
+        """The same model's space under another space file (the measured `auto` one)."""
+        return SearchSpace(space, self.layer_ops, list(self.groups.values()), self.round_to, self.left_out_groups,
+                           self.ordered_precision)
+
     def _first_match(self, name: str) -> Rule | None:
         return next((rule for rule in self.file.rules if rule.matches(name)), None)
 

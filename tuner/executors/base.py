@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,3 +69,23 @@ class Executor(abc.ABC):
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def evaluate_all(executor: Executor, jobs: Mapping[Hashable, Candidate], fidelity: Fidelity = FULL,
+                 stop: Any = None) -> Iterator[tuple[Hashable, TrialResult]]:
+    """Evaluate every candidate of ``jobs`` (token -> candidate), submitting as workers come free; yields
+    ``(token, result)`` as each finishes. ``stop`` (a `tuner.stop.StopRequest`): raise StudyStopped once
+    one is requested, leaving what has not finished."""
+    from tuner.stop import StudyStopped
+
+    queue, in_flight = list(jobs.items()), 0
+    while queue or in_flight:
+        if stop is not None and stop.requested:
+            raise StudyStopped(stop.signal_name, 0, in_flight)
+        while queue and executor.idle:
+            token, candidate = queue.pop(0)
+            executor.submit(token, candidate, fidelity)
+            in_flight += 1
+        for token, result in executor.results(timeout=1.0):
+            in_flight -= 1
+            yield token, result
