@@ -8,6 +8,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from conftest import FAST_EXPORTER
 from mlflow.tracking import MlflowClient
 from test_end_to_end import Server, free_port, write_experiment
 
@@ -21,8 +22,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 
 @pytest.fixture
-def mlflow_server(tmp_path):
-    db = tmp_path / "mlflow.db"
+def mlflow_server(tmp_path, mlflow_uri):
+    db = tmp_path / "mlflow.db"  # tables created already
     port = free_port()
     env_cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{db}",
                "--host", "127.0.0.1", "--port", str(port)]
@@ -35,7 +36,7 @@ def mlflow_server(tmp_path):
 def test_study_front_and_plot_in_the_mlflow_ui(tmp_path, monkeypatch, mlflow_server, small_task):
     monkeypatch.chdir(tmp_path)
     uri = mlflow_server.url  # the study logs through the real server, artifacts included
-    config = write_experiment(tmp_path, "ui", trials=4)
+    config = write_experiment(tmp_path, "ui", trials=4, extra=FAST_EXPORTER + "\n")
     assert main(["run", str(config), "--in-process", "--tracking-uri", uri, "--no-progress"]) == 0
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("ui")

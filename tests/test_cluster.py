@@ -15,7 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import SMALL_TASK_ARGS
+from conftest import FAST_EXPORTER, SMALL_TASK_ARGS
 from mlflow.tracking import MlflowClient
 from test_end_to_end import free_port, runs_by_role
 
@@ -49,6 +49,7 @@ def write_job(folder: Path, name: str, trials: int, extra: str = "") -> Path:
         seed: 3
         max_metric_drop: 0.02
         front_every: 100
+        {FAST_EXPORTER}
     """) + textwrap.dedent(extra))
     return path
 
@@ -97,7 +98,7 @@ def test_a_latency_resource_that_no_node_has_fails_fast_with_a_clear_error(tmp_p
     assert not (tmp_path / "tuner-runs" / "no-box" / "artifacts").exists()  # nothing was built
 
 
-def test_workers_that_no_node_can_place_fail_after_the_pending_timeout(tmp_path, monkeypatch):
+def test_workers_that_no_node_can_place_fail_after_the_pending_timeout(tmp_path, monkeypatch, mlflow_uri):
     from ray.cluster_utils import Cluster
 
     from tuner.study import StudyError
@@ -109,13 +110,13 @@ def test_workers_that_no_node_can_place_fail_after_the_pending_timeout(tmp_path,
         with pytest.raises(StudyError, match=r"no worker could be placed for \d+ s \(pending_timeout_s\): each "
                                              r"needs 1 CPU; 1 live node\(s\)") as err:
             run_study(load_experiment(config), workers=2, address=cluster.address,
-                      tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", progress=False)
+                      tracking_uri=mlflow_uri, progress=False)
     finally:
         cluster.shutdown()
     assert str(config) in str(err.value)
 
 
-def test_a_study_on_a_multi_node_cluster_survives_losing_a_node(tmp_path, monkeypatch):
+def test_a_study_on_a_multi_node_cluster_survives_losing_a_node(tmp_path, monkeypatch, mlflow_uri):
     from ray.cluster_utils import Cluster
 
     monkeypatch.chdir(tmp_path)
@@ -135,7 +136,7 @@ def test_a_study_on_a_multi_node_cluster_survives_losing_a_node(tmp_path, monkey
     try:
         with node_removed_mid_study(cluster, doomed, artifacts, after=4) as removed:  # baseline + 3 trials back
             result = run_study(experiment, workers=3, address=cluster.address,
-                               tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", progress=False)
+                               tracking_uri=mlflow_uri, progress=False)
     finally:
         cluster.shutdown()
     assert removed.is_set()
@@ -154,11 +155,11 @@ def test_a_study_on_a_multi_node_cluster_survives_losing_a_node(tmp_path, monkey
 
     for t in complete:
         assert file_sha256(artifacts / t.user_attrs["key"] / "model.onnx") == t.user_attrs["artifact_sha256"]
-    _, trials = runs_by_role(MlflowClient(f"sqlite:///{tmp_path}/mlflow.db"), "cluster")
+    _, trials = runs_by_role(MlflowClient(mlflow_uri), "cluster")
     assert sorted(int(r.data.tags["tuner.trial_number"]) for r in trials) == [t.number for t in finished]
 
 
-def test_candidates_fail_with_the_reason_when_the_only_latency_node_is_lost(tmp_path, monkeypatch):
+def test_candidates_fail_with_the_reason_when_the_only_latency_node_is_lost(tmp_path, monkeypatch, mlflow_uri):
     from ray.cluster_utils import Cluster
 
     monkeypatch.chdir(tmp_path)
@@ -175,7 +176,7 @@ def test_candidates_fail_with_the_reason_when_the_only_latency_node_is_lost(tmp_
     try:
         with node_removed_mid_study(cluster, timer, artifacts, after=3) as removed:
             run_study(load_experiment(config), workers=2, address=cluster.address,
-                      tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", progress=False)
+                      tracking_uri=mlflow_uri, progress=False)
     finally:
         cluster.shutdown()
     assert removed.is_set()
@@ -188,11 +189,11 @@ def test_candidates_fail_with_the_reason_when_the_only_latency_node_is_lost(tmp_
     assert reasons and all("latency not measured: no live node carries resource 'timing'" in r for r in reasons)
 
 
-def test_a_driver_killed_with_sigkill_resumes_without_losing_or_duplicating_trials(tmp_path):
+def test_a_driver_killed_with_sigkill_resumes_without_losing_or_duplicating_trials(tmp_path, mlflow_uri):
     """`tuner resume STUDY` after SIGKILL: completed trials kept, interrupted ones re-run, no MLflow duplicates."""
     budget = 8
     config = write_job(tmp_path, "killed", budget, "latency: {threads: 1, warmup: 2, repeats: 10}\n")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_uri
     cmd = [sys.executable, "-m", "tuner.cli", "run", str(config), "--workers", "1", "--tracking-uri", uri,
            "--no-progress"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -243,7 +244,8 @@ def test_a_driver_killed_with_sigkill_resumes_without_losing_or_duplicating_tria
     assert {int(r.data.tags["tuner.trial_number"]) for r in live if r.data.tags["tuner.pareto"] == "true"} == expected
 
 
-def test_ray_job_submit_runs_a_study_on_a_running_cluster_and_a_ray_client_continues_it(tmp_path, monkeypatch):
+def test_ray_job_submit_runs_a_study_on_a_running_cluster_and_a_ray_client_continues_it(tmp_path, monkeypatch,
+                                                                                          mlflow_uri):
     job_dir = tmp_path / "job"
     config = write_job(job_dir, "job", 3, "latency: {threads: 1, warmup: 2, repeats: 10}\n")
     port, dashboard, client_port = free_port(), free_port(), free_port()
@@ -256,7 +258,7 @@ def test_ray_job_submit_runs_a_study_on_a_running_cluster_and_a_ray_client_conti
                     f"--ray-client-server-port={client_port}"],
                    env=env, check=True, capture_output=True, timeout=120)
     try:
-        uri = f"sqlite:///{tmp_path}/mlflow.db"
+        uri = mlflow_uri
         job = subprocess.run(
             [ray_cli, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", f"--working-dir={job_dir}",
              "--", "python", "-m", "tuner.cli", "run", config.name, "--address", "auto", "--workers", "1",

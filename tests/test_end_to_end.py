@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import SMALL_TASK_ARGS
+from conftest import FAST_EXPORTER, SMALL_TASK_ARGS
 from mlflow.tracking import MlflowClient
 
 from tuner.cli import main
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_experiment(tmp_path, name, trials, task="tuner.tasks.digits_cnn:make_task",
-                     space=str(REPO / "search_spaces" / "cnn_int8_prune.yaml"), task_args=SMALL_TASK_ARGS):
+                     space=str(REPO / "search_spaces" / "cnn_int8_prune.yaml"), task_args=SMALL_TASK_ARGS, extra=""):
     path = tmp_path / f"{name}.yaml"
     path.write_text(textwrap.dedent(f"""
         name: {name}
@@ -34,7 +34,7 @@ def write_experiment(tmp_path, name, trials, task="tuner.tasks.digits_cnn:make_t
         max_metric_drop: 0.02
         front_every: 2
         latency: {{threads: 1, batch_size: 1, warmup: 2, repeats: 10}}
-    """))
+    """) + extra)
     return path
 
 
@@ -100,10 +100,10 @@ def start_dashboard(journal: Path) -> Server:
                    "--quiet"], f"http://127.0.0.1:{port}", "/api/studies", journal.parent / "dashboard.log")
 
 
-def test_run_resume_front_pick(tmp_path, monkeypatch, capsys, small_task):
+def test_run_resume_front_pick(tmp_path, monkeypatch, capsys, small_task, mlflow_uri):
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    config = write_experiment(tmp_path, "e2e", trials=6)
+    uri = mlflow_uri
+    config = write_experiment(tmp_path, "e2e", trials=6, extra=FAST_EXPORTER + "\n")
     assert main(["run", str(config), "--workers", "2", "--tracking-uri", uri, "--no-progress"]) == 0
     assert "latency re-check: " in capsys.readouterr().out
 

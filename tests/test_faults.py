@@ -4,7 +4,7 @@ import json
 import textwrap
 
 import pytest
-from conftest import SMALL_TASK_ARGS
+from conftest import FAST_EXPORTER, SMALL_TASK_ARGS
 
 from tuner.cli import main
 from tuner.study import load_finished_study
@@ -35,7 +35,7 @@ def build(mode):
 """
 
 
-def run_faulty(tmp_path, monkeypatch, mode):
+def run_faulty(tmp_path, monkeypatch, mode, uri):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "faulty.py").write_text(FAULTY_TASK)
     (tmp_path / "space.yaml").write_text("layers:\n  - match: 're:.*'\n    precision: [fp32, int8]\n")
@@ -48,22 +48,24 @@ def run_faulty(tmp_path, monkeypatch, mode):
         candidate_timeout_s: 20
         retries: 1
         latency: {{threads: 1, batch_size: 1, warmup: 1, repeats: 5}}
+        {FAST_EXPORTER}
     """))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert main(["run", "exp.yaml", "--workers", "2", "--tracking-uri", uri, "--no-progress"]) == 0
     return load_finished_study(f"faulty-{mode}")
 
 
-def test_a_candidate_whose_worker_dies_is_retried_then_failed_and_the_study_completes(tmp_path, monkeypatch):
-    study = run_faulty(tmp_path, monkeypatch, "crash")
+def test_a_candidate_whose_worker_dies_is_retried_then_failed_and_the_study_completes(tmp_path, monkeypatch,
+                                                                                     mlflow_uri):
+    study = run_faulty(tmp_path, monkeypatch, "crash", mlflow_uri)
     assert len(study.trials) == 3 and {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
     assert study.trials[0].state.name == "COMPLETE"  # fp32 is unaffected
     reason = study.trials[1].user_attrs["fail_reason"]  # uniform int8: its worker died twice (1 retry)
     assert study.trials[1].state.name == "PRUNED" and "worker died 2 time(s) on this candidate" in reason
 
 
-def test_a_hanging_candidate_times_out_its_worker_is_replaced_and_the_study_completes(tmp_path, monkeypatch):
-    study = run_faulty(tmp_path, monkeypatch, "hang")
+def test_a_hanging_candidate_times_out_its_worker_is_replaced_and_the_study_completes(tmp_path, monkeypatch,
+                                                                                     mlflow_uri):
+    study = run_faulty(tmp_path, monkeypatch, "hang", mlflow_uri)
     assert len(study.trials) == 3 and {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
     assert study.trials[0].state.name == "COMPLETE"
     assert "timed out after 20 s" in study.trials[1].user_attrs["fail_reason"]

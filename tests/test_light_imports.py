@@ -50,8 +50,8 @@ def write_study(tmp_path, uri):
     recorder.close()
 
 
-def test_front_and_pick_load_neither_torch_nor_ray(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_front_and_pick_load_neither_torch_nor_ray(tmp_path, mlflow_uri):
+    uri = mlflow_uri
     write_study(tmp_path, uri)
     script = textwrap.dedent(f"""
         import sys

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import FAST_EXPORTER
 from mlflow.tracking import MlflowClient
 
 from tuner.storage import load_finished_study
@@ -21,7 +22,7 @@ TESTS = Path(__file__).parent
 pytestmark = pytest.mark.slow  # each waits for a task to load, a baseline and a trial scored for 2 s
 
 
-def start(tmp_path, name):
+def start(tmp_path, name, uri):
     (tmp_path / "space.yaml").write_text("layers:\n  - match: 're:.*'\n    precision: [fp32, int8]\n")
     path = tmp_path / f"{name}.yaml"
     path.write_text(textwrap.dedent(f"""
@@ -32,9 +33,9 @@ def start(tmp_path, name):
         trials: 500
         max_metric_drop: 0.05
         latency: {{threads: 1, warmup: 1, repeats: 5}}
+        {FAST_EXPORTER}
     """))
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = subprocess.Popen([sys.executable, "-m", "tuner.cli", "run", str(path), "--in-process", "--no-progress",
                              "--output-dir", str(tmp_path / "runs"), "--tracking-uri", uri],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
@@ -58,8 +59,8 @@ def study_run_status(uri, name):
     return runs[0].info.status
 
 
-def test_first_sigint_finishes_the_trial_in_flight_and_exits_130(tmp_path):
-    proc, uri = start(tmp_path, "stopme")
+def test_first_sigint_finishes_the_trial_in_flight_and_exits_130(tmp_path, mlflow_uri):
+    proc, uri = start(tmp_path, "stopme", mlflow_uri)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -74,8 +75,8 @@ def test_first_sigint_finishes_the_trial_in_flight_and_exits_130(tmp_path):
     assert study_run_status(uri, "stopme") == "KILLED"
 
 
-def test_second_sigint_stops_at_once_and_the_trial_in_flight_runs_again(tmp_path):
-    proc, uri = start(tmp_path, "twice")
+def test_second_sigint_stops_at_once_and_the_trial_in_flight_runs_again(tmp_path, mlflow_uri):
+    proc, uri = start(tmp_path, "twice", mlflow_uri)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)

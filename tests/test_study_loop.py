@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import FAST_EXPORTER
 from mlflow.tracking import MlflowClient
 
 import tuner
@@ -48,6 +49,7 @@ def experiment(tmp_path, name, trials=4, fragile=False, max_drop=0.02, keep="fro
         front_every: 2
         keep_artifacts: {keep}
         latency: {{threads: 1, warmup: 1, repeats: 5}}
+        {FAST_EXPORTER}
     """) + extra)
     return path
 

@@ -10,10 +10,10 @@ from tuner.records import LatencyStats, TrialResult
 from tuner.tracking import MlflowRecorder
 
 
-def test_a_600_layer_candidate_logs_within_mlflow_limits(tmp_path):
+def test_a_600_layer_candidate_logs_within_mlflow_limits(tmp_path, mlflow_uri):
     from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     recorder = MlflowRecorder(uri, "big", "accuracy", "uid-1")
     layers = [f"encoder.layer.{i // 6}.block.{i % 6}.dense" for i in range(600)]
     candidate = Candidate(precision=tuple((name, ("int8", "fp32", "int8-dynamic-pc")[i % 3])
