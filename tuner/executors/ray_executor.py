@@ -164,6 +164,12 @@ class RayExecutor(Executor):
     def _built(self, ref, job: _Job, finished: list) -> None:
         try:
             shipped = ray.get(ref)
+            result = shipped["result"]
+            timed = result.completed and job.fidelity.timed and not result.screened_out
+            # The model is an object of the worker's: a node lost after the build but before this fetch takes
+            # it along (OwnerDiedError), which is a worker death like any other. The only copy this process
+            # holds, written and dropped below.
+            model = ray.get(shipped["model"]) if timed else None
             self._pool.give_back(job.actor)
         except ray.exceptions.RayError as exc:  # the worker process or its node died mid-candidate
             self._pool.replace(job.actor)
@@ -174,14 +180,15 @@ class RayExecutor(Executor):
             finished.append((job.token, job.failed(f"worker died {job.attempt + 1} time(s) on this candidate: "
                                                    f"{type(exc).__name__}: {_first_line(exc)}")))
             return
-        result = replace(shipped["result"], worker_deaths=job.attempt)  # retried after losing its worker
-        if not result.completed or not job.fidelity.timed or result.screened_out:  # nothing to write or time
+        result = replace(result, worker_deaths=job.attempt)  # retried after losing its worker
+        if not timed:  # nothing to write or time
             finished.append((job.token, result.with_timings(wall=time.perf_counter() - job.submitted)))
             return
         directory = self.artifact_root / result.key  # the files came back through Ray
         directory.mkdir(parents=True, exist_ok=True)
         files = dict(shipped["files"])
-        files["model.onnx"] = ray.get(shipped["model"])  # the only copy this process holds, dropped below
+        files["model.onnx"] = model
+        del model
         for name, data in files.items():
             tmp = directory / f".{name}.tmp"
             tmp.write_bytes(data)
