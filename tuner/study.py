@@ -299,8 +299,8 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
     status = "FAILED"
     with StopRequest(experiment.stop_grace_s) as stop:
         try:
-            if experiment.auto_space and not auto_settled and not study.trials:  # (a study with trials and
-                # no space.yaml predates it: it keeps the space its signature matched above)
+            # (a study with trials but no space.yaml predates it: it keeps the space its signature matched)
+            if experiment.auto_space and not auto_settled and not study.trials:
                 space = settle_auto_space(study, space, runner, experiment, task.evaluation.metric_name, log,
                                           stop, lambda key: retention.discard(study, key))
             log_study_inputs(recorder, experiment, space)
