@@ -15,13 +15,16 @@ from pathlib import Path
 
 import optuna
 import pytest
+import ray
 from conftest import FAST_EXPORTER, SMALL_TASK_ARGS
 from mlflow.tracking import MlflowClient
 from test_end_to_end import free_port, runs_by_role
 
 from tuner.cli import main
-from tuner.experiment import load_experiment
+from tuner.executors import RayExecutor
+from tuner.experiment import EvalSettings, load_experiment
 from tuner.study import load_finished_study, run_study
+from tuner.taskref import TaskRef
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -265,8 +268,14 @@ def test_ray_job_submit_runs_a_study_on_a_running_cluster_and_a_ray_client_conti
              "--tracking-uri", uri, "--output-dir", str(tmp_path / "runs"), "--no-progress"],
             env=env, capture_output=True, text=True, timeout=400)
         assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-3000:] + job.stderr[-3000:]
-        # the same study, continued from this machine through Ray Client: two more trials
+        # beside that running cluster, a run given no address starts a Ray of its own instead of joining it
         monkeypatch.chdir(job_dir)
+        local = RayExecutor(TaskRef("user_task.py:build"), EvalSettings(), tmp_path / "local", workers=1)
+        try:
+            assert ray.get_runtime_context().gcs_address.rsplit(":", 1)[1] != str(port)
+        finally:
+            local.close()
+        # the same study, continued from this machine through Ray Client: two more trials
         monkeypatch.setenv("RAY_AUTH_MODE", "token")
         assert main(["run", config.name, "--address", f"ray://127.0.0.1:{client_port}", "--workers", "1",
                      "--trials", "5", "--tracking-uri", uri, "--output-dir", str(tmp_path / "runs"),

@@ -94,8 +94,8 @@ class RayExecutor(Executor):
                     init_args["runtime_env"] = runtime_env
                 path = None  # the shipped working directory is the workers' cwd and on their path
                 ray.init(address=address, **init_args)
-            else:
-                ray.init(num_cpus=max(workers or 1, os.cpu_count() or 1), **init_args)
+            else:  # "local": a Ray of its own, even where `ray start` left a cluster that ray.init() would join
+                ray.init(address="local", num_cpus=max(workers or 1, os.cpu_count() or 1), **init_args)
         try:
             cluster = ClusterView(latency_resource)
             cluster.check_resource()
