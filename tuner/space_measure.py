@@ -8,7 +8,6 @@ study's space. `tuner space --measure` does the same and prints the space.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -17,10 +16,12 @@ from pathlib import Path
 from tuner.errors import StudyError
 from tuner.evaluate import Evaluator
 from tuner.executors.base import Executor, evaluate_all
+from tuner.experiment import Experiment
 from tuner.precision import FP32
 from tuner.records import FULL, Fidelity, TrialResult
 from tuner.space import SearchSpace, SpaceFile
 from tuner.stop import StopRequest
+from tuner.task import Task
 
 UNSCORED = Fidelity(samples=0)  # built and timed: the decision needs latency only
 
@@ -92,17 +93,13 @@ def keep_fast(space_file: SpaceFile, timings: list[KindTiming]) -> SpaceFile:
     return replace(space_file, rules=rules)
 
 
-def keep_fast_kinds(space: SearchSpace, task, experiment, log: Callable[[str], None] = print, scored: bool = True,
-                    artifact_root: str | Path | None = None) -> tuple[SpaceFile, list[str]]:
+def keep_fast_kinds(space: SearchSpace, task: Task, experiment: Experiment, log: Callable[[str], None] = print,
+                    scored: bool = True) -> tuple[SpaceFile, list[str]]:
     """The space file without the choices whose uniform model is not faster than the fp32 one here (or fails),
-    and one line per uniform model saying what was measured. Built into ``artifact_root`` (where a study's
-    workers find them again), or a temporary folder; a left-out kind's model is deleted."""
+    and one line per uniform model saying what was measured (`tuner space --measure`; built in a temporary
+    folder)."""
     with tempfile.TemporaryDirectory(prefix="tuner-space-") as tmp:
-        root = Path(artifact_root) if artifact_root is not None else Path(tmp)
-        evaluator = Evaluator(experiment.task_ref(), experiment.eval_settings(), root, task=task)
+        evaluator = Evaluator(experiment.task_ref(), experiment.eval_settings(), Path(tmp), task=task)
         timings = time_uniform_kinds(space, evaluator, scored, log)
-        for timing in timings:
-            if not timing.kept and timing.key:
-                shutil.rmtree(root / timing.key, ignore_errors=True)
     lines = [t.line(task.evaluation.metric_name) for t in timings]
     return keep_fast(space.file, timings), lines

@@ -20,6 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.executors.base import Executor
+from tuner.infeasible import METRIC_CONSTRAINT
 from tuner.records import FULL, Fidelity, StudyMeta, TrialMeta, TrialResult
 from tuner.space import SearchSpace
 from tuner.stop import StopRequest, StudyStopped
@@ -57,7 +58,7 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, meta: St
     if result.completed:
         drop = (meta.baseline_metric - result.metric) if meta.maximize else (result.metric - meta.baseline_metric)
         if meta.max_metric_drop is not None:  # <= 0 is feasible
-            trial.set_constraint("metric_drop", drop - meta.max_metric_drop)
+            trial.set_constraint(METRIC_CONSTRAINT, drop - meta.max_metric_drop)
     for key, value in TrialMeta.attrs_of(result, drop).items():
         trial.set_user_attr(key, value)
     if not result.completed:  # infeasible to the sampler: Optuna's samplers skip a FAIL trial as if never tried
