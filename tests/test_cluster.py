@@ -256,11 +256,19 @@ def test_ray_job_submit_runs_a_study_on_a_running_cluster_and_a_ray_client_conti
            "RAY_AUTH_MODE": "token"}  # the job client sends the token `ray start` wrote
     env.pop("RAY_ADDRESS")
     ray_cli = str(Path(sys.executable).parent / "ray")
-    subprocess.run([ray_cli, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
-                    "--include-dashboard=true", "--num-cpus=2", "--disable-usage-stats",
-                    f"--ray-client-server-port={client_port}"],
-                   env=env, check=True, capture_output=True, timeout=120)
+    # --block: the cluster lives as long as this process, and stopping it stops this cluster only (`ray stop`
+    # would stop every Ray on the machine, other tests' included)
+    head_log = tmp_path / "ray-start.log"
+    with head_log.open("w") as log:
+        head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}",
+                                 f"--dashboard-port={dashboard}", "--include-dashboard=true", "--num-cpus=2",
+                                 "--disable-usage-stats", f"--ray-client-server-port={client_port}"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in head_log.read_text():
+            assert head.poll() is None and time.monotonic() < deadline, head_log.read_text()[-3000:]
+            time.sleep(0.5)
         uri = mlflow_uri
         job = subprocess.run(
             [ray_cli, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", f"--working-dir={job_dir}",
@@ -281,7 +289,8 @@ def test_ray_job_submit_runs_a_study_on_a_running_cluster_and_a_ray_client_conti
                      "--trials", "5", "--tracking-uri", uri, "--output-dir", str(tmp_path / "runs"),
                      "--no-progress"]) == 0
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        head.terminate()
+        head.wait(timeout=120)
     study = load_finished_study("job", tmp_path / "runs")
     assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 5
     _, trials = runs_by_role(MlflowClient(uri), "job")
