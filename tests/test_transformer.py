@@ -206,3 +206,48 @@ def test_int8_dynamic_pc7_keeps_weights_within_7_bits_and_runs_dynamic_int8_kern
         assert len(weights) == len(layers)
         ranges[choice] = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
     assert ranges["int8-dynamic-pc7"] <= 64 < ranges["int8-dynamic-pc"]
+
+
+@pytest.mark.parametrize("kind, per_channel, reduce_range", [("int8-dynamic", False, False),
+                                                              ("int8-dynamic-pc7", True, True)])
+def test_dynamic_int8_built_in_memory_is_the_model_quantize_dynamic_writes(task, layers, tmp_path, kind,
+                                                                            per_channel, reduce_range):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from tuner.build.quantize import _BUILDERS, DYNAMIC_OPTIONS, BuildContext
+    from tuner.precision import KINDS as PRECISION_KINDS
+
+    export_onnx(task.model, task.example_inputs, tmp_path / "fp32.onnx")
+    fp32 = onnx.load(str(tmp_path / "fp32.onnx"))
+    nodes = map_layers(fp32, layer_weights(task.model, layers))
+    chosen = [nodes[name].name for name in layers[::2]]  # every other layer: the rest stay float
+    quantize_dynamic(tmp_path / "fp32.onnx", tmp_path / "ort.onnx", weight_type=QuantType.QInt8,
+                     per_channel=per_channel, reduce_range=reduce_range, nodes_to_quantize=chosen,
+                     op_types_to_quantize=list(PRECISION_KINDS[kind].op_types), extra_options=dict(DYNAMIC_OPTIONS))
+    context = BuildContext(tuple(i.name for i in fp32.graph.input), [], {})
+    ours = _BUILDERS[kind](fp32, chosen, None, context)
+    theirs = onnx.load(str(tmp_path / "ort.onnx"))
+    assert sum(n.op_type == "DynamicQuantizeLinear" for n in ours.graph.node) > 0
+    assert ours.SerializeToString() == theirs.SerializeToString()
+
+
+def test_static_int8_from_cached_ranges_is_built_in_memory_as_quantize_static_builds_it(task, layers, tmp_path,
+                                                                                         monkeypatch):
+    import tuner.build.quantize as quantize
+
+    export_onnx(task.model, task.example_inputs, tmp_path / "fp32.onnx")
+    nodes = map_layers(onnx.load(str(tmp_path / "fp32.onnx")), layer_weights(task.model, layers))
+    choice = {nodes[name].name: ("int8" if i % 2 else "int8-dynamic") for i, name in enumerate(layers)}
+    chosen = [node for node, c in choice.items() if c == "int8"]
+    calibration = [[t.numpy() for t in batch] for batch in task.calibration_inputs]
+    context = quantize.BuildContext(("input_ids", "attention_mask", "token_type_ids"), calibration, choice,
+                                    tmp_path / "ranges")
+    calibrated = quantize._BUILDERS["int8"](onnx.load(str(tmp_path / "fp32.onnx")), chosen, None, context)
+    assert len(list((tmp_path / "ranges").glob("*.json"))) == 1
+
+    def no_file_round_trip(*args, **kwargs):
+        raise AssertionError("quantize_static called although the ranges are cached")
+    monkeypatch.setattr(quantize, "quantize_static", no_file_round_trip)
+    from_ranges = quantize._BUILDERS["int8"](onnx.load(str(tmp_path / "fp32.onnx")), chosen, None, context)
+    assert sum(n.op_type == "QuantizeLinear" for n in from_ranges.graph.node) > 0
+    assert from_ranges.SerializeToString() == calibrated.SerializeToString()

@@ -17,12 +17,17 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
+    QDQQuantizer,
     QuantFormat,
+    QuantizationMode,
     QuantType,
-    quantize_dynamic,
+    TensorsData,
+    load_tensors_data,
     quantize_static,
 )
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+from onnxruntime.quantization.quant_utils import add_infer_metadata, update_opset_version
 
 from tuner.build.export import WEIGHTED_OPS
 from tuner.precision import (
@@ -35,6 +40,9 @@ from tuner.precision import (
     KINDS,
     parse,
 )
+
+# extra_options of every dynamic int8 build
+DYNAMIC_OPTIONS = {"DefaultTensorType": TensorProto.FLOAT}
 
 
 class _BatchReader(CalibrationDataReader):
@@ -128,13 +136,26 @@ def _int4(model: onnx.ModelProto, nodes: list[str], block: int | None, context: 
 @register_precision_builder(INT8)
 def _int8_static(model: onnx.ModelProto, nodes: list[str], block: int | None, context: BuildContext
                  ) -> onnx.ModelProto:
+    data = model.SerializeToString()  # the bytes onnx.save writes
+    cache = _calibration_file(data, context.calibration_cache)
+    if cache is not None and cache.is_file():
+        model = _int8_static_from_ranges(model, nodes, load_tensors_data(cache))
+    else:
+        model = _int8_static_calibrating(data, nodes, context, cache)
+    # Layers that must stay float are cut off from upstream DequantizeLinear (see `keep_float_inputs`).
+    keep_float_inputs(model, context.float_nodes())
+    return model
+
+
+def _int8_static_calibrating(data: bytes, nodes: list[str], context: BuildContext, cache: Path | None
+                             ) -> onnx.ModelProto:
+    """ORT's `quantize_static`, file to file, calibrating; the ranges go to ``cache`` when it is given."""
     with tempfile.TemporaryDirectory() as tmp:
-        onnx.save(model, f"{tmp}/in.onnx")
-        cache = _calibration_file(Path(tmp) / "in.onnx", context.calibration_cache)
+        Path(tmp, "in.onnx").write_bytes(data)
         # ORT calibrates every input and output of the WEIGHTED_OPS nodes, whichever of them are quantized: the
         # ranges depend only on the model calibrated on, so one file serves every mix built on that model.
         scratch = cache
-        if cache is not None and not cache.is_file():  # calibrate, then publish the file whole (workers share it)
+        if cache is not None:  # calibrate, then publish the file whole (workers share it)
             cache.parent.mkdir(parents=True, exist_ok=True)
             scratch = cache.parent / f".{cache.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.json"
         try:
@@ -143,41 +164,57 @@ def _int8_static(model: onnx.ModelProto, nodes: list[str], block: int | None, co
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                             nodes_to_quantize=nodes, op_types_to_quantize=list(WEIGHTED_OPS),
                             calibration_cache_path=scratch)
-            if scratch != cache:
+            if scratch is not None:
                 os.replace(scratch, cache)
         finally:
-            if scratch != cache:
+            if scratch is not None:
                 scratch.unlink(missing_ok=True)
-        model = onnx.load(f"{tmp}/out.onnx")
-    # Layers that must stay float are cut off from upstream DequantizeLinear (see `keep_float_inputs`).
-    keep_float_inputs(model, context.float_nodes())
-    return model
+        return onnx.load(f"{tmp}/out.onnx")
 
 
-def _calibration_file(model_path: Path, folder: Path | None) -> Path | None:
-    """The cached ranges of the model in ``model_path``, named by its bytes' hash."""
+def _int8_static_from_ranges(model: onnx.ModelProto, nodes: list[str], ranges: TensorsData) -> onnx.ModelProto:
+    """What `quantize_static` runs once it has its ranges (shape inference, opset update, `QDQQuantizer`,
+    topological sort), on the model in memory, with the arguments `_int8_static_calibrating` gives it;
+    `tests/test_transformer.py` checks both give the same model."""
+    model = onnx.shape_inference.infer_shapes(model)
+    add_infer_metadata(model)
+    model = update_opset_version(model, QuantType.QInt8, QuantType.QUInt8)
+    quantizer = QDQQuantizer(model, True, False, QuantType.QInt8, QuantType.QUInt8, ranges, nodes, [],
+                             list(WEIGHTED_OPS), {})
+    quantizer.quantize_model()
+    quantizer.model.topological_sort()
+    return quantizer.model.model
+
+
+def _calibration_file(data: bytes, folder: Path | None) -> Path | None:
+    """The cached ranges of the model serialized as ``data``, named by its hash."""
     if folder is None:
         return None
-    digest = hashlib.sha256()
-    with open(model_path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return folder / f"{digest.hexdigest()[:32]}.json"
+    return folder / f"{hashlib.sha256(data).hexdigest()[:32]}.json"
 
 
 def _int8_dynamic(kind: str, per_channel: bool, reduce_range: bool = False) -> PrecisionBuilder:
     """ORT's dynamic quantizer; ``reduce_range``: 7-bit weights. (ORT writes LSTM weights per channel whatever it
-    is asked: LSTM is offered by the per-channel kind only.)"""
+    is asked: LSTM is offered by the per-channel kind only.)
+
+    It runs what `quantize_dynamic` runs (opset update, `ONNXQuantizer`, topological sort) on the model in
+    memory. `quantize_dynamic` takes a file: the model was saved for it, shape-inferred file to file, loaded, and
+    its output saved and loaded again, per kind (`experiments/bert_base/quantize_time.py`: a BERT-base mix of
+    every int8 kind builds in 0.49x the time). `tests/test_transformer.py` checks that the result is, byte for
+    byte, the model `quantize_dynamic` writes."""
     def build(model: onnx.ModelProto, nodes: list[str], block: int | None, context: BuildContext
               ) -> onnx.ModelProto:
-        with tempfile.TemporaryDirectory() as tmp:
-            onnx.save(model, f"{tmp}/in.onnx")
-            # DefaultTensorType: ORT's contrib ops (SkipLayerNormalization, ...) carry no type inference.
-            quantize_dynamic(f"{tmp}/in.onnx", f"{tmp}/out.onnx", weight_type=QuantType.QInt8,
-                             per_channel=per_channel, reduce_range=reduce_range, nodes_to_quantize=nodes,
-                             op_types_to_quantize=list(KINDS[kind].op_types),
-                             extra_options={"DefaultTensorType": TensorProto.FLOAT})
-            return onnx.load(f"{tmp}/out.onnx")
+        # No shape inference first: for a dynamic build ONNXQuantizer infers shapes itself (after rewriting Gemm
+        # to MatMul) and reads only its own; the metadata says the model went through it, as quantize_dynamic's does.
+        add_infer_metadata(model)
+        model = update_opset_version(model, QuantType.QInt8)
+        # DefaultTensorType: ORT's contrib ops (SkipLayerNormalization, ...) carry no type inference.
+        quantizer = ONNXQuantizer(model, per_channel, reduce_range, QuantizationMode.IntegerOps, False,
+                                  QuantType.QInt8, QuantType.QUInt8, None, nodes, None, list(KINDS[kind].op_types),
+                                  {**DYNAMIC_OPTIONS, "MatMulConstBOnly": True})
+        quantizer.quantize_model()
+        quantizer.model.topological_sort()
+        return quantizer.model.model
     return build
 
 
