@@ -93,7 +93,7 @@ class RayExecutor(Executor):
                 if runtime_env:
                     init_args["runtime_env"] = runtime_env
                 path = None  # the shipped working directory is the workers' cwd and on their path
-                ray.init(address=address, **init_args)
+                connect(address, init_args)
             else:  # "local": a Ray of its own, even where `ray start` left a cluster that ray.init() would join
                 ray.init(address="local", num_cpus=max(workers or 1, os.cpu_count() or 1), **init_args)
         try:
@@ -299,6 +299,29 @@ class RayExecutor(Executor):
         self._pool = self._meters = None
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
+
+
+# Ray Client's proxy forks a server process per client, which at times dies at once (a gRPC race at fork,
+# ray-project/ray#63202, about 7% of connections there): the connection is made again.
+CLIENT_SERVER_FAILED = "Starting Ray client server failed"
+CONNECT_ATTEMPTS = 3
+
+
+def connect(address: str, init_args: Mapping[str, Any], attempts: int = CONNECT_ATTEMPTS) -> None:
+    """``ray.init(address, **init_args)``; a Ray Client connection whose server process failed to start is tried
+    again, up to ``attempts`` times."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, **init_args)
+            return
+        except (RuntimeError, ConnectionError) as exc:
+            if CLIENT_SERVER_FAILED not in str(exc) or attempt == attempts:
+                raise
+            logging.getLogger("tuner").warning("Ray Client: the cluster's server for this client failed to start "
+                                               "(ray-project/ray#63202); connecting again (%d/%d)",
+                                               attempt + 1, attempts)
+            ray.shutdown()
+            time.sleep(1.0)
 
 
 def _first_line(exc: Exception) -> str:
