@@ -1,5 +1,6 @@
 """The sensitivity pass on a small model built here: real probes through a real executor, subset-scored."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,18 @@ from tuner.build.prune import pruning_groups
 from tuner.candidate import Candidate
 from tuner.executors import InProcessExecutor
 from tuner.experiment import EvalSettings
-from tuner.sensitivity import PRUNE, layer_groups, markdown_table, probes, ranking, read_rows, run_sensitivity
+from tuner.sensitivity import (
+    PRUNE,
+    SensitivityRow,
+    layer_groups,
+    markdown_table,
+    needs_whole_set,
+    probes,
+    ranking,
+    read_rows,
+    run_sensitivity,
+    target_stderr,
+)
 from tuner.space import SearchSpace, layer_op_types, load_space_file
 from tuner.taskref import TaskRef
 
@@ -76,3 +88,43 @@ def test_pruning_probes_and_failures_are_rows_too(setup):
     assert [r.choice for r in failed] == ["int8@basic"] and "int8 needs opt_level" in failed[0].error
     assert all(r.drop is not None and r.stderr is None for r in rows if not r.error)  # full set: no error bar
     assert ranking(rows)[0].error  # a failed probe is shown first: the most sensitive of all
+
+
+def test_a_probe_too_uncertain_on_its_subset_is_scored_again_on_the_whole_set(setup):
+    folder, space, executor, baseline = setup
+    todo = [p for p in probes(space) if p.kind == "precision"]
+    whole = {r.id: r for r in run_sensitivity(executor, todo, baseline, True, None, folder / "whole.jsonl",
+                                              lambda line: None)}
+    first = {r.id: r for r in run_sensitivity(executor, todo, baseline, True, 16, folder / "one_look.jsonl",
+                                              lambda line: None)}
+    assert not any(r.whole_set for r in first.values()) and all(r.whole_set for r in whole.values())
+    # The fragile layer flips sampled predictions (a measured, non-zero error); the others flip none of 16.
+    assert first["precision|0|int8"].stderr > 0
+    assert {r.id for r in first.values() if r.stderr == 0} == {"precision|2|int8", "precision|4|int8"}
+
+    cache, lines = folder / "two_looks.jsonl", []
+    rows = {r.id: r for r in run_sensitivity(executor, todo, baseline, True, 16, cache, lines.append,
+                                             target_stderr=1.0)}
+    again = {i for i, r in first.items() if needs_whole_set(r, 1.0)}
+    assert again == {"precision|2|int8", "precision|4|int8"}  # a zero error from a subset proves nothing
+    assert any("2 of 3 probes not precise enough on 16 samples" in line for line in lines)
+    for i, row in rows.items():
+        expected = whole[i] if i in again else first[i]
+        assert (row.metric, row.drop, row.whole_set) == (expected.metric, expected.drop, expected.whole_set)
+    assert len(read_rows(cache)) == 3 + 2  # the first look stays in the file; the second replaces it
+    assert run_sensitivity(executor, todo, baseline, True, 16, cache, lines.append, target_stderr=1.0) == \
+        list(rows.values()) and len(read_rows(cache)) == 5  # resumed: nothing scored again
+
+    # A target below the fragile probe's error sends it to the whole set as well.
+    tight = run_sensitivity(executor, todo, baseline, True, 16, folder / "tight.jsonl", lambda line: None,
+                            target_stderr=first["precision|0|int8"].stderr / 2)
+    assert all(r.whole_set and r.metric == whole[r.id].metric for r in tight)
+
+
+def test_the_target_error_keeps_a_seeds_summed_prediction_within_a_quarter_of_the_allowed_drop():
+    assert target_stderr(0.02, 36) == pytest.approx(0.02 / 24)
+    assert target_stderr(None, 36) is None and target_stderr(0.01, 0) is None
+    row = SensitivityRow("precision", "0", "int8", ("0",), 0.9, 0.01, 0.002, 1.0)
+    assert needs_whole_set(row, 0.001) and not needs_whole_set(row, 0.003)
+    assert not needs_whole_set(replace(row, whole_set=True, stderr=None), 0.001)
+    assert not needs_whole_set(replace(row, metric=None, drop=None, stderr=None, error="failed"), 0.001)

@@ -124,7 +124,7 @@ def seed_study(study, space: SearchSpace, executor, experiment, feeds_for, recor
 
     from tuner.latency_check import fit_from_references
     from tuner.records import StudyMeta
-    from tuner.sensitivity import heatmap_html, markdown_table, probes, run_sensitivity
+    from tuner.sensitivity import heatmap_html, markdown_table, probes, run_sensitivity, target_stderr
 
     meta = StudyMeta.load(study)
     config = experiment.seeding
@@ -137,10 +137,12 @@ def seed_study(study, space: SearchSpace, executor, experiment, feeds_for, recor
                             for t in study.get_trials(deepcopy=False) if t.user_attrs.get("reference")
                             and t.values is not None}
     started = time.perf_counter()
+    target = target_stderr(meta.max_metric_drop, len({(p.kind, p.group) for p in todo}))
     log(f"sensitivity: {len(todo)} probes ({config.mode}; each scored on {config.samples or 'all'} evaluation "
-        "samples, not timed) ...")
+        "samples, not timed" + (f"; again on all of them where the std. error is above {target:.2g}" if target and
+                                config.samples else "") + ") ...")
     rows = run_sensitivity(executor, todo, meta.baseline_metric, meta.maximize, config.samples,
-                           run_dir / "sensitivity.jsonl", log, reference_metric, stop)
+                           run_dir / "sensitivity.jsonl", log, reference_metric, stop, target)
     spent = time.perf_counter() - started
     (run_dir / "sensitivity.md").write_text(markdown_table(rows, meta.metric_name) + "\n")
     heatmap_html(rows, run_dir / "sensitivity.html", meta.metric_name)

@@ -3,8 +3,11 @@
 For every layer group and every non-fp32 precision its rule offers, one *probe* candidate: the model fp32
 except that group (``one_in``; or, ``one_out``, every layer at that precision except that group, which goes back
 to fp32, NNCF-style). For every pruning group and ratio, one probe with that group alone pruned. Probes are
-real artifacts built by the study's executor and scored on a fixed subset of the evaluation set, never timed
-(:class:`tuner.records.Fidelity`); each row keeps its metric estimate and standard error.
+real artifacts built by the study's executor, never timed (:class:`tuner.records.Fidelity`), and scored on a
+fixed subset of the evaluation set first; a probe whose estimate is too uncertain for the study's constraint is
+scored again on the whole set (on a fidelity metric such as cosine, 32 samples are precise enough for nearly
+every probe; a classifier's accuracy needs the whole set for most). Each row keeps its metric estimate and
+standard error.
 
 Rows are appended to ``sensitivity.jsonl`` in the run directory as they come, so a stopped pass resumes where
 it stopped; the table and a chart go to MLflow.
@@ -13,10 +16,11 @@ it stopped; the table and a chart go to MLflow.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from tuner.candidate import Candidate
@@ -58,6 +62,7 @@ class SensitivityRow:
     stderr: float | None
     seconds: float
     error: str | None = None
+    whole_set: bool = False  # scored on the whole evaluation set (else on a subset)
 
     @property
     def id(self) -> str:
@@ -108,9 +113,11 @@ def probes(space: SearchSpace, mode: str = "one_in", max_groups: int = 48) -> li
 
 def run_sensitivity(executor: Executor, todo: Sequence[Probe], baseline_metric: float, maximize: bool,
                     samples: int | None, cache: Path, log: Callable[[str], None] = print,
-                    reference_metric: Mapping[str, float] | None = None, stop: StopRequest | None = None
-                    ) -> list[SensitivityRow]:
-    """Evaluate the probes not yet in ``cache`` (JSON lines) on the executor, at subset fidelity, untimed.
+                    reference_metric: Mapping[str, float] | None = None, stop: StopRequest | None = None,
+                    target_stderr: float | None = None) -> list[SensitivityRow]:
+    """Evaluate the probes not yet in ``cache`` (JSON lines) on the executor, untimed: first on ``samples`` of
+    the evaluation set; then, with ``target_stderr``, every probe whose estimate is not that precise (see
+    :func:`needs_whole_set`) again on the whole set, its row replaced and its seconds added up.
 
     ``reference_metric``: for ``one_out`` probes, the metric of the uniform candidate of each choice, from which
     the drop is measured (the drop is then what putting the group back to fp32 recovers, sign-flipped so that a
@@ -119,37 +126,77 @@ def run_sensitivity(executor: Executor, todo: Sequence[Probe], baseline_metric: 
     pending = [p for p in todo if p.id not in done]
     if done:
         log(f"sensitivity: {len(done)} probes from {cache.name}, {len(pending)} to go")
-    fidelity = Fidelity(samples=samples, timed=False)
-    queue, in_flight, started, finished = list(pending), {}, time.perf_counter(), 0
     with cache.open("a") as out:
-        while queue or in_flight:
-            if stop is not None and stop.requested:  # what finished is in the cache; the rest runs next time
-                raise StudyStopped(stop.signal_name, 0, len(in_flight))
-            while queue and executor.idle:
-                probe = queue.pop(0)
-                in_flight[probe.id] = (probe, time.perf_counter())
-                executor.submit(probe.id, probe.candidate, fidelity)
-            for token, result in executor.results(timeout=1.0):
-                probe, submitted = in_flight.pop(token)
-                seconds = time.perf_counter() - submitted
-                if result.completed:
-                    base = baseline_metric if reference_metric is None else reference_metric.get(probe.choice,
-                                                                                              baseline_metric)
-                    drop = (base - result.metric) if maximize else (result.metric - base)
-                    if reference_metric is not None:
-                        drop = -drop
-                    row = SensitivityRow(probe.kind, probe.group, probe.choice, probe.layers, result.metric, drop,
-                                         result.metric_stderr, seconds)
-                else:
-                    row = SensitivityRow(probe.kind, probe.group, probe.choice, probe.layers, None, None, None,
-                                         seconds, (result.error or "failed").splitlines()[0][:300])
+        def score(batch: Sequence[Probe], fidelity: Fidelity) -> None:
+            for row in _evaluate(executor, batch, fidelity, baseline_metric, maximize, reference_metric, stop,
+                                 log, len(todo)):
+                earlier = done.get(row.id)
+                if earlier is not None:  # a second look: the pass spent both
+                    row = replace(row, seconds=row.seconds + earlier.seconds)
                 done[row.id] = row
                 out.write(json.dumps(asdict(row)) + "\n")
                 out.flush()
-                finished += 1
-                if finished % 10 == 0 or not (queue or in_flight):
-                    log(f"sensitivity: {len(done)}/{len(todo)} probes, {time.perf_counter() - started:.0f} s")
+
+        score(pending, Fidelity(samples=samples, timed=False))
+        if target_stderr is not None and samples is not None:
+            again = [p for p in todo if p.id in done and needs_whole_set(done[p.id], target_stderr)]
+            if again:
+                log(f"sensitivity: {len(again)} of {len(todo)} probes not precise enough on {samples} samples "
+                    f"(std. error above {target_stderr:.2g}, or no sample changed): scoring them on the whole set")
+                score(again, Fidelity(samples=None, timed=False))
     return [done[p.id] for p in todo if p.id in done]
+
+
+def needs_whole_set(row: SensitivityRow, target_stderr: float) -> bool:
+    """Whether a subset-scored probe must be scored again on the whole set: its standard error is above
+    ``target_stderr``, or it is zero because no sampled output changed (a classifier whose probe flipped none
+    of the sampled predictions: a subset that saw no change does not show the change is nil)."""
+    if row.whole_set or row.drop is None:
+        return False
+    return row.stderr is None or row.stderr == 0.0 or row.stderr > target_stderr
+
+
+def target_stderr(max_metric_drop: float | None, groups: int) -> float | None:
+    """The standard error a probe needs for the seeds' predictions: a seed's predicted drop adds up one probe
+    per group, and with each probe at ``max_metric_drop / (4 sqrt(groups))`` the sum's error stays within a
+    quarter of the allowed drop. None (no constraint): the first look is kept."""
+    if max_metric_drop is None or max_metric_drop <= 0 or groups < 1:
+        return None
+    return max_metric_drop / (4 * math.sqrt(groups))
+
+
+def _evaluate(executor: Executor, todo: Sequence[Probe], fidelity: Fidelity, baseline_metric: float,
+              maximize: bool, reference_metric: Mapping[str, float] | None, stop: StopRequest | None,
+              log: Callable[[str], None], total: int) -> Iterator[SensitivityRow]:
+    """The probes' rows, as the executor finishes them."""
+    queue, in_flight, started, finished = list(todo), {}, time.perf_counter(), 0
+    while queue or in_flight:
+        if stop is not None and stop.requested:  # what finished is in the cache; the rest runs next time
+            raise StudyStopped(stop.signal_name, 0, len(in_flight))
+        while queue and executor.idle:
+            probe = queue.pop(0)
+            in_flight[probe.id] = (probe, time.perf_counter())
+            executor.submit(probe.id, probe.candidate, fidelity)
+        for token, result in executor.results(timeout=1.0):
+            probe, submitted = in_flight.pop(token)
+            seconds = time.perf_counter() - submitted
+            whole_set = result.scored_samples is None
+            if result.completed:
+                base = baseline_metric if reference_metric is None else reference_metric.get(probe.choice,
+                                                                                          baseline_metric)
+                drop = (base - result.metric) if maximize else (result.metric - base)
+                if reference_metric is not None:
+                    drop = -drop
+                row = SensitivityRow(probe.kind, probe.group, probe.choice, probe.layers, result.metric, drop,
+                                     result.metric_stderr, seconds, whole_set=whole_set)
+            else:
+                row = SensitivityRow(probe.kind, probe.group, probe.choice, probe.layers, None, None, None,
+                                     seconds, (result.error or "failed").splitlines()[0][:300], whole_set)
+            finished += 1
+            yield row
+            if finished % 10 == 0 or not (queue or in_flight):
+                log(f"sensitivity: {finished}/{len(todo)} probes"
+                    f"{'' if len(todo) == total else ' on the whole set'}, {time.perf_counter() - started:.0f} s")
 
 
 def read_rows(cache: Path) -> list[SensitivityRow]:
