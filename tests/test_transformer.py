@@ -214,7 +214,7 @@ def test_dynamic_int8_built_in_memory_is_the_model_quantize_dynamic_writes(task,
                                                                             per_channel, reduce_range):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from tuner.build.quantize import _BUILDERS, DYNAMIC_OPTIONS, BuildContext
+    from tuner.build.quantize import _BUILDERS, DYNAMIC_OPTIONS, QUANTIZED_WEIGHTS, BuildContext
     from tuner.precision import KINDS as PRECISION_KINDS
 
     export_onnx(task.model, task.example_inputs, tmp_path / "fp32.onnx")
@@ -225,10 +225,46 @@ def test_dynamic_int8_built_in_memory_is_the_model_quantize_dynamic_writes(task,
                      per_channel=per_channel, reduce_range=reduce_range, nodes_to_quantize=chosen,
                      op_types_to_quantize=list(PRECISION_KINDS[kind].op_types), extra_options=dict(DYNAMIC_OPTIONS))
     context = BuildContext(tuple(i.name for i in fp32.graph.input), [], {})
-    ours = _BUILDERS[kind](fp32, chosen, None, context)
+    QUANTIZED_WEIGHTS.clear()
+    ours = _BUILDERS[kind](onnx.load(str(tmp_path / "fp32.onnx")), chosen, None, context)
     theirs = onnx.load(str(tmp_path / "ort.onnx"))
     assert sum(n.op_type == "DynamicQuantizeLinear" for n in ours.graph.node) > 0
     assert ours.SerializeToString() == theirs.SerializeToString()
+    # Built again: per-channel weights come from what the first build quantized, and the model is the same.
+    again = _BUILDERS[kind](onnx.load(str(tmp_path / "fp32.onnx")), chosen, None, context)
+    assert again.SerializeToString() == theirs.SerializeToString()
+    reused = len(chosen) if per_channel else 0
+    assert (QUANTIZED_WEIGHTS.misses, QUANTIZED_WEIGHTS.hits) == (reused, reused)
+
+
+def test_a_changed_weight_is_quantized_anew_and_the_oldest_entry_goes_when_the_cache_is_full(task, layers, tmp_path,
+                                                                                              monkeypatch):
+    import tuner.build.quantize as quantize
+
+    export_onnx(task.model, task.example_inputs, tmp_path / "fp32.onnx")
+    fp32 = onnx.load(str(tmp_path / "fp32.onnx"))
+    node = map_layers(fp32, layer_weights(task.model, layers))[layers[0]]
+    weight = next(i for i in fp32.graph.initializer if i.name == node.weight)
+    array = numpy_helper.to_array(weight).copy()
+    array[0, 0] += 1.0  # what pruning or another export would do: other values under the same name
+    changed = onnx.load(str(tmp_path / "fp32.onnx"))
+    next(i for i in changed.graph.initializer if i.name == weight.name).CopyFrom(
+        numpy_helper.from_array(array, weight.name))
+    # room for one int8 copy of the weight (a quarter of its fp32 bytes) and its scales, not two
+    cache = quantize.QuantizedWeights(max_bytes=int(weight.ByteSize() * 0.4))
+    monkeypatch.setattr(quantize, "QUANTIZED_WEIGHTS", cache)
+    context = quantize.BuildContext(tuple(i.name for i in fp32.graph.input), [], {})
+
+    def build(model):
+        built = quantize._BUILDERS["int8-dynamic-pc"](onnx.load_from_string(model.SerializeToString()),
+                                                      [node.name], None, context)
+        return next(i for i in built.graph.initializer if i.name == weight.name + "_quantized").raw_data
+
+    first, second = build(fp32), build(changed)
+    assert first != second and (cache.misses, cache.hits) == (2, 0)
+    assert build(changed) == second and cache.hits == 1
+    assert build(fp32) == first and (cache.misses, cache.hits) == (3, 1)  # the first entry had to go
+    assert 0 < cache._bytes <= cache.max_bytes
 
 
 def test_static_int8_from_cached_ranges_is_built_in_memory_as_quantize_static_builds_it(task, layers, tmp_path,

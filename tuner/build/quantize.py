@@ -7,6 +7,7 @@ import logging
 import os
 import tempfile
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +28,12 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
-from onnxruntime.quantization.quant_utils import add_infer_metadata, update_opset_version
+from onnxruntime.quantization.quant_utils import (
+    TENSOR_NAME_QUANT_SUFFIX,
+    add_infer_metadata,
+    find_by_name,
+    update_opset_version,
+)
 
 from tuner.build.export import WEIGHTED_OPS
 from tuner.precision import (
@@ -209,13 +215,91 @@ def _int8_dynamic(kind: str, per_channel: bool, reduce_range: bool = False) -> P
         add_infer_metadata(model)
         model = update_opset_version(model, QuantType.QInt8)
         # DefaultTensorType: ORT's contrib ops (SkipLayerNormalization, ...) carry no type inference.
-        quantizer = ONNXQuantizer(model, per_channel, reduce_range, QuantizationMode.IntegerOps, False,
-                                  QuantType.QInt8, QuantType.QUInt8, None, nodes, None, list(KINDS[kind].op_types),
-                                  {**DYNAMIC_OPTIONS, "MatMulConstBOnly": True})
+        quantizer = _ReusingQuantizer(model, per_channel, reduce_range, QuantizationMode.IntegerOps, False,
+                                      QuantType.QInt8, QuantType.QUInt8, None, nodes, None,
+                                      list(KINDS[kind].op_types), {**DYNAMIC_OPTIONS, "MatMulConstBOnly": True})
         quantizer.quantize_model()
         quantizer.model.topological_sort()
         return quantizer.model.model
     return build
+
+
+class QuantizedWeights:
+    """Per-channel int8 weights this process has quantized, by the float weight's bytes and how it was quantized.
+
+    ORT's dynamic quantizer computes a per-channel weight's scales channel by channel in a Python loop (about
+    7 s for the 49k channels of a BERT-base model here), and a study quantizes the same unpruned weights again in
+    every trial that gives their layer a per-channel kind. What is kept is what that loop adds to the model (the
+    int8 weight, its scales and zero points), so a later build adds the same tensors: the model is the same, byte
+    for byte (`tests/test_transformer.py`). Least recently used entries go once ``max_bytes`` is passed."""
+
+    def __init__(self, max_bytes: int = 1 << 29):
+        self.max_bytes = max_bytes
+        self.hits = self.misses = 0
+        self._entries: OrderedDict[tuple, tuple[onnx.TensorProto, ...]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: tuple) -> tuple[onnx.TensorProto, ...] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: tuple, tensors: tuple[onnx.TensorProto, ...]) -> None:
+        size = sum(t.ByteSize() for t in tensors)
+        if size > self.max_bytes:
+            return
+        self._entries[key] = tensors
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, dropped = self._entries.popitem(last=False)
+            self._bytes -= sum(t.ByteSize() for t in dropped)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = self.hits = self.misses = 0
+
+
+QUANTIZED_WEIGHTS = QuantizedWeights()
+
+
+class _ReusingQuantizer(ONNXQuantizer):
+    """ORT's dynamic quantizer, its per-channel weights looked up in :data:`QUANTIZED_WEIGHTS` first."""
+
+    def quantize_weight_per_channel_impl(self, weight_name, weight_qType, channel_axis, reduce_range=True,  # noqa: N803
+                                         keep_float_weight=False):
+        initializer = find_by_name(weight_name, self.model.initializer())
+        if initializer is None or keep_float_weight or self.tensor_quant_overrides.overrides:
+            return super().quantize_weight_per_channel_impl(weight_name, weight_qType, channel_axis, reduce_range,
+                                                            keep_float_weight)
+        weight = numpy_helper.to_array(initializer)
+        # everything ORT's loop reads: the values, the axis, the type, and its settings for this weight
+        key = (hashlib.blake2b(np.ascontiguousarray(weight).tobytes(), digest_size=20).digest(), weight.shape,
+               str(weight.dtype), initializer.data_type, weight_qType, channel_axis,
+               bool(self.reduce_range and reduce_range), self.is_weight_symmetric(weight_qType), self.min_real_range)
+        # the names ORT gives them, in the order it adds them: scale, zero point, then the weight
+        names = (weight_name + TENSOR_NAME_QUANT_SUFFIX, weight_name + "_zero_point", weight_name + "_scale")
+        order = (names[2], names[1], names[0])
+        cached = QUANTIZED_WEIGHTS.get(key)
+        if cached is None:
+            made = super().quantize_weight_per_channel_impl(weight_name, weight_qType, channel_axis, reduce_range,
+                                                            keep_float_weight)
+            tensors = tuple(find_by_name(n, self.model.initializer()) for n in order)
+            if tuple(made) == names and all(t is not None for t in tensors):  # else: an ORT that names them otherwise
+                QUANTIZED_WEIGHTS.put(key, tuple(_renamed(t, "") for t in tensors))
+            return made
+        self.model.initializer_extend([_renamed(t, n) for t, n in zip(cached, order)])
+        return names
+
+
+def _renamed(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)
+    copy.name = name
+    return copy
 
 
 register_precision_builder(INT8_DYNAMIC)(_int8_dynamic(INT8_DYNAMIC, per_channel=False))
