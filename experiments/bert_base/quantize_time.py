@@ -1,10 +1,13 @@
 """Time of a BERT-base precision mix built two ways, side by side in one run.
 
     python experiments/bert_base/quantize_time.py [--repeats 3]
+    python experiments/bert_base/quantize_time.py --mix int8-dynamic-pc --ways memory reused   # uniform per-channel
 
 `file`: each int8 kind through ORT's `quantize_static` / `quantize_dynamic`, file to file (how `tuner` built them
-before); `memory`: `tuner.build.quantize.apply_precisions`, which runs the same quantizers on the model in memory.
-Both build the same mix of the seeded BERT-base export (static int8, three dynamic kinds and fp32 over its 72
+before); `memory`: `tuner.build.quantize.apply_precisions`, which runs the same quantizers on the model in memory,
+with no per-channel weight quantized before in the process (what a study's first build of these weights costs);
+`reused`: the same right after, the per-channel weights taken from what `memory` quantized (a later trial's build
+in the same worker, where its layers' weights are unchanged). All build the same mix of the seeded BERT-base export (static int8, three dynamic kinds and fp32 over its 72
 Linear layers, static int8 from ranges calibrated once before), alternating, and the two outputs are compared byte
 for byte.
 """
@@ -23,7 +26,13 @@ import onnx
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 from tuner.build.export import WEIGHTED_OPS, export_onnx, layer_weights, map_layers
-from tuner.build.quantize import DYNAMIC_OPTIONS, _BatchReader, apply_precisions, keep_float_inputs
+from tuner.build.quantize import (
+    DYNAMIC_OPTIONS,
+    QUANTIZED_WEIGHTS,
+    _BatchReader,
+    apply_precisions,
+    keep_float_inputs,
+)
 from tuner.precision import KINDS, parse
 from tuner.space import quantizable_layers
 from tuner.tasks.bert_base import make_task
@@ -69,6 +78,8 @@ def digest(path: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mix", nargs="+", default=list(MIX), help="kinds given to the layers in turn")
+    parser.add_argument("--ways", nargs="+", default=["file", "memory", "reused"], choices=["file", "memory", "reused"])
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizers log advice and per-tensor INFO lines
     task = make_task()
@@ -77,26 +88,31 @@ def main() -> None:
         tmp = Path(folder)
         export_onnx(task.model, task.example_inputs, tmp / "fp32.onnx")
         nodes = map_layers(onnx.load(str(tmp / "fp32.onnx")), layer_weights(task.model, layers))
-        node_precision = {nodes[name].name: MIX[i % len(MIX)] for i, name in enumerate(layers)}
+        node_precision = {nodes[name].name: args.mix[i % len(args.mix)] for i, name in enumerate(layers)}
         print(f"BERT-base export: {(tmp / 'fp32.onnx').stat().st_size / 1e6:.0f} MB, {len(layers)} layers, "
-              f"mix of {', '.join(MIX)}")
+              f"mix of {', '.join(args.mix)}")
         calibration = [[t.numpy() for t in batch] for batch in task.calibration_inputs]
         ranges = tmp / "ranges"
         apply_precisions(tmp / "fp32.onnx", tmp / "memory.onnx", node_precision, calibration, ranges)  # calibrates
-        seconds: dict[str, list[float]] = {"file": [], "memory": []}
+        ways = args.ways
+        seconds: dict[str, list[float]] = {way: [] for way in ways}
         for repeat in range(args.repeats):
-            for way in ("file", "memory"):
+            for way in ways:
+                if way == "memory":
+                    QUANTIZED_WEIGHTS.clear()
                 start = time.perf_counter()
                 if way == "file":
                     build_with_files(tmp / "fp32.onnx", tmp / "file.onnx", node_precision, calibration, ranges, tmp)
                 else:
-                    apply_precisions(tmp / "fp32.onnx", tmp / "memory.onnx", node_precision, calibration, ranges)
+                    apply_precisions(tmp / "fp32.onnx", tmp / f"{way}.onnx", node_precision, calibration, ranges)
                 seconds[way].append(time.perf_counter() - start)
-                print(f"  repeat {repeat}: {way:6s} {seconds[way][-1]:6.1f} s")
-        same = digest(tmp / "file.onnx") == digest(tmp / "memory.onnx")
-        file_s, memory_s = statistics.median(seconds["file"]), statistics.median(seconds["memory"])
-        print(f"median: file {file_s:.1f} s, memory {memory_s:.1f} s, memory/file {memory_s / file_s:.2f}; "
-              f"outputs byte-identical: {same}")
+                print(f"  repeat {repeat}: {way:6s} {seconds[way][-1]:6.1f} s", flush=True)
+        same = len({digest(tmp / f"{way}.onnx") for way in ways}) == 1
+        median = {way: statistics.median(seconds[way]) for way in ways}
+        ratios = [f"{a}/{b} {median[a] / median[b]:.2f}" for a, b in (("memory", "file"), ("reused", "memory"))
+                  if a in median and b in median]
+        print("median: " + ", ".join(f"{way} {median[way]:.1f} s" for way in ways) + "; " + ", ".join(ratios)
+              + f"; outputs byte-identical: {same}")
 
 
 if __name__ == "__main__":
