@@ -127,9 +127,9 @@ def run_sensitivity(executor: Executor, todo: Sequence[Probe], baseline_metric: 
     if done:
         log(f"sensitivity: {len(done)} probes from {cache.name}, {len(pending)} to go")
     with cache.open("a") as out:
-        def score(batch: Sequence[Probe], fidelity: Fidelity) -> None:
+        def score(batch: Sequence[Probe], fidelity: Fidelity, label: str) -> None:
             for row in _evaluate(executor, batch, fidelity, baseline_metric, maximize, reference_metric, stop,
-                                 log, len(todo)):
+                                 lambda done_, n, s: log(f"sensitivity: {done_}/{n} probes{label}, {s:.0f} s")):
                 earlier = done.get(row.id)
                 if earlier is not None:  # a second look: the pass spent both
                     row = replace(row, seconds=row.seconds + earlier.seconds)
@@ -137,13 +137,13 @@ def run_sensitivity(executor: Executor, todo: Sequence[Probe], baseline_metric: 
                 out.write(json.dumps(asdict(row)) + "\n")
                 out.flush()
 
-        score(pending, Fidelity(samples=samples, timed=False))
+        score(pending, Fidelity(samples=samples, timed=False), "")
         if target_stderr is not None and samples is not None:
             again = [p for p in todo if p.id in done and needs_whole_set(done[p.id], target_stderr)]
             if again:
                 log(f"sensitivity: {len(again)} of {len(todo)} probes not precise enough on {samples} samples "
                     f"(std. error above {target_stderr:.2g}, or no sample changed): scoring them on the whole set")
-                score(again, Fidelity(samples=None, timed=False))
+                score(again, Fidelity(samples=None, timed=False), " on the whole set")
     return [done[p.id] for p in todo if p.id in done]
 
 
@@ -167,8 +167,8 @@ def target_stderr(max_metric_drop: float | None, groups: int) -> float | None:
 
 def _evaluate(executor: Executor, todo: Sequence[Probe], fidelity: Fidelity, baseline_metric: float,
               maximize: bool, reference_metric: Mapping[str, float] | None, stop: StopRequest | None,
-              log: Callable[[str], None], total: int) -> Iterator[SensitivityRow]:
-    """The probes' rows, as the executor finishes them."""
+              progress: Callable[[int, int, float], None]) -> Iterator[SensitivityRow]:
+    """The probes' rows, as the executor finishes them; ``progress(finished, of, seconds)`` every 10 and at the end."""
     queue, in_flight, started, finished = list(todo), {}, time.perf_counter(), 0
     while queue or in_flight:
         if stop is not None and stop.requested:  # what finished is in the cache; the rest runs next time
@@ -195,8 +195,7 @@ def _evaluate(executor: Executor, todo: Sequence[Probe], fidelity: Fidelity, bas
             finished += 1
             yield row
             if finished % 10 == 0 or not (queue or in_flight):
-                log(f"sensitivity: {finished}/{len(todo)} probes"
-                    f"{'' if len(todo) == total else ' on the whole set'}, {time.perf_counter() - started:.0f} s")
+                progress(finished, len(todo), time.perf_counter() - started)
 
 
 def read_rows(cache: Path) -> list[SensitivityRow]:
