@@ -1,12 +1,13 @@
 """Tables from benchmark.py's JSON lines: hypervolume against trials and wall seconds, per strategy.
 
-    python experiments/search/report.py experiments/search/digits.jsonl [--absolute [MS]] [--sampled-only]
+    python experiments/search/report.py experiments/search/digits.jsonl [--absolute [MS]] [--sampled-only] [--runs]
 
 Hypervolume: metric up, latency down. Latency is each run's own divided by that run's fp32 baseline (runs
 happen at different times on a noisy machine; the ratio is what one run measures side by side). Reference
 point: (fp32 latency, the metric constraint). Reference hypervolume: the union of every run's feasible points.
 The sensitivity pass of ``seeded`` runs is counted as trials (its seconds divided by the run's median
-seconds per trial) and as seconds.
+seconds per trial) and as seconds. ``--runs`` also lists, per run, its references, its seeds and its fastest
+sampled trials within the constraint and within half its allowed drop, in milliseconds as measured (side by side within the run).
 """
 
 from __future__ import annotations
@@ -56,6 +57,30 @@ def reference_point(run: dict) -> tuple[float, float]:
 def trial_seconds(run: dict) -> float:
     times = sorted(r["completed_at"] for r in run["rows"] if r["completed_at"] is not None)
     return statistics.median(b - a for a, b in zip(times, times[1:])) if len(times) > 1 else 1.0
+
+
+def list_runs(runs: list[dict]) -> None:
+    for run in runs:
+        done = [r for r in run["rows"] if r["state"] == "COMPLETE" and r["values"]]
+        print(f"\n## {run['strategy']} seed {run['seed']}: {len(done)} complete in {run['wall_s']:.0f} s, fp32 baseline "
+              f"{run['baseline']['latency_ms']:.2f} ms; sensitivity pass {run['sensitivity_probes']} probes, "
+              f"{run['sensitivity_s']:.0f} s ({run['sensitivity_s'] / trial_seconds(run):.1f} trials)")
+        for r in done:
+            if r["reference"] or r["seed"]:
+                print(f"  trial {r['number']:3d}  metric {r['values'][0]:.4f}  {r['values'][1]:8.2f} ms  "
+                      f"{r['reference'] or 'seed, ' + r['seed']}")
+        sampled = [r for r in done if not r["reference"] and not r["seed"]]
+        limit = run["baseline"]["metric"] - run["max_metric_drop"] if run["maximize"] else None
+        if limit is None:
+            continue
+        feasible = [r for r in sampled if r["values"][0] >= limit]
+        print(f"  sampled: {len(sampled)}, feasible {len(feasible)}")
+        for bar in (limit, limit + run["max_metric_drop"] / 2):  # the constraint, and half its allowed drop
+            above = [r for r in sampled if r["values"][0] >= bar]
+            if above:
+                best = min(above, key=lambda r: r["values"][1])
+                print(f"  fastest sampled at metric >= {bar:.4f}: trial {best['number']}, {best['values'][0]:.4f}, "
+                      f"{best['values'][1]:.2f} ms")
 
 
 def main() -> int:
@@ -134,6 +159,8 @@ def main() -> int:
         for seconds in seconds_at:
             row.append(statistics.mean(hypervolume(points(run, before_s=seconds), ref) / ref_hv for run in group))
         print(f"| {strategy} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    if "--runs" in args:
+        list_runs(runs)
     return 0
 
 
