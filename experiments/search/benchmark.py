@@ -49,8 +49,9 @@ def run_one(base: dict, source: Path, strategy: str, seed: int, trials: int, wor
     study = load_finished_study(name, work / "runs")
     probes = []
     cache = work / "runs" / name / "sensitivity.jsonl"
-    if cache.is_file():
-        probes = [json.loads(line) for line in cache.read_text().splitlines()]
+    if cache.is_file():  # a probe scored twice (two looks) has two rows; the last holds both looks' seconds
+        probes = list({row["kind"] + "|" + row["group"] + "|" + row["choice"]: row
+                       for row in map(json.loads, cache.read_text().splitlines())}.values())
     rows = []
     for t in study.trials:
         rows.append({"number": t.number, "state": t.state.name, "values": t.values,
