@@ -19,11 +19,13 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
 
 import tuner
+from tuner.sensitivity import read_rows
 from tuner.storage import load_finished_study
 
 # strategy -> what it sets in the experiment
@@ -50,8 +52,7 @@ def run_one(base: dict, source: Path, strategy: str, seed: int, trials: int, wor
     probes = []
     cache = work / "runs" / name / "sensitivity.jsonl"
     if cache.is_file():  # a probe scored twice (two looks) has two rows; the last holds both looks' seconds
-        probes = list({row["kind"] + "|" + row["group"] + "|" + row["choice"]: row
-                       for row in map(json.loads, cache.read_text().splitlines())}.values())
+        probes = [asdict(row) for row in {row.id: row for row in read_rows(cache)}.values()]
     rows = []
     for t in study.trials:
         rows.append({"number": t.number, "state": t.state.name, "values": t.values,

@@ -229,9 +229,10 @@ class QuantizedWeights:
 
     ORT's dynamic quantizer computes a per-channel weight's scales channel by channel in a Python loop (about
     9 s of the 12.6 s a uniform per-channel BERT-base build takes here: `experiments/bert_base/quantize_time.py`),
-    and a study quantizes the same unpruned weights again in every trial that gives their layer a per-channel kind. What is kept is what that loop adds to the model (the
-    int8 weight, its scales and zero points), so a later build adds the same tensors: the model is the same, byte
-    for byte (`tests/test_transformer.py`). Least recently used entries go once ``max_bytes`` is passed."""
+    and a study quantizes the same unpruned weights again in every trial that gives their layer a per-channel kind.
+    What is kept is what that loop adds to the model (the int8 weight, its scales and zero points), so a later
+    build adds the same tensors: the model is the same, byte for byte (`tests/test_transformer.py`). Least
+    recently used entries go once ``max_bytes`` is passed."""
 
     def __init__(self, max_bytes: int = 1 << 29):
         self.max_bytes = max_bytes
