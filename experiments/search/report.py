@@ -8,6 +8,8 @@ point: (fp32 latency, the metric constraint). Reference hypervolume: the union o
 The sensitivity pass of ``seeded`` runs is counted as trials (its seconds divided by the run's median
 seconds per trial) and as seconds. ``--runs`` also lists, per run, its references, its seeds and its fastest
 sampled trials within the constraint and within half its allowed drop, in milliseconds as measured (side by side within the run).
+Lines written by retime.py hold re-timed latencies for the trials that were ever on their run's front; the
+others are left out.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def points(run: dict, upto: int | None = None, before_s: float | None = None) ->
             continue
         if SAMPLED_ONLY and row["reference"]:
             continue
+        if row.get("retimed") is False:  # re-timed lines (retime.py): only the trials that were ever on a front
+            continue
         metric, latency = row["values"]
         out.append((latency / base["latency_ms"], sign * metric))
     return out
@@ -56,13 +60,20 @@ def reference_point(run: dict) -> tuple[float, float]:
 
 def trial_seconds(run: dict) -> float:
     times = sorted(r["completed_at"] for r in run["rows"] if r["completed_at"] is not None)
-    return statistics.median(b - a for a, b in zip(times, times[1:])) if len(times) > 1 else 1.0
+    median = statistics.median(b - a for a, b in zip(times, times[1:])) if len(times) > 1 else 0.0
+    return median or 1.0  # (a run without completion times counts its pass as seconds only)
+
+
+def timed(run: dict) -> bool:
+    """Whether the run's trials have completion times (a run killed before recording them has none)."""
+    return any(r["completed_at"] for r in run["rows"])
 
 
 def list_runs(runs: list[dict]) -> None:
     for run in runs:
         done = [r for r in run["rows"] if r["state"] == "COMPLETE" and r["values"]]
-        print(f"\n## {run['strategy']} seed {run['seed']}: {len(done)} complete in {run['wall_s']:.0f} s, fp32 baseline "
+        wall = "?" if run["wall_s"] is None else f"{run['wall_s']:.0f}"
+        print(f"\n## {run['strategy']} seed {run['seed']}: {len(done)} complete in {wall} s, fp32 baseline "
               f"{run['baseline']['latency_ms']:.2f} ms; sensitivity pass {run['sensitivity_probes']} probes, "
               f"{run['sensitivity_s']:.0f} s ({run['sensitivity_s'] / trial_seconds(run):.1f} trials)")
         for r in done:
@@ -85,8 +96,12 @@ def list_runs(runs: list[dict]) -> None:
 
 def main() -> int:
     global ABSOLUTE_MS, SAMPLED_ONLY
-    runs = [json.loads(line) for line in open(sys.argv[1])]
+    runs = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
     args = sys.argv[2:]
+    if runs[0].get("retimed"):
+        done = runs[0]["retimed"]
+        print(f"# latencies re-timed side by side (retime.py: {done['models']} models, {done['rounds']} rounds x "
+              f"{done['repeats']} runs): each run's trials that were ever on its front")
     if "--sampled-only" in args:
         SAMPLED_ONLY = True
         print("# reference trials left out: the samplers' own trials only")
@@ -120,8 +135,9 @@ def main() -> int:
 
     last = max(len(r["rows"]) for r in runs)
     checkpoints = [k for k in CHECKPOINTS if k <= last]
+    per_seed_at = 100 if last >= 100 else 50
     header = "| strategy | seeds | sensitivity (trials-equivalent, s) | " + " | ".join(
-        f"HV@{k}" for k in checkpoints) + " | HV@50 per seed | trials to 0.95 ref | trials to random-400 |"
+        f"HV@{k}" for k in checkpoints) + f" | HV@{per_seed_at} per seed | trials to 0.95 ref | trials to random-400 |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for strategy, group in by_strategy.items():
@@ -144,17 +160,23 @@ def main() -> int:
             return "-" if not got else f"{statistics.mean(got):.0f}" + (f" ({len(got)}/{len(values)})"
                                                                          if len(got) < len(values) else "")
         sens = f"{statistics.mean(e for e, _ in extra):.1f}, {statistics.mean(s for _, s in extra):.0f}"
-        per_seed = " ".join(f"{v:.2f}" for v in cells[50]) if 50 in cells else ""
+        per_seed = " ".join(f"{v:.2f}" for v in cells[per_seed_at]) if per_seed_at in cells else ""
         print(f"| {strategy} | {len(group)} | {sens} | " + " | ".join(
             f"{statistics.mean(cells[k]):.3f}" if cells[k] else "" for k in checkpoints)
             + f" | {per_seed} | {fmt(to95)} | {fmt(to_target) if target else 'n/a'} |")
 
     # wall-time checkpoints: doubling from 60 s, the last four within the shortest run
-    shortest = min(max((r["completed_at"] or 0) for r in run["rows"]) for run in runs)
+    with_times = [run for run in runs if timed(run)]
+    if len(with_times) < len(runs):
+        print(f"\n# {len(runs) - len(with_times)} run(s) without completion times: left out of the wall-time table")
+    shortest = min(max((r["completed_at"] or 0) for r in run["rows"]) for run in with_times)
     seconds_at = [60 * 2 ** i for i in range(20) if 60 * 2 ** i <= max(shortest, 480)][-4:]
     print("\n| strategy | " + " | ".join(f"HV@{s}s" for s in seconds_at) + " |")
     print("|---|---|---|---|---|")
     for strategy, group in by_strategy.items():
+        group = [run for run in group if timed(run)]
+        if not group:
+            continue
         row = []
         for seconds in seconds_at:
             row.append(statistics.mean(hypervolume(points(run, before_s=seconds), ref) / ref_hv for run in group))
