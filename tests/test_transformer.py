@@ -69,6 +69,27 @@ def test_hf_module_names_map_to_matmul_nodes_with_either_exporter(task, layers, 
             assert not any(f"{layer}.weight" in inits for layer in layers)
 
 
+def test_tuners_torchscript_export_maps_and_quantizes_every_transformer_layer(task, layers, tmp_path):
+    # Unfolded, the TorchScript exporter computes each Linear's weight (MatMul(x, Transpose(W))): no layer
+    # would be found, and the quantizer would leave every one in fp32.
+    export_onnx(task.model, task.example_inputs, tmp_path / "ts.onnx", exporter="torchscript")
+    graph = onnx.load(str(tmp_path / "ts.onnx"))
+    nodes = map_layers(graph, layer_weights(task.model, layers))
+    assert set(nodes) == set(layers)
+    inits = {i.name for i in graph.graph.initializer}
+    assert all(n.weight in inits for n in nodes.values())
+    from tuner.build.quantize import apply_precisions
+
+    apply_precisions(tmp_path / "ts.onnx", tmp_path / "q.onnx", {n.name: "int8-dynamic" for n in nodes.values()}, [])
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node)
+    assert ops["DynamicQuantizeLinear"] >= 1 and ops["MatMulInteger"] == len(layers)
+    batch = {i.name: t.numpy() for i, t in zip(load_artifact(tmp_path / "ts.onnx", 1).get_inputs(),
+                                                task.example_inputs)}
+    with torch.no_grad():
+        expected = task.model(*task.example_inputs).numpy()
+    np.testing.assert_allclose(load_artifact(tmp_path / "ts.onnx", 1).run(None, batch)[0], expected, atol=1e-4)
+
+
 def test_unused_modules_are_left_out_not_an_error(task, tmp_path):
     weights = layer_weights(task.model, quantizable_layers(task.model))
     weights["unused.pooler"] = torch.randn(8, 64).numpy()

@@ -105,9 +105,47 @@ def _export_torchscript(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]
     n_out = len(outputs) if isinstance(outputs, (tuple, list)) else 1
     out_names = [f"output_{i}" for i in range(n_out)]
     # No constant folding: it would fold BatchNorm into Conv weights under new names (ORT fuses them itself).
-    torch.onnx.export(model, inputs, str(path), dynamo=False, input_names=names, output_names=out_names,
+    buffer = io.BytesIO()
+    torch.onnx.export(model, inputs, buffer, dynamo=False, input_names=names, output_names=out_names,
                       dynamic_axes={name: {0: "batch"} for name in names + out_names}, opset_version=18,
                       do_constant_folding=False)
+    exported = onnx.load_model_from_string(buffer.getvalue())
+    fold_weight_transposes(exported.graph)
+    onnx.save(exported, str(path))
+
+
+def fold_weight_transposes(graph: onnx.GraphProto) -> int:
+    """Replace each Transpose of a weight (an initializer nothing else reads) by the transposed weight.
+
+    Without constant folding, the TorchScript exporter writes a Linear on 3-D inputs (every transformer
+    layer) as ``MatMul(x, Transpose(W))``: a MatMul whose weight is computed, which ORT's quantizers leave in
+    fp32 and ``map_layers`` cannot find. Folding only these transposes keeps the rest of the graph as exported.
+    Returns how many were folded.
+    """
+    inits = {init.name: init for init in graph.initializer}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    outputs = {o.name for o in graph.output}
+    kept, folded = [], []
+    for node in graph.node:
+        source = node.input[0] if node.op_type == "Transpose" and node.input else ""
+        if source not in inits or readers[source] != 1 or source in outputs:
+            kept.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[source])
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), list(range(weight.ndim))[::-1])
+        graph.initializer.remove(inits.pop(source))
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight.transpose(perm)), node.output[0]))
+        folded.append(source)
+    if folded:
+        del graph.node[:]
+        graph.node.extend(kept)
+        inputs = [i for i in graph.input if i.name not in folded]  # (older exports list weights as inputs too)
+        del graph.input[:]
+        graph.input.extend(inputs)
+    return len(folded)
 
 
 def _failure_message(model: torch.nn.Module, exporter: str, exc: BaseException) -> str:
