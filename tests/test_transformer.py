@@ -211,6 +211,28 @@ def test_heads_and_ffn_units_are_pruned_as_whole_units_and_the_result_builds(tas
     assert outcome.metric > 0.95
 
 
+def test_pruning_many_groups_at_once_equals_pruning_them_one_by_one(task):
+    """prune() traces the model once for all groups; each group pruned alone (its own trace) must agree."""
+    from tuner.build.prune import prune, pruning_groups
+
+    outputs = [n for n, _ in task.model.named_modules() if n.endswith("output.dense")]
+    groups = pruning_groups(task.model, task.example_inputs, outputs)
+    heads = [g.name for g in groups if g.head_dim]
+    channels = [g.name for g in groups if not g.head_dim]
+    assert len(heads) >= 2 and len(channels) >= 2
+    ratios = {heads[0]: 0.5, heads[1]: 0.25, channels[0]: 0.5, channels[1]: 0.25}
+    together = prune(task.model, task.example_inputs, ratios, outputs)
+    one_by_one = task.model
+    for name, ratio in ratios.items():
+        one_by_one = prune(one_by_one, task.example_inputs, {name: ratio}, outputs)
+    a, b = together.state_dict(), one_by_one.state_dict()
+    assert a.keys() == b.keys()
+    assert all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+    assert a[f"{heads[0].split('+')[0]}.weight"].shape[0] < task.model.state_dict()[f"{heads[0].split('+')[0]}.weight"].shape[0]
+    with torch.no_grad():
+        torch.testing.assert_close(together(*task.example_inputs), one_by_one(*task.example_inputs))
+
+
 def test_int8_dynamic_pc7_keeps_weights_within_7_bits_and_runs_dynamic_int8_kernels(evaluator, layers, tmp_path):
     """ORT's reduce_range: per-channel weights in [-64, 64]; plain per-channel ones use the full int8 range."""
     ranges = {}

@@ -2,6 +2,7 @@
 what the exported model then costs to quantize and to run.
 
     python experiments/bert_base/export_time.py [--repeats 2] [--rounds 5]
+    python experiments/bert_base/export_time.py --mixes 4    # whole builds of sampled pruned mixes instead
 
 Each repeat prunes the seeded BERT-base (half of the 24 head and FFN groups by 0.25, as a sampled trial would),
 then, alternating, exports it with each exporter (`dynamo`: torch.export; `torchscript`: the tracer), maps its
@@ -9,6 +10,11 @@ then, alternating, exports it with each exporter (`dynamo`: torch.export; `torch
 (`tuner.build.quantize.apply_precisions`). Afterwards the fp32 and int8 models of both exporters are timed
 round-robin in one process (1 thread, batch 1, as the study times them) and their embeddings compared with
 torch's.
+
+``--mixes N``: N candidates drawn as a sampled trial would be (each Linear fp32, static int8, int8-dynamic, -pc or
+-pc7; half of the groups pruned by 0.125-0.5), each built whole by a study's evaluator (prune, export, layer map,
+calibration of its new export, quantization, kernel check) with each exporter, in alternating order, the
+per-channel weights a worker keeps cleared before each build (every build pays what a trial's first build does).
 """
 
 from __future__ import annotations
@@ -25,11 +31,14 @@ import torch
 
 from tuner.build.export import export_onnx, layer_weights, map_layers
 from tuner.build.prune import prune, pruning_groups
-from tuner.build.quantize import apply_precisions
-from tuner.evaluate import latency_feeds
+from tuner.build.quantize import QUANTIZED_WEIGHTS, apply_precisions
+from tuner.candidate import Candidate
+from tuner.evaluate import Evaluator, latency_feeds
+from tuner.experiment import EvalSettings
 from tuner.measure.quality import session_outputs
 from tuner.runtime import load_artifact
 from tuner.space import quantizable_layers
+from tuner.task import TaskRef
 from tuner.tasks.bert_base import make_task
 
 EXPORTERS = ("dynamo", "torchscript")
@@ -40,16 +49,51 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
 
+MIX_KINDS = ("fp32", "int8", "int8-dynamic", "int8-dynamic-pc", "int8-dynamic-pc7")
+
+
+def whole_builds(task, layers: list[str], groups: list, n: int) -> None:
+    """Sampled pruned mixes, each built whole with both exporters (alternating which goes first)."""
+    rng = np.random.default_rng(0)
+    ref = TaskRef("tuner.tasks.bert_base:make_task", {}, ".")
+    tmp = Path(tempfile.mkdtemp(prefix="export-mixes-"))
+    stages = ("prune", "export", "quantize", "verify_kernels")
+    totals: dict[str, list[float]] = {e: [] for e in EXPORTERS}
+    for i in range(n):
+        precision = tuple((layer, str(rng.choice(MIX_KINDS))) for layer in layers)
+        pruned = rng.choice(len(groups), size=len(groups) // 2, replace=False)
+        candidate = Candidate(precision=precision,
+                              prune=tuple((groups[g].name, float(rng.choice([0.125, 0.25, 0.375, 0.5])))
+                                          for g in sorted(pruned)))
+        for exporter in EXPORTERS if i % 2 == 0 else EXPORTERS[::-1]:
+            QUANTIZED_WEIGHTS.clear()
+            evaluator = Evaluator(ref, EvalSettings(exporter=exporter), tmp / exporter / "artifacts",
+                                  tmp / exporter / "exports", task=task)
+            timings: dict[str, float] = {}
+            start = time.perf_counter()
+            evaluator.build(candidate, tmp / exporter / "artifacts" / str(i), timings)
+            totals[exporter].append(time.perf_counter() - start)
+            print(f"mix {i}: {exporter:<11} build {totals[exporter][-1]:5.1f} s: "
+                  + ", ".join(f"{k} {timings.get(k, 0):.1f}" for k in stages), flush=True)
+    dyn, ts = (statistics.median(totals[e]) for e in EXPORTERS)
+    print(f"\nmedian whole build of {n} sampled pruned mixes: dynamo {dyn:.1f} s, torchscript {ts:.1f} s "
+          f"({ts / dyn:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--mixes", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     task = make_task()
     layers = quantizable_layers(task.model)
     groups = pruning_groups(task.model, task.example_inputs, task.output_layers)
+    if args.mixes:
+        whole_builds(task, layers, groups, args.mixes)
+        return
     ratios = {g.name: 0.25 for g in groups[::2]}
     seconds: dict[tuple[str, str], list[float]] = {}
     tmp = Path(tempfile.mkdtemp(prefix="export-time-"))

@@ -93,12 +93,14 @@ def _dependency_graph(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]
 
 
 def pruning_groups(
-    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], output_layers: Sequence[str]
+    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], output_layers: Sequence[str],
+    graph: tp.DependencyGraph | None = None,
 ) -> list[PruningGroup]:
-    """The coupled groups of Conv2d/Linear layers whose output channels can be pruned."""
+    """The coupled groups of Conv2d/Linear layers whose output channels can be pruned (``graph``: the model's
+    dependency graph, if the caller has built it)."""
     modules = dict(model.named_modules())
     names = {m: n for n, m in modules.items()}
-    graph = _dependency_graph(model, example_inputs)
+    graph = graph or _dependency_graph(model, example_inputs)
     ignored = [modules[n] for n in output_layers]
     groups = []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=list(PRUNABLE_TYPES)):
@@ -148,7 +150,10 @@ def prune(
     if not ratios:
         return model
     modules = dict(model.named_modules())
-    groups = {g.name: g for g in pruning_groups(model, example_inputs, output_layers)}
+    # One dependency graph serves every group: torch-pruning keeps it valid as it prunes (tracing BERT-base
+    # takes seconds, and pruned heads used to trace it again for each attention block).
+    graph = _dependency_graph(model, example_inputs)
+    groups = {g.name: g for g in pruning_groups(model, example_inputs, output_layers, graph)}
     unknown = sorted(set(ratios) - set(groups))
     if unknown:
         raise ValueError(f"unknown pruning groups {unknown}; the model has {sorted(groups)}.")
@@ -172,14 +177,14 @@ def prune(
                 round_to=round_to or None,
             )
             pruner.step()
+        graph = pruner.DG  # (MetaPruner traces its own; it is the one that knows the channels it removed)
     for name, ratio in ratios.items():
         if groups[name].head_dim:
-            _prune_heads(model, example_inputs, groups[name], ratio)
+            _prune_heads(model, graph, groups[name], ratio)
     return model.eval()
 
 
-def _prune_heads(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], group: PruningGroup,
-                 ratio: float) -> None:
+def _prune_heads(model: nn.Module, graph: tp.DependencyGraph, group: PruningGroup, ratio: float) -> None:
     """Remove the lowest-magnitude whole heads of one attention block through torch-pruning's dependency graph
     (which shrinks query, key, value and the attention output's input alike), then fix the block's head count."""
     modules = dict(model.named_modules())
@@ -191,7 +196,6 @@ def _prune_heads(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], gro
     score = sum(w.weight.detach().reshape(heads, head_dim, -1).pow(2).sum(dim=(1, 2)) for w in block.qkv)
     dropped = sorted(torch.argsort(score)[:drop].tolist())
     idxs = [h * head_dim + i for h in dropped for i in range(head_dim)]
-    graph = _dependency_graph(model, example_inputs)
     graph.get_pruning_group(block.qkv[0], tp.prune_linear_out_channels, idxs=idxs).prune()
     setattr(block.module, block.heads_attr, heads - drop)
     if hasattr(block.module, "all_head_size"):
