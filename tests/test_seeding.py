@@ -73,3 +73,54 @@ def test_seeds_spread_over_the_feasible_path_plus_one_past_the_constraint():
     assert [s.step for s in pick_seeds(path, 0.01, 1)] == [5]  # one seed: the fastest predicted feasible
     assert [s.step for s in pick_seeds(path[:10], None, 3)] == [1, 5, 9]  # no constraint: all feasible
     assert pick_seeds(path[:1], 0.01, 4) == [] and pick_seeds(path, 0.01, 0) == []
+
+
+def measured(step, drop, state="COMPLETE"):
+    """What the loop hands a callback once a seed's trial is told."""
+    import optuna
+
+    from tuner.study_loop import FinishedTrial
+
+    attrs = {"seed_step": step} | ({} if drop is None else {"metric_drop": drop})
+    trial = optuna.trial.create_trial(state=getattr(optuna.trial.TrialState, state), user_attrs=attrs,
+                                      values=[0.0, 1.0] if state == "COMPLETE" else None)
+    return FinishedTrial(trial, None, 0.0, 0, 0)
+
+
+def test_seeds_are_queued_one_at_a_time_and_the_path_is_cut_and_bisected_where_a_seed_fails():
+    from tuner.seeding import PathCheck
+
+    path = [seed(i, 0.001 * i, 10.0 - i) for i in range(13)]  # predicted feasible (<= 0.01) up to step 10
+    queued, lines = [], []
+    check = PathCheck(path, [path[2], path[6], path[10], path[11]], 0.01, lambda s: queued.append(s.step),
+                      lines.append)
+    check.start()
+    assert queued == [2]  # one at a time, in path order
+    check(None, measured(2, 0.004))
+    assert queued == [2, 6]
+    check(None, measured(6, 0.15))  # predicted 0.006: the drops did not add up past step 2
+    assert queued == [2, 6, 4]  # 10 and 11 dropped; halfway between 2 (feasible) and 6 instead
+    assert any("step 6" in line and "cut" in line and "[10, 11]" in line for line in lines)
+    check(None, measured(4, 0.008))
+    assert queued == [2, 6, 4, 5]
+    check(None, measured(5, None, state="PRUNED"))  # a seed that failed to build parts from its prediction too
+    assert queued == [2, 6, 4, 5]  # 4 and 5 are adjacent: nothing left between them
+    check(None, measured(3, 0.0))  # not a queued seed (another trial's attributes): ignored
+    assert queued == [2, 6, 4, 5] and check.feasible_step == 4 and check.infeasible_step == 5
+
+
+def test_a_seed_past_the_constraint_measured_infeasible_cuts_nothing_and_the_count_is_kept():
+    from tuner.seeding import PathCheck
+
+    path = [seed(i, 0.004 * i, 10.0 - i) for i in range(6)]  # feasible up to step 2
+    queued = []
+    check = PathCheck(path, [path[1], path[2], path[3]], 0.01, lambda s: queued.append(s.step), lambda line: None)
+    check.start()
+    for step, drop in ((1, 0.003), (2, 0.009), (3, 0.02)):  # step 3 was predicted past the constraint
+        check(None, measured(step, drop))
+    assert queued == [1, 2, 3] and check.infeasible_step is None
+    check = PathCheck(path, [path[1], path[2]], 0.01, lambda s: queued.append(s.step), lambda line: None)
+    queued.clear()
+    check.start()
+    check(None, measured(1, 0.5))  # cut at 1: nothing between fp32 (0) and 1; the second seed is dropped
+    assert queued == [1] and check.left == 1 and not check.todo

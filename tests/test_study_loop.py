@@ -278,7 +278,8 @@ def test_seeds_from_sensitivity_and_the_latency_model_run_right_after_the_refere
     assert {(r["group"], r["choice"]) for r in rows if r["kind"] == "precision"} == {("0", "int8"), ("2", "int8"),
                                                                                   ("4", "int8")}
     assert max((r for r in rows if r["kind"] == "precision"), key=lambda r: r["drop"])["group"] == "0"
-    assert any("sensitivity: 7 probes in" in line and "seeds queued" in line for line in lines)
+    assert any("sensitivity: 7 probes in" in line and "queued one at a time along the path" in line
+               for line in lines)
     # racing is on by default: the noise floor was measured once, on the baseline's model
     assert len(StudyMeta.load(study).noise_floor_ms) == 5 and any(line.startswith("noise floor:") for line in lines)
     parents, _ = trial_runs(store, "seeded")

@@ -8,12 +8,20 @@ layer group to a precision, or a pruning group to a ratio) that saves the most p
 unit of predicted drop, until no change saves time. Seeds are picked along that path: spread over predicted
 latency among the points predicted feasible, plus the first point past the constraint (the boundary is where
 predictions are least sure).
+
+Drops are not always additive (pruning several groups of a small CNN together cost far more than the sum of
+each alone), so the path is checked as it is measured (:class:`PathCheck`): seeds go to the study one at a time
+in path order, and a seed predicted feasible that measures infeasible cuts the path there. The seeds beyond it
+are dropped, and the step halfway between it and the furthest seed measured feasible is tried instead, halving
+the gap until the two are adjacent or the seed count is spent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+
+from optuna.trial import TrialState
 
 from tuner.candidate import Candidate
 from tuner.latency_model import LatencyModel
@@ -112,13 +120,70 @@ def pick_seeds(path: Sequence[Seed], max_drop: float | None, count: int) -> list
     return unique[:count]
 
 
+class PathCheck:
+    """A loop callback that queues seeds one at a time along the path and cuts the path where a measured seed
+    parts from its prediction (see the module docstring). ``enqueue`` queues one seed in the study; at most
+    ``len(seeds)`` are queued in all. Its state lives in the driver: a resumed study does not queue the seeds
+    that were not queued before it stopped."""
+
+    def __init__(self, path: Sequence[Seed], seeds: Sequence[Seed], max_drop: float | None,
+                 enqueue: Callable[[Seed], None], log: Callable[[str], None] = print):
+        self.path = list(path)
+        self.todo = sorted(seeds, key=lambda s: s.step)
+        self.left = len(self.todo)
+        self.max_drop = float("inf") if max_drop is None else max_drop
+        self.enqueue = enqueue
+        self.log = log
+        self.queued: list[int] = []  # steps, in the order they were queued
+        self.waiting = 0
+        self.feasible_step = 0  # the furthest step measured feasible (fp32, step 0, is the reference)
+        self.infeasible_step: int | None = None  # the nearest predicted feasible step measured infeasible
+
+    def start(self) -> None:
+        self._next()
+
+    def __call__(self, study, finished) -> None:
+        step = finished.trial.user_attrs.get("seed_step")
+        if step is None or step not in self.queued:
+            return
+        self.waiting -= 1
+        drop = finished.trial.user_attrs.get("metric_drop")
+        if finished.trial.state == TrialState.COMPLETE and drop is not None and drop <= self.max_drop:
+            self.feasible_step = max(self.feasible_step, step)
+        elif self.path[step].predicted_drop <= self.max_drop and (self.infeasible_step is None
+                                                                  or step < self.infeasible_step):
+            self.infeasible_step = step
+            dropped = [s.step for s in self.todo if s.step >= step]
+            self.todo = [s for s in self.todo if s.step < step]
+            measured = "did not complete" if drop is None else f"measured drop {drop:.4f}"
+            self.log(f"seeds: step {step} was predicted at drop {self.path[step].predicted_drop:.4f} and "
+                     f"{measured}: the path is cut there" + (f" (steps {dropped} not queued)" if dropped else ""))
+        if self.infeasible_step is not None and not any(self.feasible_step < s.step < self.infeasible_step
+                                                        for s in self.todo):
+            middle = (self.feasible_step + self.infeasible_step) // 2
+            if self.feasible_step < middle and middle not in self.queued:
+                self.todo.insert(0, self.path[middle])
+        self._next()
+
+    def _next(self) -> None:
+        if self.waiting or not self.todo or self.left <= 0:
+            return
+        seed = self.todo.pop(0)
+        self.enqueue(seed)
+        self.queued.append(seed.step)
+        self.waiting += 1
+        self.left -= 1
+
+
 def seed_params(space: SearchSpace, seeds: Sequence[Seed]) -> list[Mapping]:
     return [space.params_of(s.candidate) for s in seeds]
 
 
-def seed_study(study, space: SearchSpace, executor, experiment, feeds_for, recorder, log, stop=None) -> list[Seed]:
+def seed_study(study, space: SearchSpace, executor, experiment, feeds_for, recorder, log, stop=None
+               ) -> PathCheck | None:
     """After the references: fit the latency model on them, run (or resume) the sensitivity pass on the
-    executor, queue the seeds; the pass's table and chart go to the run directory and MLflow. Once per study."""
+    executor, and start queueing the seeds; the pass's table and chart go to the run directory and MLflow.
+    Once per study. Returns the PathCheck that queues the rest, a callback for the study loop."""
     import time
     from dataclasses import replace
 
@@ -153,13 +218,19 @@ def seed_study(study, space: SearchSpace, executor, experiment, feeds_for, recor
                                 "sensitivity_probe_s": probe_s})
     path = greedy_path(space, model, rows, config.max_groups)
     seeds = pick_seeds(path, meta.max_metric_drop, config.seeds)
-    for seed in seeds:
+
+    def enqueue(seed: Seed) -> None:
         study.enqueue_trial(space.params_of(seed.candidate), user_attrs={
             "seed": f"step {seed.step}: predicted drop {seed.predicted_drop:.4f}, {seed.predicted_ms:.3f} ms",
-            "seed_predicted_drop": seed.predicted_drop, "seed_predicted_ms": seed.predicted_ms})
+            "seed_step": seed.step, "seed_predicted_drop": seed.predicted_drop,
+            "seed_predicted_ms": seed.predicted_ms})
+
+    check = PathCheck(path, seeds, meta.max_metric_drop, enqueue, log)
+    check.start()
     replace(StudyMeta.load(study), seeded=True).save(study)
     log(f"sensitivity: {len(rows)} probes in {spent:.1f} s ({probe_s:.1f} s of worker time); latency model from "
-        f"{n_refs} references; {len(seeds)} seeds queued from a predicted path of {len(path) - 1} steps "
-        f"(predicted {seeds[0].predicted_ms:.3f}-{seeds[-1].predicted_ms:.3f} ms)" if seeds else
+        f"{n_refs} references; {len(seeds)} seeds from a predicted path of {len(path) - 1} steps "
+        f"(predicted {seeds[0].predicted_ms:.3f}-{seeds[-1].predicted_ms:.3f} ms), queued one at a time along "
+        "the path" if seeds else
         f"sensitivity: {len(rows)} probes in {spent:.1f} s; no change is predicted to save time: no seeds")
-    return seeds
+    return check if seeds else None

@@ -322,9 +322,11 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
                     from tuner.evaluate import artifact_feeds
                     from tuner.seeding import seed_study
 
-                    seed_study(study, space, runner, experiment,
-                               lambda path: artifact_feeds(task, path, experiment.latency.batch_size), recorder,
-                               progress_bar.write if progress else log, stop)
+                    check = seed_study(study, space, runner, experiment,
+                                       lambda path: artifact_feeds(task, path, experiment.latency.batch_size),
+                                       recorder, progress_bar.write if progress else log, stop)
+                    if check is not None:  # queues the rest of the seeds as the first ones are measured
+                        loop.callbacks.append(check)
             loop.run()
             progress_bar.close()  # before the re-check prints
             model_check = latency_model_check(study, space, task, experiment, recorder, trial_runs, log)
