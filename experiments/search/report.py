@@ -106,7 +106,7 @@ def main() -> int:
         SAMPLED_ONLY = True
         print("# reference trials left out: the samplers' own trials only")
     if "--absolute" in args:
-        given = args[args.index("--absolute") + 1:][:1]
+        given = [a for a in args[args.index("--absolute") + 1:][:1] if not a.startswith("--")]
         if given:
             ABSOLUTE_MS = float(given[0])
             print(f"# latency in ms against a given fp32 latency, {ABSOLUTE_MS:.3f} ms")
