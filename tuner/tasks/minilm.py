@@ -8,27 +8,15 @@ Metric: mean cosine between the candidate's and the fp32 model's mean-pooled emb
 
 from __future__ import annotations
 
-import importlib
-import inspect
+import functools
+import json
 import os
-import warnings
+import subprocess
+import sys
 from pathlib import Path
 
 from tuner.task import Task, TaskError
 from tuner.tasks.encoder import embedding_task
-
-# Modules whose docstrings make the corpus; a fixed list keeps the corpus the same across runs.
-CORPUS_MODULES = (
-    "argparse", "asyncio", "base64", "bisect", "calendar", "collections", "concurrent.futures", "configparser",
-    "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "email", "enum", "fractions",
-    "ftplib", "functools", "glob", "gzip", "hashlib", "heapq", "hmac", "html", "http.client", "imaplib",
-    "inspect", "io", "ipaddress", "itertools", "json", "logging", "mailbox", "mimetypes", "multiprocessing",
-    "numbers", "operator", "optparse", "os", "pathlib", "pickle", "pkgutil", "platform", "plistlib", "poplib",
-    "pprint", "queue", "random", "re", "sched", "secrets", "selectors", "shelve", "shlex", "shutil", "smtplib",
-    "socket", "socketserver", "sqlite3", "ssl", "statistics", "string", "struct", "subprocess", "tarfile",
-    "tempfile", "textwrap", "threading", "timeit", "tokenize", "trace", "traceback", "typing", "unittest",
-    "urllib.parse", "urllib.request", "uuid", "warnings", "wave", "weakref", "xml.dom.minidom", "zipfile",
-)
 
 
 def model_dir() -> Path:
@@ -41,27 +29,20 @@ def model_dir() -> Path:
 
 
 def stdlib_docstrings(min_chars: int = 80) -> list[str]:
-    """Docstrings (first paragraphs joined into one text) of public stdlib objects, in a stable order."""
-    texts: dict[str, None] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name in CORPUS_MODULES:
-            try:
-                module = importlib.import_module(name)
-            except ImportError:
-                continue
-            objects = [module] + [getattr(module, attr) for attr in sorted(vars(module))
-                                  if not attr.startswith("_")]
-            for obj in objects:
-                if not (inspect.ismodule(obj) or inspect.isclass(obj) or inspect.isfunction(obj)):
-                    continue
-                if not inspect.ismodule(obj) and getattr(obj, "__module__", None) != module.__name__:
-                    continue
-                doc = inspect.getdoc(obj) or ""
-                text = " ".join(" ".join(doc.split("\n\n")[:2]).split())
-                if len(text) >= min_chars:
-                    texts.setdefault(text)
-    return list(texts)
+    """Docstrings (first paragraphs joined into one text) of public stdlib objects, in a stable order, collected
+    in a fresh interpreter so that they do not depend on what this process has imported (see
+    :mod:`tuner.tasks.stdlib_corpus`)."""
+    return list(_collected(min_chars))
+
+
+@functools.lru_cache(maxsize=4)
+def _collected(min_chars: int) -> tuple[str, ...]:
+    script = Path(__file__).with_name("stdlib_corpus.py")
+    done = subprocess.run([sys.executable, "-I", str(script), str(min_chars)], capture_output=True, text=True,
+                          timeout=300)
+    if done.returncode != 0:
+        raise TaskError(f"collecting the stdlib docstrings failed: {done.stderr[-1000:]}")
+    return tuple(json.loads(done.stdout))
 
 
 def make_task(seq_len: int = 128, n_eval: int = 256, calibration_batches: int = 8,
