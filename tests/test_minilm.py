@@ -20,6 +20,8 @@ ARGS = {"n_eval": 64, "calibration_batches": 2}
 def test_corpus_is_real_english_text_in_a_stable_order():
     texts = stdlib_docstrings()
     assert len(texts) >= 400 and texts == stdlib_docstrings()
+    assert all(len(t) >= 80 for t in texts)
+    assert sum(" the " in t for t in texts) > len(texts) / 2
 
 
 def test_corpus_does_not_depend_on_what_the_process_imported():

@@ -39,18 +39,16 @@ def collect(min_chars: int = 80) -> list[str]:
                 continue
             objects = [module] + [getattr(module, attr) for attr in sorted(vars(module))
                                   if not attr.startswith("_")]
-            for obj in objects:
-                if not (obj is module or inspect.isclass(obj) or inspect.isfunction(obj)):
-                    continue
-                if not inspect.ismodule(obj) and getattr(obj, "__module__", None) != module.__name__:
+            for obj in objects:  # the module itself, and the classes and functions it defines (not submodules)
+                if obj is not module and not (
+                        (inspect.isclass(obj) or inspect.isfunction(obj))
+                        and getattr(obj, "__module__", None) == module.__name__):
                     continue
                 doc = inspect.getdoc(obj) or ""
                 text = " ".join(" ".join(doc.split("\n\n")[:2]).split())
                 if len(text) >= min_chars:
                     texts.setdefault(text)
     return list(texts)
-
-
 
 
 if __name__ == "__main__":
