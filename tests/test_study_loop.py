@@ -35,8 +35,9 @@ def store(tmp_path_factory):
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
-def experiment(tmp_path, name, trials=4, fragile=False, max_drop=0.02, keep="front", task_args=None, extra=""):
-    (tmp_path / "space.yaml").write_text(SPACE)
+def experiment(tmp_path, name, trials=4, fragile=False, max_drop=0.02, keep="front", task_args=None, extra="",
+               space=SPACE):
+    (tmp_path / "space.yaml").write_text(space)
     path = tmp_path / f"{name}.yaml"
     path.write_text(textwrap.dedent(f"""
         name: {name}
@@ -294,6 +295,26 @@ def test_seeds_from_sensitivity_and_the_latency_model_run_right_after_the_refere
     study = load_finished_study("seeded", tmp_path / "runs")
     assert len(study.trials) == 8 and len([t for t in study.trials if t.user_attrs.get("seed")]) == len(seeds)
     assert not any(line.startswith("sensitivity") for line in lines)
+
+
+def test_seeding_by_default_runs_the_pass_on_a_precision_only_space_and_not_on_one_that_prunes(tmp_path, store):
+    precision_only = 'layers:\n  - match: "re:.*"\n    precision: [fp32, int8]\n'
+    lines = []
+    tuner.run(experiment(tmp_path, "auto-seeded", trials=4, task_args={"outlier": 1e4}, space=precision_only),
+              output_dir=tmp_path / "runs", tracking_uri=store, in_process=True, progress=False, log=lines.append)
+    study = load_finished_study("auto-seeded", tmp_path / "runs")
+    assert StudyMeta.load(study).seeded and (tmp_path / "runs" / "auto-seeded" / "sensitivity.jsonl").is_file()
+    assert any(line.startswith("sensitivity (seeding: auto, 8 seeds: the space searches no pruning)")
+               for line in lines)
+    assert len(study.trials) == 4 and study.trials[2].user_attrs.get("seed")  # right after fp32 and uniform int8
+
+    lines.clear()
+    tuner.run(experiment(tmp_path, "auto-unseeded", trials=4), output_dir=tmp_path / "runs", tracking_uri=store,
+              in_process=True, progress=False, log=lines.append)
+    study = load_finished_study("auto-unseeded", tmp_path / "runs")
+    assert not StudyMeta.load(study).seeded and not any(line.startswith("sensitivity") for line in lines)
+    assert not (tmp_path / "runs" / "auto-unseeded" / "sensitivity.jsonl").exists()
+    assert not any(t.user_attrs.get("seed") for t in study.trials)
 
 
 def test_a_candidate_far_below_the_constraint_is_screened_out_untimed_and_a_close_one_goes_on(tmp_path, store):

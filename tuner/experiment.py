@@ -9,6 +9,7 @@ Example (``experiments/digits_cnn/experiment.yaml``)::
     auto_kinds: measured          # with auto: the kinds faster than fp32 here (timed first) | all
     trials: 60
     sampler: auto                 # auto (TPE, see experiments/search) | tpe | nsga2 | gp | random
+    seeding: {seeds: auto}        # auto: sensitivity pass + predicted front when the space prunes nothing | N
     seed: 0
     max_metric_drop: 0.01         # constraint against the fp32 baseline
     latency: {threads: 1, batch_size: 1, warmup: 10, repeats: 50}   # + resource: <Ray resource> on a cluster
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -70,10 +71,11 @@ class RecoveryConfig(BaseModel):
 class SeedingConfig(BaseModel):
     """Queue candidates of the predicted front right after the references (:mod:`tuner.seeding`): a sensitivity
     pass over the layer groups (:mod:`tuner.sensitivity`), the per-layer latency model from the references, then
-    ``seeds`` candidates. 0 seeds: no sensitivity pass, the sampler starts alone after the references."""
+    ``seeds`` candidates. 0 seeds: no sensitivity pass, the sampler starts alone after the references. ``auto``:
+    seeds on a space that searches precision only, none on one that prunes (`tuner.seeding.seed_count`)."""
 
     model_config = ConfigDict(extra="forbid")
-    seeds: int = Field(0, ge=0, le=200)
+    seeds: Annotated[int, Field(ge=0, le=200)] | Literal["auto"] = "auto"
     # Evaluation samples per sensitivity probe at first (None: all of them); a probe whose estimate is not precise
     # enough for the constraint is scored again on the whole set (`tuner.sensitivity.target_stderr`)
     samples: int | None = Field(32, ge=8)

@@ -179,7 +179,7 @@ def seed_params(space: SearchSpace, seeds: Sequence[Seed]) -> list[Mapping]:
     return [space.params_of(s.candidate) for s in seeds]
 
 
-def seed_study(study, space: SearchSpace, executor, experiment, feeds_for, recorder, log, stop=None
+def seed_study(study, space: SearchSpace, executor, experiment, n_seeds: int, feeds_for, recorder, log, stop=None
                ) -> PathCheck | None:
     """After the references: fit the latency model on them, run (or resume) the sensitivity pass on the
     executor, and start queueing the seeds; the pass's table and chart go to the run directory and MLflow.
@@ -203,7 +203,8 @@ def seed_study(study, space: SearchSpace, executor, experiment, feeds_for, recor
                             and t.values is not None}
     started = time.perf_counter()
     target = target_stderr(meta.max_metric_drop, len({(p.kind, p.group) for p in todo}))
-    log(f"sensitivity: {len(todo)} probes ({config.mode}; each scored on {config.samples or 'all'} evaluation "
+    why = f" (seeding: auto, {n_seeds} seeds: the space searches no pruning)" if config.seeds == "auto" else ""
+    log(f"sensitivity{why}: {len(todo)} probes ({config.mode}; each scored on {config.samples or 'all'} evaluation "
         "samples, not timed" + (f"; again on all of them where the std. error is above {target:.2g}" if target and
                                 config.samples else "") + ") ...")
     rows = run_sensitivity(executor, todo, meta.baseline_metric, meta.maximize, config.samples,
@@ -217,7 +218,7 @@ def seed_study(study, space: SearchSpace, executor, experiment, feeds_for, recor
     recorder.log_study_metrics({"sensitivity_probes": len(rows), "sensitivity_wall_s": spent,
                                 "sensitivity_probe_s": probe_s})
     path = greedy_path(space, model, rows, config.max_groups)
-    seeds = pick_seeds(path, meta.max_metric_drop, config.seeds)
+    seeds = pick_seeds(path, meta.max_metric_drop, n_seeds)
 
     def enqueue(seed: Seed) -> None:
         study.enqueue_trial(space.params_of(seed.candidate), user_attrs={

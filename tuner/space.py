@@ -466,6 +466,11 @@ class SearchSpace:
                 params[name] = False
         return params
 
+    @property
+    def prunes(self) -> bool:
+        """Whether any pruning ratio is searched (a group with one allowed ratio is fixed, not searched)."""
+        return any(len(values) > 1 for values in self.prune_choices.values())
+
     def offered_precisions(self) -> set[str]:
         """Every precision choice some layer may take."""
         return {c for choices in self.precision_choices.values() for c in choices}

@@ -2,12 +2,14 @@
 
     python experiments/search/benchmark.py experiments/digits_cnn/experiment.yaml \
         --strategies random tpe nsga2 gp seeded --seeds 0 1 --trials 100 --out experiments/search/digits.jsonl
-    python experiments/search/benchmark.py experiments/search/report.py digits.jsonl   # (see report.py)
+    python experiments/search/report.py digits.jsonl   # (see report.py)
 
 Each (strategy, seed) is one full `tuner run` of the experiment, in process (one candidate at a time: every
 strategy gets the same machine), with its own run directory and MLflow store. ``seeded`` is TPE after a
 sensitivity pass and the latency model's seeds (``seeding: {seeds: 8}``); ``seeded-screened`` also screens
-each trial on 128 samples first (``screening``). One JSON line per run: every
+each trial on 128 samples first (``screening``); ``default`` is what an experiment that sets neither gets
+(``sampler: auto``, ``seeding: {seeds: auto}``: seeded on a space without pruning, TPE alone on one with it).
+The samplers alone (random, tpe, nsga2, gp) run without seeding, whatever the experiment file says. One JSON line per run: every
 trial's metric, latency, feasibility and completion time, the fp32 baseline, and the sensitivity pass's
 cost, so that report.py can count the pass as trials and as seconds.
 
@@ -37,8 +39,10 @@ from tuner.storage import load_finished_study
 from tuner.vocab import KEEP_ARTIFACTS
 
 # strategy -> what it sets in the experiment
-STRATEGIES = {"random": {"sampler": "random"}, "tpe": {"sampler": "tpe"}, "nsga2": {"sampler": "nsga2"},
-              "gp": {"sampler": "gp"}, "seeded": {"sampler": "tpe", "seeding": {"seeds": 8}},
+# (a sampler alone is seeds: 0, whatever the experiment file or the default says)
+STRATEGIES = {**{kind: {"sampler": kind, "seeding": {"seeds": 0}} for kind in ("random", "tpe", "nsga2", "gp")},
+              "default": {"sampler": "auto", "seeding": {"seeds": "auto"}},
+              "seeded": {"sampler": "tpe", "seeding": {"seeds": 8}},
               "seeded-screened": {"sampler": "tpe", "seeding": {"seeds": 8}, "screening": {"samples": 128}}}
 
 
