@@ -169,20 +169,19 @@ class Evaluator:
             fused: dict[str, int] = {}
             if candidate.fusions:
                 with _timed(timings, "fuse"):
-                    fused = apply_transformer_fusions(source, tmp / "fused.onnx", list(candidate.fusions))
-                    source = tmp / "fused.onnx"
-                    _check_nodes_survived(source, nodes, candidate.fusions)
+                    result = apply_transformer_fusions(source, tmp / "fused.onnx", list(candidate.fusions))
+                    fused, source = result.counts, tmp / "fused.onnx"
+                    _check_nodes_survived(result.nodes, nodes, candidate.fusions)
             with _timed(timings, "quantize"):
                 choices = dict(candidate.precision)
                 node_precision = {node: choices.get(layer, FP32) for layer, (node, _, _) in nodes.items()}
-                if any(c != FP32 for c in node_precision.values()):
-                    calibration = [[t.numpy() for t in batch] for batch in self.task.calibration_inputs]
-                    apply_precisions(source, tmp / "model.onnx", node_precision, calibration,
-                                     calibration_cache=export_dir / "calibration")
-                else:
-                    shutil.copy(source, tmp / "model.onnx")
+                calibration = ([[t.numpy() for t in batch] for batch in self.task.calibration_inputs]
+                               if any(c != FP32 for c in node_precision.values()) else [])
+                # one load and one save of the model, its run settings stamped in before the save
+                apply_precisions(source, tmp / "model.onnx", node_precision, calibration,
+                                 calibration_cache=export_dir / "calibration",
+                                 metadata=run_metadata(candidate, self.fingerprint))
                 (tmp / "fused.onnx").unlink(missing_ok=True)
-                _stamp(tmp / "model.onnx", candidate, self.fingerprint)
             with _timed(timings, "verify_kernels"):
                 kernels = self._check_kernels(tmp, candidate, {layer: v[2] for layer, v in nodes.items()})
             ArtifactRecord(candidate.to_dict(), key=candidate.key(self.fingerprint), task=self.task_ref.spec,
@@ -327,26 +326,23 @@ def check_runnable(candidate: Candidate) -> None:
                              "in fp32.")
 
 
-def _check_nodes_survived(path: Path, nodes: dict[str, list[str]], fusions: tuple[str, ...]) -> None:
-    graph = onnx.load(str(path))
-    present = {(n.name, n.op_type) for n in graph.graph.node}
+def _check_nodes_survived(present: frozenset[tuple[str, str]], nodes: dict[str, list[str]],
+                          fusions: tuple[str, ...]) -> None:
     lost = [layer for layer, (node, op, _) in nodes.items() if (node, op) not in present]
     if lost:
         raise RuntimeError(f"transformer fusions {list(fusions)} removed the nodes of layers {lost[:5]}; "
                            "their precision can no longer be set.")
 
 
-def _stamp(path: Path, candidate: Candidate, fingerprint: str) -> None:
-    """Record in the ONNX file how it must be run, so the file alone tells a deployment."""
-    model = onnx.load(str(path))
+def run_metadata(candidate: Candidate, fingerprint: str) -> dict[str, str]:
+    """What the ONNX file records of how it must be run, so the file alone tells a deployment."""
     runtime = RuntimeConfig(candidate.opt_level, candidate.disabled_optimizers)
-    onnx.helper.set_model_props(model, {
+    return {
         "tuner.runtime": runtime.to_json(),
         "tuner.opt_level": candidate.opt_level,
         "tuner.candidate": json.dumps(candidate.to_dict(), sort_keys=True),
         "tuner.task_fingerprint": fingerprint,
-    })
-    onnx.save(model, str(path))
+    }
 
 
 @contextmanager

@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
@@ -31,8 +32,15 @@ MERGING_FUSIONS = {"attention": "merges query/key/value into one Attention node"
                    "embed_layer_norm": "merges the embeddings into one EmbedLayerNormalization node"}
 
 
-def apply_transformer_fusions(src: str | Path, dst: str | Path, fusions: list[str]) -> dict[str, int]:
-    """Run ORT's BERT fusions named in ``fusions`` (others off) on ``src``; returns fused-op counts."""
+@dataclass(frozen=True)
+class Fused:
+    counts: dict[str, int]  # fused operators by type
+    nodes: frozenset[tuple[str, str]]  # (name, op type) of every node of the fused graph
+
+
+def apply_transformer_fusions(src: str | Path, dst: str | Path, fusions: list[str]) -> Fused:
+    """Run ORT's BERT fusions named in ``fusions`` (others off) on ``src``, save the result to ``dst``; returns
+    the fused-op counts and the fused graph's nodes (so that no caller loads ``dst`` again only to read them)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -49,7 +57,8 @@ def apply_transformer_fusions(src: str | Path, dst: str | Path, fusions: list[st
         optimized.save_model_to_file(str(dst))
     finally:
         logging.disable(logging.NOTSET)
-    return {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
+    return Fused({op: n for op, n in optimized.get_fused_operator_statistics().items() if n},
+                 frozenset((n.name, n.op_type) for n in optimized.model.graph.node))
 
 
 _PROBE = """

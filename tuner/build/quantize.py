@@ -99,8 +99,11 @@ def apply_precisions(
     node_precision: Mapping[str, str],
     calibration: Sequence[Sequence[np.ndarray]],
     calibration_cache: str | Path | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> None:
     """Give every listed node its precision (see :mod:`tuner.precision`); unlisted nodes stay fp32.
+
+    ``metadata``: the model properties ``dst`` gets (replacing any it had), set before its one save.
 
     ``calibration_cache``: a folder where static int8 keeps the activation ranges it calibrated, one file per
     model it calibrated on; a later build calibrating the same model (same bytes, so same ranges) reads them
@@ -120,6 +123,8 @@ def apply_precisions(
         for choice in sorted(by_choice, key=lambda c: (parse(c)[0].build_order, c)):
             kind, block = parse(choice)
             model = _BUILDERS[kind.name](model, by_choice[choice], block, context)
+    if metadata is not None:
+        onnx.helper.set_model_props(model, dict(metadata))
     onnx.save(model, str(dst))
 
 
