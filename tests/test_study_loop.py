@@ -306,7 +306,8 @@ def test_seeding_by_default_runs_the_pass_on_a_precision_only_space_and_not_on_o
     assert StudyMeta.load(study).seeded and (tmp_path / "runs" / "auto-seeded" / "sensitivity.jsonl").is_file()
     assert any(line.startswith("sensitivity (seeding: auto, 8 seeds: the space searches no pruning)")
                for line in lines)
-    assert len(study.trials) == 4 and study.trials[2].user_attrs.get("seed")  # right after fp32 and uniform int8
+    # (which seeds come of it is the path's business, tested above: on this tiny MLP no int8 layer may save time)
+    assert len(study.trials) == 4 and {TrialMeta.of(t).reference for t in study.trials[:2]} == {"fp32", "uniform int8"}
 
     lines.clear()
     tuner.run(experiment(tmp_path, "auto-unseeded", trials=4), output_dir=tmp_path / "runs", tracking_uri=store,

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 import torch_pruning as tp
 
@@ -33,7 +34,7 @@ from tuner.measure.memory import peak_rss
 from tuner.measure.quality import score_all, score_subset, session_outputs, subset_indices
 from tuner.precision import FP32, KINDS, kind_of
 from tuner.records import FULL, ArtifactRecord, Fidelity, LatencyStats, TrialResult
-from tuner.runtime import RuntimeConfig, load_artifact
+from tuner.runtime import RuntimeConfig, create_session, load_artifact
 from tuner.space import quantizable_layers
 from tuner.task import Task, TaskRef
 from tuner.taskref import user_frame
@@ -73,6 +74,7 @@ class Evaluator:
         self._base_size: tuple[float, float] | None = None
         self._feeds: dict[str, np.ndarray] | None = None
         self._reference_outputs: np.ndarray | None = None
+        self._built_session: ort.InferenceSession | None = None  # see build(keep_session=)
 
     def evaluate(self, candidate: Candidate | dict, fidelity: Fidelity = FULL) -> TrialResult:
         """Build, score and time in this process (what `tuner verify` does; the study splits the last step off).
@@ -121,7 +123,8 @@ class Evaluator:
             artifact = self.artifact_root / key
             result = replace(result, artifact_dir=str(artifact))
             cached_build = (artifact / "model.onnx").is_file()
-            cached_export = False if cached_build else self.build(candidate, artifact, timings)
+            scoring = fidelity.samples != 0
+            cached_export = False if cached_build else self.build(candidate, artifact, timings, keep_session=scoring)
             model_path = artifact / "model.onnx"
             stats_file = self.export_root / candidate.prune_key(self.fingerprint) / "stats.json"
             result = replace(result, cached_build=cached_build, cached_export=cached_export,
@@ -131,7 +134,9 @@ class Evaluator:
                 return result.with_timings(**timings)
             stage = "accuracy"
             with _timed(timings, "accuracy"):
-                session = load_artifact(model_path, self.settings.threads)  # exactly as deployed
+                # exactly as deployed: the kernel check's session of the file just built, or the file's own settings
+                session = self._built_session or load_artifact(model_path, self.settings.threads)
+                self._built_session = None
                 n_total = len(self.task.evaluation.inputs[0])
                 samples = fidelity.samples
                 if samples is not None and samples < n_total:
@@ -147,6 +152,8 @@ class Evaluator:
                                      metric_stderr=None)
         except Exception as exc:  # a broken candidate is a result (FAIL), not a crash of the study
             return _failed(result.with_timings(**timings), stage, exc)
+        finally:
+            self._built_session = None
         return result.with_timings(**timings)
 
     def feeds(self, model_path: str | Path) -> dict[str, np.ndarray]:
@@ -155,10 +162,12 @@ class Evaluator:
             self._feeds = artifact_feeds(self.task, model_path, self.settings.batch_size)
         return self._feeds
 
-    def build(self, candidate: Candidate, artifact: Path, timings: dict[str, float]) -> bool:
+    def build(self, candidate: Candidate, artifact: Path, timings: dict[str, float], keep_session: bool = False
+              ) -> bool:
         """(cached) prune + export -> transformer fusions -> per-layer precision, written atomically.
 
-        Returns whether the pruned fp32 export came from the per-study cache.
+        Returns whether the pruned fp32 export came from the per-study cache. ``keep_session``: keep the kernel
+        check's ORT session of the artifact for scoring it next (`_build_and_score`), instead of creating another.
         """
         self.artifact_root.mkdir(parents=True, exist_ok=True)
         export_dir, cached = self._pruned_export(candidate, timings)
@@ -183,7 +192,8 @@ class Evaluator:
                                  metadata=run_metadata(candidate, self.fingerprint))
                 (tmp / "fused.onnx").unlink(missing_ok=True)
             with _timed(timings, "verify_kernels"):
-                kernels = self._check_kernels(tmp, candidate, {layer: v[2] for layer, v in nodes.items()})
+                kernels, session = self._check_kernels(tmp, candidate, {layer: v[2] for layer, v in nodes.items()})
+                self._built_session = session if keep_session else None
             ArtifactRecord(candidate.to_dict(), key=candidate.key(self.fingerprint), task=self.task_ref.spec,
                            task_fingerprint=self.fingerprint, fused_operators=fused, kernels=kernels,
                            layer_nodes={layer: v[0] for layer, v in nodes.items()},
@@ -253,18 +263,22 @@ class Evaluator:
         return {"macs": float(macs), "params": float(params), "macs_ratio": float(macs) / self._base_size[0],
                 "params_ratio": float(params) / self._base_size[1]}
 
-    def _check_kernels(self, build_dir: Path, candidate: Candidate, weights: dict[str, str]) -> dict[str, str | None]:
-        """Open the artifact as it will run and check every layer got the kernel its precision asks for."""
+    def _check_kernels(self, build_dir: Path, candidate: Candidate, weights: dict[str, str]
+                       ) -> tuple[dict[str, str | None], ort.InferenceSession]:
+        """Open the artifact as it will run (the run settings it was just stamped with) and check every layer got
+        the kernel its precision asks for; returns the kernels and the session."""
         optimized = build_dir / "optimized.onnx"
-        load_artifact(build_dir / "model.onnx", self.settings.threads, str(optimized))
         try:
-            kernels = layer_kernels(onnx.load(str(optimized)), weights)
+            session = create_session(build_dir / "model.onnx", candidate.opt_level, self.settings.threads,
+                                     str(optimized), candidate.disabled_optimizers)
+            kernels = layer_kernels(onnx.load(str(optimized), load_external_data=False), weights)
         finally:
             optimized.unlink(missing_ok=True)
+            optimized.with_name(optimized.name + ".data").unlink(missing_ok=True)
         wrong = mismatches(kernels, dict(candidate.precision))
         if wrong:
             raise RuntimeError(f"ORT does not run {len(wrong)} layer(s) as asked: " + "; ".join(wrong[:5]))
-        return kernels
+        return kernels, session
 
 
 # The export cache keeps the most recently used pruned exports (one fp32 model each: 440 MB for a BERT-base-size

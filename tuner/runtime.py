@@ -46,6 +46,11 @@ def session_options(opt_level: str, threads: int = 1, optimized_model_path: str 
     options.log_severity_level = 3
     if optimized_model_path:
         options.optimized_model_filepath = optimized_model_path
+        # weights go to a side file (``<name>.data``), so that reading the optimized graph back with
+        # `onnx.load(..., load_external_data=False)` does not parse them (hundreds of MB on a large model)
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                         Path(optimized_model_path).name + ".data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     return options
 
 

@@ -1,0 +1,102 @@
+"""One change of the build code measured side by side: the same candidates built by the evaluator of two
+checkouts, each in its own process, alternating, on one machine in one run.
+
+    python experiments/build_io/before_after.py --before REV [--after WORKTREE] [--rounds 2]
+        [--experiment experiments/bert_base/experiment.yaml]
+
+``--before``: a git revision, checked out in a temporary worktree; ``--after``: a checkout (default: this one).
+Every process loads the experiment's task, then builds (no scoring, no timing of the model) four unpruned
+candidates: fp32, fp32 with transformer fusions, uniform int8-dynamic, and int8-dynamic with the fusions. The
+pruned fp32 export is built once, before the rounds, and shared by every process (what a study's workers do),
+so the times are those of what follows the export: fusion, quantization, the run settings stamped into the
+file, the kernel check. Prints per candidate the median build seconds of each checkout, their ratio, and
+whether both wrote the same bytes (they differ only if the change meant them to).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+WORKER = r"""
+import hashlib, json, sys, time
+from pathlib import Path
+checkout, experiment, root, export_root = sys.argv[1:5]
+sys.path.insert(0, checkout)
+from tuner.candidate import Candidate
+from tuner.evaluate import Evaluator
+from tuner.experiment import load_experiment
+exp = load_experiment(Path(checkout) / experiment)
+ev = Evaluator(exp.task_ref(), exp.eval_settings(), root, export_root=export_root)
+fusions = ("gelu", "skip_layer_norm")
+dynamic = tuple((layer, "int8-dynamic") for layer in ev.layers)
+candidates = {"fp32": Candidate(), "fp32 + fusions": Candidate(fusions=fusions),
+              "int8-dynamic": Candidate(precision=dynamic),
+              "int8-dynamic + fusions": Candidate(precision=dynamic, fusions=fusions)}
+out = {}
+for name, candidate in candidates.items():
+    timings = {}
+    start = time.perf_counter()
+    ev.build(candidate, Path(root) / name.replace(" ", "_").replace("+", "p"), timings)
+    seconds = time.perf_counter() - start
+    data = (Path(root) / name.replace(" ", "_").replace("+", "p") / "model.onnx").read_bytes()
+    out[name] = {"s": seconds, "stages": timings, "sha256": hashlib.sha256(data).hexdigest()}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def run_worker(checkout: Path, experiment: str, export_root: Path) -> dict:
+    with tempfile.TemporaryDirectory(prefix="build-io-") as root:
+        proc = subprocess.run([sys.executable, "-c", WORKER, str(checkout), experiment, root, str(export_root)],
+                              capture_output=True, text=True)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode or line is None:
+        raise SystemExit(f"build worker for {checkout} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", required=True, help="git revision of the build code before the change")
+    parser.add_argument("--after", default=str(REPO), help="checkout of the build code after it (default: this)")
+    parser.add_argument("--experiment", default="experiments/bert_base/experiment.yaml")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="build-io-before-") as before_dir, \
+            tempfile.TemporaryDirectory(prefix="build-io-exports-") as export_root:
+        # the export is built once, here, so both checkouts build from the same bytes
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", before_dir, args.before],
+                       check=True)
+        try:
+            checkouts = {"before": Path(before_dir), "after": Path(args.after)}
+            run_worker(checkouts["after"], args.experiment, Path(export_root))  # the shared export, untimed
+            runs: dict[str, list[dict]] = {"before": [], "after": []}
+            for round_ in range(args.rounds):
+                order = ["before", "after"] if round_ % 2 == 0 else ["after", "before"]
+                for which in order:
+                    runs[which].append(run_worker(checkouts[which], args.experiment, Path(export_root)))
+                    print(f"round {round_ + 1}: {which} done", flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", before_dir], check=False)
+    print(f"\n{args.experiment}: before = {args.before}, after = {args.after}; median of {args.rounds} builds, s")
+    print(f"{'candidate':<26} {'before':>8} {'after':>8} {'after/before':>13}  same bytes")
+    for name in runs["before"][0]:
+        before = statistics.median(r[name]["s"] for r in runs["before"])
+        after = statistics.median(r[name]["s"] for r in runs["after"])
+        same = runs["before"][0][name]["sha256"] == runs["after"][0][name]["sha256"]
+        print(f"{name:<26} {before:8.2f} {after:8.2f} {after / before:12.2f}x  {same}")
+    for which in ("before", "after"):
+        stages = {name: {k: round(statistics.median(r[name]["stages"].get(k, 0.0) for r in runs[which]), 2)
+                         for k in runs[which][0][name]["stages"]} for name in runs[which][0]}
+        print(f"{which} stages: {json.dumps(stages)}")
+
+
+if __name__ == "__main__":
+    main()
