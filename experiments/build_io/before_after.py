@@ -5,11 +5,11 @@ checkouts, each in its own process, alternating, on one machine in one run.
         [--experiment experiments/bert_base/experiment.yaml]
 
 ``--before``: a git revision, checked out in a temporary worktree; ``--after``: a checkout (default: this one).
-Every process loads the experiment's task, then builds (no scoring, no timing of the model) four unpruned
-candidates: fp32, fp32 with transformer fusions, uniform int8-dynamic, and int8-dynamic with the fusions. The
+Every process loads the experiment's task, then builds and scores on ``--samples`` evaluation samples (not
+timed: latency is not what changes) four unpruned candidates: fp32, fp32 with transformer fusions, uniform int8-dynamic, and int8-dynamic with the fusions. The
 pruned fp32 export is built once, before the rounds, and shared by every process (what a study's workers do),
 so the times are those of what follows the export: fusion, quantization, the run settings stamped into the
-file, the kernel check. Prints per candidate the median build seconds of each checkout, their ratio, and
+file, the kernel check, opening the model to score it, scoring. Prints per candidate the median build seconds of each checkout, their ratio, and
 whether both wrote the same bytes (they differ only if the change meant them to).
 """
 
@@ -28,11 +28,12 @@ REPO = Path(__file__).resolve().parents[2]
 WORKER = r"""
 import hashlib, json, sys, time
 from pathlib import Path
-checkout, experiment, root, export_root = sys.argv[1:5]
+checkout, experiment, root, export_root, SAMPLES = sys.argv[1:5] + [int(sys.argv[5])]
 sys.path.insert(0, checkout)
 from tuner.candidate import Candidate
 from tuner.evaluate import Evaluator
 from tuner.experiment import load_experiment
+from tuner.records import Fidelity
 exp = load_experiment(Path(checkout) / experiment)
 ev = Evaluator(exp.task_ref(), exp.eval_settings(), root, export_root=export_root)
 fusions = ("gelu", "skip_layer_norm")
@@ -42,19 +43,21 @@ candidates = {"fp32": Candidate(), "fp32 + fusions": Candidate(fusions=fusions),
               "int8-dynamic + fusions": Candidate(precision=dynamic, fusions=fusions)}
 out = {}
 for name, candidate in candidates.items():
-    timings = {}
     start = time.perf_counter()
-    ev.build(candidate, Path(root) / name.replace(" ", "_").replace("+", "p"), timings)
+    result = ev.build_and_score(candidate, Fidelity(samples=SAMPLES, timed=False))
     seconds = time.perf_counter() - start
-    data = (Path(root) / name.replace(" ", "_").replace("+", "p") / "model.onnx").read_bytes()
-    out[name] = {"s": seconds, "stages": timings, "sha256": hashlib.sha256(data).hexdigest()}
+    if result.error:
+        raise SystemExit(f"{name}: {result.error}")
+    data = (Path(result.artifact_dir) / "model.onnx").read_bytes()
+    out[name] = {"s": seconds, "stages": result.timings, "sha256": hashlib.sha256(data).hexdigest()}
 print("RESULT " + json.dumps(out))
 """
 
 
-def run_worker(checkout: Path, experiment: str, export_root: Path) -> dict:
+def run_worker(checkout: Path, experiment: str, export_root: Path, samples: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="build-io-") as root:
-        proc = subprocess.run([sys.executable, "-c", WORKER, str(checkout), experiment, root, str(export_root)],
+        proc = subprocess.run([sys.executable, "-c", WORKER, str(checkout), experiment, root, str(export_root),
+                               str(samples)],
                               capture_output=True, text=True)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode or line is None:
@@ -68,6 +71,7 @@ def main() -> None:
     parser.add_argument("--after", default=str(REPO), help="checkout of the build code after it (default: this)")
     parser.add_argument("--experiment", default="experiments/bert_base/experiment.yaml")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=8, help="evaluation samples each model is scored on")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="build-io-before-") as before_dir, \
             tempfile.TemporaryDirectory(prefix="build-io-exports-") as export_root:
@@ -76,16 +80,16 @@ def main() -> None:
                        check=True)
         try:
             checkouts = {"before": Path(before_dir), "after": Path(args.after)}
-            run_worker(checkouts["after"], args.experiment, Path(export_root))  # the shared export, untimed
+            run_worker(checkouts["after"], args.experiment, Path(export_root), args.samples)  # the shared export, untimed
             runs: dict[str, list[dict]] = {"before": [], "after": []}
             for round_ in range(args.rounds):
                 order = ["before", "after"] if round_ % 2 == 0 else ["after", "before"]
                 for which in order:
-                    runs[which].append(run_worker(checkouts[which], args.experiment, Path(export_root)))
+                    runs[which].append(run_worker(checkouts[which], args.experiment, Path(export_root), args.samples))
                     print(f"round {round_ + 1}: {which} done", flush=True)
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", before_dir], check=False)
-    print(f"\n{args.experiment}: before = {args.before}, after = {args.after}; median of {args.rounds} builds, s")
+    print(f"\n{args.experiment}: before = {args.before}, after = {args.after}; median of {args.rounds} builds, scored on {args.samples} samples, s")
     print(f"{'candidate':<26} {'before':>8} {'after':>8} {'after/before':>13}  same bytes")
     for name in runs["before"][0]:
         before = statistics.median(r[name]["s"] for r in runs["before"])
