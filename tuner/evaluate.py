@@ -136,7 +136,6 @@ class Evaluator:
             with _timed(timings, "accuracy"):
                 # exactly as deployed: the kernel check's session of the file just built, or the file's own settings
                 session = self._built_session or load_artifact(model_path, self.settings.threads)
-                self._built_session = None
                 n_total = len(self.task.evaluation.inputs[0])
                 samples = fidelity.samples
                 if samples is not None and samples < n_total:
