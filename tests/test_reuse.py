@@ -61,3 +61,34 @@ def test_a_different_model_gets_its_own_ranges(exported, tmp_path):
     other = {node: "int8-dynamic" if i == len(nodes) - 1 else "int8" for i, node in enumerate(nodes)}
     quantize.apply_precisions(source, tmp_path / "b.onnx", other, _Unreadable(), calibration_cache=cache)
     assert len(list(cache.glob("*.json"))) == 1
+
+
+def test_a_changed_weight_gets_its_own_ranges(exported, tmp_path):
+    source, nodes, calibration = exported
+    model = onnx.load(str(source))
+    weight = max(model.graph.initializer, key=lambda t: len(t.raw_data))  # set aside when the cache key is hashed
+    changed = numpy_helper.to_array(weight).copy()
+    changed.flat[0] += 1.0
+    weight.CopyFrom(numpy_helper.from_array(changed, weight.name))
+    onnx.save(model, str(tmp_path / "changed.onnx"))
+    cache = tmp_path / "ranges"
+    mix = {node: "int8" for node in nodes}
+    quantize.apply_precisions(source, tmp_path / "a.onnx", mix, calibration, calibration_cache=cache)
+    quantize.apply_precisions(tmp_path / "changed.onnx", tmp_path / "b.onnx", mix, calibration, calibration_cache=cache)
+    assert len(list(cache.glob("*.json"))) == 2
+
+
+def test_shape_inference_that_sets_the_weights_aside_gives_the_models_onnx_and_ort_give(exported):
+    from onnxruntime.quantization.quant_utils import save_and_reload_model_with_shape_infer
+
+    source, _, _ = exported
+    model = onnx.load(str(source))
+    before = model.SerializeToString()
+    assert sum(len(t.raw_data) >= 1024 for t in model.graph.initializer) >= 3  # weights to set aside
+
+    inferred = quantize.infer_shapes(model)
+    assert len(inferred.graph.value_info) > 0
+    assert inferred.SerializeToString() == onnx.shape_inference.infer_shapes(onnx.load(str(source))).SerializeToString()
+    reloaded = quantize.infer_shapes(model, like_ort_reload=True)
+    assert reloaded.SerializeToString() == save_and_reload_model_with_shape_infer(model).SerializeToString()
+    assert model.SerializeToString() == before  # the weights went back

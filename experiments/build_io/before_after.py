@@ -2,11 +2,14 @@
 checkouts, each in its own process, alternating, on one machine in one run.
 
     python experiments/build_io/before_after.py --before REV [--after WORKTREE] [--rounds 2]
-        [--experiment experiments/bert_base/experiment.yaml]
+        [--experiment experiments/bert_base/experiment.yaml] [--set io|mix]
 
 ``--before``: a git revision, checked out in a temporary worktree; ``--after``: a checkout (default: this one).
 Every process loads the experiment's task, then builds and scores on ``--samples`` evaluation samples (not
-timed: latency is not what changes) four unpruned candidates: fp32, fp32 with transformer fusions, uniform int8-dynamic, and int8-dynamic with the fusions. The
+timed: latency is not what changes) unpruned candidates. ``--set io``: fp32, fp32 with transformer fusions,
+uniform int8-dynamic, and int8-dynamic with the fusions. ``--set mix``: uniform static int8 twice (calibrating,
+then from the ranges it cached) and a mix of every int8 kind and fp32 over the layers in turn twice (its
+per-channel weights quantized, then reused), a precision-only study's builds. The
 pruned fp32 export is built once, before the rounds, and shared by every process (what a study's workers do),
 so the times are those of what follows the export: fusion, quantization, the run settings stamped into the
 file, the kernel check, opening the model to score it, scoring. Prints per candidate the median build seconds of each checkout, their ratio, and
@@ -26,9 +29,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 WORKER = r"""
-import hashlib, json, sys, time
+import hashlib, json, shutil, sys, time
 from pathlib import Path
-checkout, experiment, root, export_root, SAMPLES = sys.argv[1:5] + [int(sys.argv[5])]
+checkout, experiment, root, export_root, SAMPLES, SET = sys.argv[1:5] + [int(sys.argv[5]), sys.argv[6]]
 sys.path.insert(0, checkout)
 from tuner.candidate import Candidate
 from tuner.evaluate import Evaluator
@@ -38,9 +41,14 @@ exp = load_experiment(Path(checkout) / experiment)
 ev = Evaluator(exp.task_ref(), exp.eval_settings(), root, export_root=export_root)
 fusions = ("gelu", "skip_layer_norm")
 dynamic = tuple((layer, "int8-dynamic") for layer in ev.layers)
+static = tuple((layer, "int8") for layer in ev.layers)
+kinds = ("int8", "int8-dynamic", "int8-dynamic-pc", "int8-dynamic-pc7", "fp32")
+mix = tuple((layer, kinds[i % len(kinds)]) for i, layer in enumerate(ev.layers))
 candidates = {"fp32": Candidate(), "fp32 + fusions": Candidate(fusions=fusions),
               "int8-dynamic": Candidate(precision=dynamic),
-              "int8-dynamic + fusions": Candidate(precision=dynamic, fusions=fusions)}
+              "int8-dynamic + fusions": Candidate(precision=dynamic, fusions=fusions)} if SET == "io" else {
+    "int8, calibrating": Candidate(precision=static), "int8, cached ranges": Candidate(precision=static),
+    "mix, first": Candidate(precision=mix), "mix, weights reused": Candidate(precision=mix)}
 out = {}
 for name, candidate in candidates.items():
     start = time.perf_counter()
@@ -50,14 +58,15 @@ for name, candidate in candidates.items():
         raise SystemExit(f"{name}: {result.error}")
     data = (Path(result.artifact_dir) / "model.onnx").read_bytes()
     out[name] = {"s": seconds, "stages": result.timings, "sha256": hashlib.sha256(data).hexdigest()}
+    shutil.rmtree(result.artifact_dir)  # a candidate listed twice is built twice (ranges, weights kept)
 print("RESULT " + json.dumps(out))
 """
 
 
-def run_worker(checkout: Path, experiment: str, export_root: Path, samples: int) -> dict:
+def run_worker(checkout: Path, experiment: str, export_root: Path, samples: int, candidates: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="build-io-") as root:
         proc = subprocess.run([sys.executable, "-c", WORKER, str(checkout), experiment, root, str(export_root),
-                               str(samples)],
+                               str(samples), candidates],
                               capture_output=True, text=True)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode or line is None:
@@ -72,6 +81,7 @@ def main() -> None:
     parser.add_argument("--experiment", default="experiments/bert_base/experiment.yaml")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--samples", type=int, default=8, help="evaluation samples each model is scored on")
+    parser.add_argument("--set", default="io", choices=["io", "mix"], help="which candidates (see above)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="build-io-before-") as before_dir, \
             tempfile.TemporaryDirectory(prefix="build-io-exports-") as export_root:
@@ -80,12 +90,13 @@ def main() -> None:
                        check=True)
         try:
             checkouts = {"before": Path(before_dir), "after": Path(args.after)}
-            run_worker(checkouts["after"], args.experiment, Path(export_root), args.samples)  # the shared export, untimed
+            run_worker(checkouts["after"], args.experiment, Path(export_root), args.samples, "io")  # the export, untimed
             runs: dict[str, list[dict]] = {"before": [], "after": []}
             for round_ in range(args.rounds):
                 order = ["before", "after"] if round_ % 2 == 0 else ["after", "before"]
                 for which in order:
-                    runs[which].append(run_worker(checkouts[which], args.experiment, Path(export_root), args.samples))
+                    runs[which].append(run_worker(checkouts[which], args.experiment, Path(export_root), args.samples,
+                                                  args.set))
                     print(f"round {round_ + 1}: {which} done", flush=True)
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", before_dir], check=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import tempfile
 import uuid
 from collections import OrderedDict
@@ -24,6 +25,7 @@ from onnxruntime.quantization import (
     QuantType,
     TensorsData,
     load_tensors_data,
+    onnx_quantizer,
     quantize_static,
 )
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -147,12 +149,11 @@ def _int4(model: onnx.ModelProto, nodes: list[str], block: int | None, context: 
 @register_precision_builder(INT8)
 def _int8_static(model: onnx.ModelProto, nodes: list[str], block: int | None, context: BuildContext
                  ) -> onnx.ModelProto:
-    data = model.SerializeToString()  # the bytes onnx.save writes
-    cache = _calibration_file(data, context.calibration_cache)
+    cache = _calibration_file(model, context.calibration_cache)
     if cache is not None and cache.is_file():
         model = _int8_static_from_ranges(model, nodes, load_tensors_data(cache))
     else:
-        model = _int8_static_calibrating(data, nodes, context, cache)
+        model = _int8_static_calibrating(model.SerializeToString(), nodes, context, cache)
     # Layers that must stay float are cut off from upstream DequantizeLinear (see `keep_float_inputs`).
     keep_float_inputs(model, context.float_nodes())
     return model
@@ -187,7 +188,7 @@ def _int8_static_from_ranges(model: onnx.ModelProto, nodes: list[str], ranges: T
     """What `quantize_static` runs once it has its ranges (shape inference, opset update, `QDQQuantizer`,
     topological sort), on the model in memory, with the arguments `_int8_static_calibrating` gives it;
     `tests/test_transformer.py` checks both give the same model."""
-    model = onnx.shape_inference.infer_shapes(model)
+    model = infer_shapes(model)  # quantize_static infers on the file it is given, weights inline
     add_infer_metadata(model)
     model = update_opset_version(model, QuantType.QInt8, QuantType.QUInt8)
     quantizer = QDQQuantizer(model, True, False, QuantType.QInt8, QuantType.QUInt8, ranges, nodes, [],
@@ -197,11 +198,97 @@ def _int8_static_from_ranges(model: onnx.ModelProto, nodes: list[str], ranges: T
     return quantizer.model.model
 
 
-def _calibration_file(data: bytes, folder: Path | None) -> Path | None:
-    """The cached ranges of the model serialized as ``data``, named by its hash."""
+def _calibration_file(model: onnx.ModelProto, folder: Path | None) -> Path | None:
+    """The cached ranges of ``model``, named by a hash of its graph and of every weight's bytes, hashed as they
+    are (serializing the whole model for the hash took 0.9 s on BERT-base)."""
     if folder is None:
         return None
-    return folder / f"{hashlib.sha256(data).hexdigest()[:32]}.json"
+    digest = hashlib.sha256()
+    with _weights_set_aside(model, _is_float_weight) as weights:
+        digest.update(model.SerializeToString())
+    for _, tensor, data in weights:
+        digest.update(tensor.name.encode())
+        digest.update(data)
+    return folder / f"{digest.hexdigest()[:32]}.json"
+
+
+def _is_float_weight(tensor: onnx.TensorProto, data: bytes) -> bool:
+    # Float data never decides a shape (shapes, axes and indices are integers); Resize's float scales are a few
+    # bytes, under the threshold.
+    return tensor.data_type in _FLOAT_TYPES and sys.getsizeof(data) >= _EXTERNAL_THRESHOLD
+
+
+def _is_external_in_ort_save(tensor: onnx.TensorProto, data: bytes) -> bool:
+    """What ORT's `save_and_reload_model_with_shape_infer` writes to its external data file (onnx.save's rule)."""
+    return sys.getsizeof(data) >= _EXTERNAL_THRESHOLD
+
+
+_EXTERNAL_THRESHOLD = 1024  # onnx.save's size_threshold for external data
+_FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+
+
+@contextmanager
+def _weights_set_aside(model: onnx.ModelProto, which: Callable[[onnx.TensorProto, bytes], bool]):
+    """The bytes of the initializers ``which`` selects, taken out of ``model`` (marked as external data, so that
+    shape inference treats them as unavailable) and put back on exit. Yields ``[(index, tensor, bytes)]``, the
+    index in :func:`_initializers`' order."""
+    aside = []
+    for index, tensor in enumerate(_initializers(model.graph)):
+        data = tensor.raw_data if tensor.HasField("raw_data") else None
+        if data is not None and which(tensor, data):
+            aside.append((index, tensor, data, tensor.HasField("data_location"), tensor.data_location))
+    try:
+        for _, tensor, _, _, _ in aside:
+            tensor.ClearField("raw_data")
+            tensor.data_location = TensorProto.EXTERNAL
+            tensor.external_data.add(key="location", value="set-aside")
+        yield [(index, tensor, data) for index, tensor, data, _, _ in aside]
+    finally:
+        for _, tensor, data, had_location, location in aside:
+            del tensor.external_data[:]
+            tensor.ClearField("data_location")
+            if had_location:
+                tensor.data_location = location
+            tensor.raw_data = data
+
+
+def _initializers(graph: onnx.GraphProto) -> Iterable[onnx.TensorProto]:
+    """Every initializer of ``graph`` and of its subgraphs, in onnx.save's order."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                yield from _initializers(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _initializers(subgraph)
+
+
+def infer_shapes(model: onnx.ModelProto, like_ort_reload: bool = False) -> onnx.ModelProto:
+    """``onnx.shape_inference.infer_shapes(model)`` without serializing the weights: it hands the whole model to
+    C++ and parses it back (2.3 s on BERT-base's 436 MB; 0.1 s for the graph alone). The float weights' bytes are
+    set aside while the graph is inferred, then given to the inferred model.
+
+    ``like_ort_reload``: what ORT's ``save_and_reload_model_with_shape_infer`` returns instead. It saves the model
+    with every initializer of 1 KB or more in an external file, infers shapes on that file (those initializers
+    unavailable to inference) and loads it back (their ``data_location`` set, explicitly, to DEFAULT); the same
+    here, without the file. `tests/test_transformer.py` checks both builds against ORT's own functions, byte for
+    byte."""
+    which = _is_external_in_ort_save if like_ort_reload else _is_float_weight
+    with _weights_set_aside(model, which) as weights:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    twins = list(_initializers(inferred.graph))  # inference adds value_info; initializers stay as they were
+    for index, tensor, data in weights:
+        twin = twins[index]
+        del twin.external_data[:]
+        twin.ClearField("data_location")
+        if like_ort_reload:
+            twin.data_location = TensorProto.DEFAULT
+        elif tensor.HasField("data_location"):
+            twin.data_location = tensor.data_location
+        twin.raw_data = data
+    if like_ort_reload:
+        add_infer_metadata(inferred)
+    return inferred
 
 
 def _int8_dynamic(kind: str, per_channel: bool, reduce_range: bool = False) -> PrecisionBuilder:
@@ -220,9 +307,10 @@ def _int8_dynamic(kind: str, per_channel: bool, reduce_range: bool = False) -> P
         add_infer_metadata(model)
         model = update_opset_version(model, QuantType.QInt8)
         # DefaultTensorType: ORT's contrib ops (SkipLayerNormalization, ...) carry no type inference.
-        quantizer = _ReusingQuantizer(model, per_channel, reduce_range, QuantizationMode.IntegerOps, False,
-                                      QuantType.QInt8, QuantType.QUInt8, None, nodes, None,
-                                      list(KINDS[kind].op_types), {**DYNAMIC_OPTIONS, "MatMulConstBOnly": True})
+        with _ort_reload_in_memory():
+            quantizer = _ReusingQuantizer(model, per_channel, reduce_range, QuantizationMode.IntegerOps, False,
+                                          QuantType.QInt8, QuantType.QUInt8, None, nodes, None,
+                                          list(KINDS[kind].op_types), {**DYNAMIC_OPTIONS, "MatMulConstBOnly": True})
         quantizer.quantize_model()
         quantizer.model.topological_sort()
         return quantizer.model.model
@@ -299,6 +387,19 @@ class _ReusingQuantizer(ONNXQuantizer):
             return made
         self.model.initializer_extend([_renamed(t, n) for t, n in zip(cached, order)])
         return names
+
+
+@contextmanager
+def _ort_reload_in_memory():
+    """ONNXQuantizer's constructor saves the model, infers its shapes on the file and loads it back, to read the
+    inferred types (0.35 s per dynamic kind on BERT-base); the same model comes from :func:`infer_shapes` without
+    the file. The constructor reads the function from its module's namespace: it is swapped for the call."""
+    original = onnx_quantizer.save_and_reload_model_with_shape_infer
+    onnx_quantizer.save_and_reload_model_with_shape_infer = lambda model: infer_shapes(model, like_ort_reload=True)
+    try:
+        yield
+    finally:
+        onnx_quantizer.save_and_reload_model_with_shape_infer = original
 
 
 def _renamed(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
