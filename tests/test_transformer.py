@@ -310,8 +310,10 @@ def test_a_changed_weight_is_quantized_anew_and_the_oldest_entry_goes_when_the_c
     assert 0 < cache._bytes <= cache.max_bytes
 
 
-def test_static_int8_from_cached_ranges_is_built_in_memory_as_quantize_static_builds_it(task, layers, tmp_path,
-                                                                                         monkeypatch):
+def test_static_int8_built_in_memory_is_the_model_quantize_static_writes_calibrating_or_from_cached_ranges(
+        task, layers, tmp_path):
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
     import tuner.build.quantize as quantize
 
     export_onnx(task.model, task.example_inputs, tmp_path / "fp32.onnx")
@@ -319,14 +321,58 @@ def test_static_int8_from_cached_ranges_is_built_in_memory_as_quantize_static_bu
     choice = {nodes[name].name: ("int8" if i % 2 else "int8-dynamic") for i, name in enumerate(layers)}
     chosen = [node for node, c in choice.items() if c == "int8"]
     calibration = [[t.numpy() for t in batch] for batch in task.calibration_inputs]
-    context = quantize.BuildContext(("input_ids", "attention_mask", "token_type_ids"), calibration, choice,
-                                    tmp_path / "ranges")
+    inputs = ("input_ids", "attention_mask", "token_type_ids")
+    context = quantize.BuildContext(inputs, calibration, choice, tmp_path / "ranges")
     calibrated = quantize._BUILDERS["int8"](onnx.load(str(tmp_path / "fp32.onnx")), chosen, None, context)
     assert len(list((tmp_path / "ranges").glob("*.json"))) == 1
+    cached = quantize.BuildContext(inputs, _Uncalled(), choice, tmp_path / "ranges")
+    from_ranges = quantize._BUILDERS["int8"](onnx.load(str(tmp_path / "fp32.onnx")), chosen, None, cached)
 
-    def no_file_round_trip(*args, **kwargs):
-        raise AssertionError("quantize_static called although the ranges are cached")
-    monkeypatch.setattr(quantize, "quantize_static", no_file_round_trip)
-    from_ranges = quantize._BUILDERS["int8"](onnx.load(str(tmp_path / "fp32.onnx")), chosen, None, context)
+    quantize_static(tmp_path / "fp32.onnx", tmp_path / "ort.onnx", quantize._BatchReader(inputs, calibration),
+                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    per_channel=True, nodes_to_quantize=chosen, op_types_to_quantize=list(quantize.WEIGHTED_OPS))
+    ort_model = onnx.load(str(tmp_path / "ort.onnx"))
+    quantize.keep_float_inputs(ort_model, context.float_nodes())  # what the builder does after ORT's quantizer
     assert sum(n.op_type == "QuantizeLinear" for n in from_ranges.graph.node) > 0
-    assert from_ranges.SerializeToString() == calibrated.SerializeToString()
+    assert calibrated.SerializeToString() == ort_model.SerializeToString()
+    assert from_ranges.SerializeToString() == ort_model.SerializeToString()
+
+
+class _Uncalled:
+    """Calibration data that must not be read: the cached ranges have to serve."""
+
+    def __iter__(self):
+        raise AssertionError("calibration ran again")
+
+
+def test_a_mix_with_4bit_layers_reuses_the_ranges_calibrated_on_the_export(task, layers, tmp_path):
+    import tuner.build.quantize as quantize
+
+    export_onnx(task.model, task.example_inputs, tmp_path / "fp32.onnx")
+    nodes = map_layers(onnx.load(str(tmp_path / "fp32.onnx")), layer_weights(task.model, layers))
+    calibration = [[t.numpy() for t in batch] for batch in task.calibration_inputs]
+    uniform = {nodes[name].name: "int8" for name in layers}
+    quantize.apply_precisions(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", uniform, calibration,
+                              calibration_cache=tmp_path / "ranges")
+    # 4-bit layers are built before static int8 and change the model it quantizes; its ranges still come from
+    # the export's calibration
+    mix = {node: ("int4-b16" if i % 3 == 0 else "int8") for i, node in enumerate(uniform)}
+    quantize.apply_precisions(tmp_path / "fp32.onnx", tmp_path / "mix.onnx", mix, _Uncalled(),
+                              calibration_cache=tmp_path / "ranges")
+    assert len(list((tmp_path / "ranges").glob("*.json"))) == 1
+
+    built = {path: onnx.load(str(tmp_path / path)) for path in ("int8.onnx", "mix.onnx")}
+    assert sum(n.op_type == "MatMulNBits" for n in built["mix.onnx"].graph.node) == sum(
+        c.startswith("int4") for c in mix.values())
+    scales = {path: {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("_scale")}
+              for path, model in built.items()}
+    static_nodes = [node for node, c in mix.items() if c == "int8"]
+    quantized_inputs = {n.input[0] for n in built["mix.onnx"].graph.node if n.name in static_nodes}
+    compared = 0
+    for model in built.values():  # the activation scale each static layer reads, in both models
+        for node in model.graph.node:
+            if node.op_type == "DequantizeLinear" and node.output[0] in quantized_inputs:
+                name = node.input[1]
+                assert (scales["int8.onnx"][name] == scales["mix.onnx"][name]).all(), name
+                compared += 1
+    assert compared >= len(static_nodes)

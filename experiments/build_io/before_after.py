@@ -2,14 +2,16 @@
 checkouts, each in its own process, alternating, on one machine in one run.
 
     python experiments/build_io/before_after.py --before REV [--after WORKTREE] [--rounds 2]
-        [--experiment experiments/bert_base/experiment.yaml] [--set io|mix]
+        [--experiment experiments/bert_base/experiment.yaml] [--set io|mix|int4]
 
 ``--before``: a git revision, checked out in a temporary worktree; ``--after``: a checkout (default: this one).
 Every process loads the experiment's task, then builds and scores on ``--samples`` evaluation samples (not
 timed: latency is not what changes) unpruned candidates. ``--set io``: fp32, fp32 with transformer fusions,
 uniform int8-dynamic, and int8-dynamic with the fusions. ``--set mix``: uniform static int8 twice (calibrating,
 then from the ranges it cached) and a mix of every int8 kind and fp32 over the layers in turn twice (its
-per-channel weights quantized, then reused), a precision-only study's builds. The
+per-channel weights quantized, then reused), a precision-only study's builds. ``--set int4``: uniform static
+int8 (calibrating), then three mixes of every int8 kind, fp32 and int4-b32 over the layers in turn, each
+starting the turn at another kind (so another set of 4-bit layers). The
 pruned fp32 export is built once, before the rounds, and shared by every process (what a study's workers do),
 so the times are those of what follows the export: fusion, quantization, the run settings stamped into the
 file, the kernel check, opening the model to score it, scoring. Prints per candidate the median build seconds of each checkout, their ratio, and
@@ -44,11 +46,19 @@ dynamic = tuple((layer, "int8-dynamic") for layer in ev.layers)
 static = tuple((layer, "int8") for layer in ev.layers)
 kinds = ("int8", "int8-dynamic", "int8-dynamic-pc", "int8-dynamic-pc7", "fp32")
 mix = tuple((layer, kinds[i % len(kinds)]) for i, layer in enumerate(ev.layers))
-candidates = {"fp32": Candidate(), "fp32 + fusions": Candidate(fusions=fusions),
-              "int8-dynamic": Candidate(precision=dynamic),
-              "int8-dynamic + fusions": Candidate(precision=dynamic, fusions=fusions)} if SET == "io" else {
-    "int8, calibrating": Candidate(precision=static), "int8, cached ranges": Candidate(precision=static),
-    "mix, first": Candidate(precision=mix), "mix, weights reused": Candidate(precision=mix)}
+six = kinds + ("int4-b32",)
+def with_int4(shift):
+    return tuple((layer, six[(i + shift) % len(six)]) for i, layer in enumerate(ev.layers))
+candidates = {
+    "io": {"fp32": Candidate(), "fp32 + fusions": Candidate(fusions=fusions),
+           "int8-dynamic": Candidate(precision=dynamic),
+           "int8-dynamic + fusions": Candidate(precision=dynamic, fusions=fusions)},
+    "mix": {"int8, calibrating": Candidate(precision=static), "int8, cached ranges": Candidate(precision=static),
+            "mix, first": Candidate(precision=mix), "mix, weights reused": Candidate(precision=mix)},
+    "int4": {"int8, calibrating": Candidate(precision=static), "mix with int4, a": Candidate(precision=with_int4(0)),
+             "mix with int4, b": Candidate(precision=with_int4(1)),
+             "mix with int4, c": Candidate(precision=with_int4(2))},
+}[SET]
 out = {}
 for name, candidate in candidates.items():
     start = time.perf_counter()
@@ -81,7 +91,7 @@ def main() -> None:
     parser.add_argument("--experiment", default="experiments/bert_base/experiment.yaml")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--samples", type=int, default=8, help="evaluation samples each model is scored on")
-    parser.add_argument("--set", default="io", choices=["io", "mix"], help="which candidates (see above)")
+    parser.add_argument("--set", default="io", choices=["io", "mix", "int4"], help="which candidates (see above)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="build-io-before-") as before_dir, \
             tempfile.TemporaryDirectory(prefix="build-io-exports-") as export_root:

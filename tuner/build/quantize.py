@@ -11,7 +11,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +19,16 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
+    CalibrationMethod,
     QDQQuantizer,
-    QuantFormat,
     QuantizationMode,
     QuantType,
     TensorsData,
+    create_calibrator,
     load_tensors_data,
     onnx_quantizer,
-    quantize_static,
 )
+from onnxruntime.quantization.calibrate import save_tensors_data
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
 from onnxruntime.quantization.quant_utils import (
@@ -73,6 +74,7 @@ class BuildContext:
     calibration: Sequence[Sequence[np.ndarray]]
     node_precision: Mapping[str, str]  # every node's choice: builders must leave other kinds' nodes alone
     calibration_cache: Path | None = None  # folder of activation ranges, one file per calibrated model
+    ranges: TensorsData | None = None  # static int8's, calibrated on the model apply_precisions was given
 
     def float_nodes(self) -> list[str]:
         """Nodes whose own op reads float activations (fp32 and dynamic int8)."""
@@ -111,9 +113,11 @@ def apply_precisions(
     model it calibrated on; a later build calibrating the same model (same bytes, so same ranges) reads them
     instead of running the calibration data again. It must be kept per calibration set.
 
+    Static int8 is calibrated on ``src`` as given (the pruned fp32 export), before any kind rewrites it, so one
+    calibration serves every mix built from that export, whichever of its layers are 4-bit.
+
     Kinds are built in their ``build_order``: 4-bit weight-only first (it only rewrites float MatMuls with
-    constant weights), then static QDQ (calibrated on the model as it will run, 4-bit layers included), then
-    dynamic int8 (per-tensor, then per-channel weight scales).
+    constant weights), then static QDQ, then dynamic int8 (per-tensor, then per-channel weight scales).
     """
     by_choice: dict[str, list[str]] = {}
     for node, choice in node_precision.items():
@@ -122,6 +126,8 @@ def apply_precisions(
     context = BuildContext(tuple(i.name for i in model.graph.input), calibration, dict(node_precision),
                            Path(calibration_cache) if calibration_cache else None)
     with _quiet_root_logger():
+        if any(parse(choice)[0].name == INT8 for choice in by_choice):
+            context = replace(context, ranges=static_ranges(model, context))
         for choice in sorted(by_choice, key=lambda c: (parse(c)[0].build_order, c)):
             kind, block = parse(choice)
             model = _BUILDERS[kind.name](model, by_choice[choice], block, context)
@@ -149,45 +155,45 @@ def _int4(model: onnx.ModelProto, nodes: list[str], block: int | None, context: 
 @register_precision_builder(INT8)
 def _int8_static(model: onnx.ModelProto, nodes: list[str], block: int | None, context: BuildContext
                  ) -> onnx.ModelProto:
-    cache = _calibration_file(model, context.calibration_cache)
-    if cache is not None and cache.is_file():
-        model = _int8_static_from_ranges(model, nodes, load_tensors_data(cache))
-    else:
-        model = _int8_static_calibrating(model.SerializeToString(), nodes, context, cache)
+    ranges = context.ranges if context.ranges is not None else static_ranges(model, context)
+    model = _int8_static_from_ranges(model, nodes, ranges)
     # Layers that must stay float are cut off from upstream DequantizeLinear (see `keep_float_inputs`).
     keep_float_inputs(model, context.float_nodes())
     return model
 
 
-def _int8_static_calibrating(data: bytes, nodes: list[str], context: BuildContext, cache: Path | None
-                             ) -> onnx.ModelProto:
-    """ORT's `quantize_static`, file to file, calibrating; the ranges go to ``cache`` when it is given."""
+def static_ranges(model: onnx.ModelProto, context: BuildContext) -> TensorsData:
+    """The activation ranges of ``model`` on the calibration data: from ``context.calibration_cache`` when they
+    were calibrated before, else calibrated as `quantize_static` calibrates (ORT's MinMax calibrator, on every
+    input and output of the WEIGHTED_OPS nodes, whichever of them a mix quantizes: the ranges depend only on the
+    model) and kept there."""
+    cache = _calibration_file(model, context.calibration_cache)
+    if cache is not None and cache.is_file():
+        return load_tensors_data(cache)
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "in.onnx").write_bytes(data)
-        # ORT calibrates every input and output of the WEIGHTED_OPS nodes, whichever of them are quantized: the
-        # ranges depend only on the model calibrated on, so one file serves every mix built on that model.
-        scratch = cache
-        if cache is not None:  # calibrate, then publish the file whole (workers share it)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            scratch = cache.parent / f".{cache.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.json"
+        onnx.save(model, f"{tmp}/in.onnx")
+        calibrator = create_calibrator(Path(tmp, "in.onnx"), list(WEIGHTED_OPS),
+                                       augmented_model_path=f"{tmp}/augmented_model.onnx",
+                                       calibrate_method=CalibrationMethod.MinMax)
+        calibrator.collect_data(_BatchReader(context.input_names, context.calibration))
+        ranges = calibrator.compute_data()
+        del calibrator
+    if cache is not None:  # written whole, then published (workers share the folder)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        scratch = cache.parent / f".{cache.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.json"
         try:
-            quantize_static(f"{tmp}/in.onnx", f"{tmp}/out.onnx",
-                            _BatchReader(context.input_names, context.calibration), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                            nodes_to_quantize=nodes, op_types_to_quantize=list(WEIGHTED_OPS),
-                            calibration_cache_path=scratch)
-            if scratch is not None:
-                os.replace(scratch, cache)
+            save_tensors_data(ranges, scratch)
+            os.replace(scratch, cache)
         finally:
-            if scratch is not None:
-                scratch.unlink(missing_ok=True)
-        return onnx.load(f"{tmp}/out.onnx")
+            scratch.unlink(missing_ok=True)
+    return ranges
 
 
 def _int8_static_from_ranges(model: onnx.ModelProto, nodes: list[str], ranges: TensorsData) -> onnx.ModelProto:
     """What `quantize_static` runs once it has its ranges (shape inference, opset update, `QDQQuantizer`,
-    topological sort), on the model in memory, with the arguments `_int8_static_calibrating` gives it;
-    `tests/test_transformer.py` checks both give the same model."""
+    topological sort), on the model in memory, with the arguments of `quantize_static(..., quant_format=QDQ,
+    activation_type=QUInt8, weight_type=QInt8, per_channel=True, nodes_to_quantize=nodes,
+    op_types_to_quantize=WEIGHTED_OPS)`; `tests/test_transformer.py` checks both give the same model."""
     model = infer_shapes(model)  # quantize_static infers on the file it is given, weights inline
     add_infer_metadata(model)
     model = update_opset_version(model, QuantType.QInt8, QuantType.QUInt8)
