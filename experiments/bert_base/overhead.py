@@ -1,0 +1,54 @@
+"""Where a study's trials spent their time: per trial, the build stages, the metric and the latency, and the
+share of the trial outside metric and latency (issue 11's goal: at most 25% on BERT-base).
+
+    python experiments/bert_base/overhead.py RUN_DIR [RUN_DIR ...]
+
+Reads the stage times every trial records (the `timings` of its Optuna trial). ``wall``: from the trial's
+start on the driver to its result, build, metric, latency and orchestration included; the overhead is
+``wall - accuracy - latency``. Uniform references and sampled trials are summarized apart: a reference is
+often the first build of its kind in a worker (static int8 calibrates, per-channel weights are quantized).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from tuner.storage import open_study
+
+STAGES = ("prune", "export", "fuse", "quantize", "verify_kernels", "accuracy", "latency")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path)
+    args = parser.parse_args()
+    for run_dir in args.run_dirs:
+        study = open_study(run_dir, run_dir.name)
+        trials = [t for t in study.trials if t.state.name == "COMPLETE" and "wall" in t.user_attrs.get("timings", {})]
+        print(f"{run_dir}: {len(trials)} completed trials; seconds")
+        print(f"{'trial':>5} {'kind':<9} " + " ".join(f"{s:>9}" for s in STAGES) + f" {'wall':>7} {'outside':>8}")
+        shares: dict[str, list[float]] = {"reference": [], "sampled": []}
+        for trial in trials:
+            timings = trial.user_attrs["timings"]
+            kind = "reference" if _uniform(trial.user_attrs.get("summary", "")) else "sampled"
+            outside = (timings["wall"] - timings.get("accuracy", 0.0) - timings.get("latency", 0.0)) / timings["wall"]
+            shares[kind].append(outside)
+            print(f"{trial.number:>5} {kind:<9} " + " ".join(f"{timings.get(s, 0.0):9.2f}" for s in STAGES)
+                  + f" {timings['wall']:7.2f} {outside:8.0%}")
+        for kind, values in shares.items():
+            if values:
+                print(f"median share outside metric and latency, {kind} trials ({len(values)}): "
+                      f"{statistics.median(values):.0%} ({min(values):.0%}-{max(values):.0%})")
+        print()
+
+
+def _uniform(summary: str) -> bool:
+    """A reference: one precision for every layer, nothing pruned (``int8 72; unpruned; opt=all``)."""
+    parts = summary.split("; ")
+    return len(parts) > 1 and len(parts[0].split()) == 2 and parts[1] == "unpruned"
+
+
+if __name__ == "__main__":
+    main()
