@@ -460,17 +460,16 @@ class _ReusingQDQQuantizer(QDQQuantizer):
         # `_add_qdq_nodes_for_initializer` reads the function from its module's namespace: swapped for the call
         original = qdq_quantizer.quantize_onnx_initializer
 
-        def quantize_initializer(weight, quant_type, zero_point, scale, axis=None, quant_weight_name=None,
-                                 block_size=0):
-            if axis is None or block_size:
-                return original(weight, quant_type, zero_point, scale, axis, quant_weight_name, block_size)
+        def quantize_initializer(weight, quant_type, zero_point, scale, axis=None, quant_weight_name=None, **rest):
+            if axis is None or rest.get("block_size"):  # per-tensor or block-wise: ORT's own code
+                return original(weight, quant_type, zero_point, scale, axis, quant_weight_name, **rest)
             key = ("qdq-weight", _digest(weight), tuple(weight.dims), weight.data_type, quant_type, axis,
                    zero_point.dtype.str, zero_point.tobytes(), scale.dtype.str, scale.tobytes())
             name = quant_weight_name or f"{weight.name}{TENSOR_NAME_QUANT_SUFFIX}"
             hit = QUANTIZED_WEIGHTS.get(key)
             if hit is not None:
                 return _renamed(hit[0], name)
-            made = original(weight, quant_type, zero_point, scale, axis, quant_weight_name, block_size)
+            made = original(weight, quant_type, zero_point, scale, axis, quant_weight_name, **rest)
             if made.name == name:  # else: an ORT that names it otherwise
                 QUANTIZED_WEIGHTS.put(key, (_renamed(made, ""),))
             return made
