@@ -105,7 +105,9 @@ def test_run_resume_front_pick(tmp_path, monkeypatch, capsys, small_task, mlflow
     uri = mlflow_uri
     config = write_experiment(tmp_path, "e2e", trials=6, extra=FAST_EXPORTER + "\n")
     assert main(["run", str(config), "--workers", "2", "--tracking-uri", uri, "--no-progress"]) == 0
-    assert "latency re-check: " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "latency re-check: " in out
+    assert "% of a trial" in out.split("median seconds per completed trial (")[1].splitlines()[0]
 
     client = MlflowClient(uri)
     parents, trials = runs_by_role(client, "e2e")

@@ -74,9 +74,13 @@ def _workers_text(args: argparse.Namespace, latency_threads: int) -> str:
 def _print_timings(result) -> None:
     keys = ("prune", "export", "fuse", "quantize", "verify_kernels", "accuracy", "latency", "orchestration")
     if result.timings:
+        # what a trial spends beside measuring its model (building, orchestration), of its wall time
+        outside = [1 - (t.get("accuracy", 0.0) + t.get("latency", 0.0)) / t["wall"] for t in result.timings
+                   if t.get("wall")]
         print(f"median seconds per completed trial ({len(result.timings)}): " + ", ".join(
             f"{k} {median(t.get(k, 0.0) for t in result.timings):.3f}" for k in keys
-            if any(k in t for t in result.timings)))
+            if any(k in t for t in result.timings))
+            + (f"; outside metric and latency: {median(outside):.0%} of a trial" if outside else ""))
     if result.live_front_s:
         spent = sum(result.live_front_s)
         print(f"live front: {len(result.live_front_s)} refreshes, {spent:.1f} s "

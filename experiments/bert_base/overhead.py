@@ -3,7 +3,8 @@ share of the trial outside metric and latency (issue 11's goal: at most 25% on B
 
     python experiments/bert_base/overhead.py RUN_DIR [RUN_DIR ...]
 
-Reads the stage times every trial records (the `timings` of its Optuna trial). ``wall``: from the trial's
+Reads the stage times every trial records (the `timings` of its Optuna trial); `tuner run` prints the median
+share of all trials at the end of its `median seconds per completed trial` line. ``wall``: from the trial's
 start on the driver to its result, build, metric, latency and orchestration included; the overhead is
 ``wall - accuracy - latency``. Uniform references and sampled trials are summarized apart: a reference is
 often the first build of its kind in a worker (static int8 calibrates, per-channel weights are quantized).
