@@ -381,8 +381,7 @@ class _ReusingQuantizer(ONNXQuantizer):
                                                             keep_float_weight)
         weight = numpy_helper.to_array(initializer)
         # everything ORT's loop reads: the values, the axis, the type, and its settings for this weight
-        key = (hashlib.blake2b(np.ascontiguousarray(weight).tobytes(), digest_size=20).digest(), weight.shape,
-               str(weight.dtype), initializer.data_type, weight_qType, channel_axis,
+        key = (_digest(weight), weight.shape, str(weight.dtype), initializer.data_type, weight_qType, channel_axis,
                bool(self.reduce_range and reduce_range), self.is_weight_symmetric(weight_qType), self.min_real_range)
         # the names ORT gives them, in the order it adds them: scale, zero point, then the weight
         names = (weight_name + TENSOR_NAME_QUANT_SUFFIX, weight_name + "_zero_point", weight_name + "_scale")
@@ -436,7 +435,7 @@ class _ReusingQDQQuantizer(QDQQuantizer):
             if not valid:
                 continue
             # everything ORT's per-channel loop reads: the values, the axis, the type and its settings
-            keys[name] = ("qdq-scales", _digest(initializer), tuple(initializer.dims), initializer.data_type, axis,
+            keys[name] = ("qdq-scales", self._digest(initializer), tuple(initializer.dims), initializer.data_type, axis,
                           self.weight_qType, self.reduce_range, self.min_real_range)
             hit = QUANTIZED_WEIGHTS.get(keys[name])
             if hit is not None:
@@ -463,7 +462,7 @@ class _ReusingQDQQuantizer(QDQQuantizer):
         def quantize_initializer(weight, quant_type, zero_point, scale, axis=None, quant_weight_name=None, **rest):
             if axis is None or rest.get("block_size"):  # per-tensor or block-wise: ORT's own code
                 return original(weight, quant_type, zero_point, scale, axis, quant_weight_name, **rest)
-            key = ("qdq-weight", _digest(weight), tuple(weight.dims), weight.data_type, quant_type, axis,
+            key = ("qdq-weight", self._digest(weight), tuple(weight.dims), weight.data_type, quant_type, axis,
                    zero_point.dtype.str, zero_point.tobytes(), scale.dtype.str, scale.tobytes())
             name = quant_weight_name or f"{weight.name}{TENSOR_NAME_QUANT_SUFFIX}"
             hit = QUANTIZED_WEIGHTS.get(key)
@@ -480,9 +479,16 @@ class _ReusingQDQQuantizer(QDQQuantizer):
         finally:
             qdq_quantizer.quantize_onnx_initializer = original
 
+    def _digest(self, initializer: onnx.TensorProto) -> bytes:
+        """The weight's digest, computed once per build (its scales and its int8 values are both looked up)."""
+        digests = self.__dict__.setdefault("_digests", {})
+        if initializer.name not in digests:
+            digests[initializer.name] = _digest(numpy_helper.to_array(initializer))
+        return digests[initializer.name]
 
-def _digest(initializer: onnx.TensorProto) -> bytes:
-    return hashlib.blake2b(np.ascontiguousarray(numpy_helper.to_array(initializer)).tobytes(), digest_size=20).digest()
+
+def _digest(values: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(values).tobytes(), digest_size=20).digest()
 
 
 def _renamed(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
