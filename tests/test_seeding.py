@@ -1,5 +1,6 @@
 """The predicted front: the greedy path over sensitivity drops and latency-model costs, and which seeds it gives."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,7 @@ def test_seeds_spread_over_the_feasible_path_plus_one_past_the_constraint():
     assert pick_seeds(path[:1], 0.01, 4) == [] and pick_seeds(path, 0.01, 0) == []
 
 
-def measured(step, drop, state="COMPLETE"):
+def measured(step, drop, state="COMPLETE", done=1, budget=100):
     """What the loop hands a callback once a seed's trial is told."""
     import optuna
 
@@ -84,7 +85,7 @@ def measured(step, drop, state="COMPLETE"):
     attrs = {"seed_step": step} | ({} if drop is None else {"metric_drop": drop})
     trial = optuna.trial.create_trial(state=getattr(optuna.trial.TrialState, state), user_attrs=attrs,
                                       values=[0.0, 1.0] if state == "COMPLETE" else None)
-    return FinishedTrial(trial, None, 0.0, 0, 0)
+    return FinishedTrial(trial, None, 0.0, done, budget)
 
 
 def test_seeds_are_queued_one_at_a_time_and_the_path_is_cut_and_bisected_where_a_seed_fails():
@@ -124,3 +125,16 @@ def test_a_seed_past_the_constraint_measured_infeasible_cuts_nothing_and_the_cou
     check.start()
     check(None, measured(1, 0.5))  # cut at 1: nothing between fp32 (0) and 1; the second seed is dropped
     assert queued == [1] and check.left == 1 and not check.todo
+
+
+def test_no_seed_is_queued_once_the_budget_has_no_room_for_it():
+    from tuner.seeding import PathCheck
+
+    path = [seed(i, 0.001 * i, 10.0 - i) for i in range(5)]
+    queued = []
+    check = PathCheck(path, path[1:], 0.01, lambda s: queued.append(s.step), lambda line: None)
+    check.start()
+    check(None, measured(1, 0.001, done=3, budget=5))
+    assert queued == [1, 2]
+    check(None, replace(measured(2, 0.002, done=4, budget=5), in_flight=1))  # the last trial is already out
+    assert queued == [1, 2] and check.todo  # left unqueued rather than WAITING in the study past the budget

@@ -123,8 +123,9 @@ def pick_seeds(path: Sequence[Seed], max_drop: float | None, count: int) -> list
 class PathCheck:
     """A loop callback that queues seeds one at a time along the path and cuts the path where a measured seed
     parts from its prediction (see the module docstring). ``enqueue`` queues one seed in the study; at most
-    ``len(seeds)`` are queued in all. Its state lives in the driver: a resumed study does not queue the seeds
-    that were not queued before it stopped."""
+    ``len(seeds)`` are queued in all, and none once the budget has no room for it (it would be left waiting in
+    the study). Its state lives in the driver: a resumed study does not queue the seeds that were not queued
+    before it stopped."""
 
     def __init__(self, path: Sequence[Seed], seeds: Sequence[Seed], max_drop: float | None,
                  enqueue: Callable[[Seed], None], log: Callable[[str], None] = print):
@@ -163,7 +164,8 @@ class PathCheck:
             middle = (self.feasible_step + self.infeasible_step) // 2
             if self.feasible_step < middle and middle not in self.queued:
                 self.todo.insert(0, self.path[middle])
-        self._next()
+        if finished.done + finished.in_flight < finished.budget:
+            self._next()
 
     def _next(self) -> None:
         if self.waiting or not self.todo or self.left <= 0:

@@ -35,6 +35,7 @@ class FinishedTrial:
     received: float  # time.perf_counter() when the executor handed the result back
     done: int  # trials finished toward the budget, this one included
     budget: int
+    in_flight: int = 0  # trials submitted and not yet finished, this one excluded
 
 
 Recorder = Callable[[optuna.Trial, TrialResult], None]
@@ -141,7 +142,7 @@ class StudyLoop:
                         tell(self.study, trial, result, meta)
                     done += 1
                     finished = FinishedTrial(self.study.get_trials(deepcopy=False)[number], result, received, done,
-                                             self.budget)
+                                             self.budget, len(in_flight))
                     for callback in self.callbacks:
                         callback(self.study, finished)
         finally:
