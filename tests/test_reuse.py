@@ -1,5 +1,6 @@
 """What the build reuses between trials gives the same artifact as building from scratch."""
 
+import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
@@ -78,17 +79,46 @@ def test_a_changed_weight_gets_its_own_ranges(exported, tmp_path):
     assert len(list(cache.glob("*.json"))) == 2
 
 
-def test_shape_inference_that_sets_the_weights_aside_gives_the_models_onnx_and_ort_give(exported):
+def test_shape_inference_that_leaves_the_weights_out_gives_the_models_onnx_and_ort_give(exported):
     from onnxruntime.quantization.quant_utils import save_and_reload_model_with_shape_infer
+
+    from tuner.build import shapes
 
     source, _, _ = exported
     model = onnx.load(str(source))
-    before = model.SerializeToString()
-    assert sum(len(t.raw_data) >= 1024 for t in model.graph.initializer) >= 3  # weights to set aside
+    assert sum(len(t.raw_data) >= 1024 for t in model.graph.initializer) >= 3  # weights to leave out
+    assert not shapes.has_subgraphs(model.graph)
 
-    inferred = quantize.infer_shapes(model)
-    assert len(inferred.graph.value_info) > 0
+    inferred = shapes.infer_shapes(model)
+    assert inferred is model and len(inferred.graph.value_info) > 0  # in place
     assert inferred.SerializeToString() == onnx.shape_inference.infer_shapes(onnx.load(str(source))).SerializeToString()
-    reloaded = quantize.infer_shapes(model, like_ort_reload=True)
+    reloaded = shapes.infer_shapes(onnx.load(str(source)), like_ort_reload=True)
+    ort = save_and_reload_model_with_shape_infer(onnx.load(str(source)))
+    assert reloaded.SerializeToString() == ort.SerializeToString()
+    assert sum(t.HasField("data_location") for t in ort.graph.initializer) >= 3  # the set ORT wrote out, matched
+    for tensor in model.graph.initializer:
+        assert shapes.raw_size(tensor) == len(tensor.raw_data)
+
+
+def test_shape_inference_on_a_model_with_a_subgraph_gives_the_model_onnx_gives():
+    from onnx import TensorProto, helper
+    from onnxruntime.quantization.quant_utils import save_and_reload_model_with_shape_infer
+
+    from tuner.build import shapes
+
+    weight = numpy_helper.from_array(np.ones((16, 16), np.float32), "w")  # 1 KB: left out of inference
+    branch = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y_then"])], "then", [],
+                               [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["y_else"])], "else", [],
+                              [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=other)], "g",
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert shapes.has_subgraphs(model.graph)
+    expected = onnx.shape_inference.infer_shapes(model).SerializeToString()
+    assert shapes.infer_shapes(model).SerializeToString() == expected
+    reloaded = shapes.infer_shapes(model, like_ort_reload=True)
     assert reloaded.SerializeToString() == save_and_reload_model_with_shape_infer(model).SerializeToString()
-    assert model.SerializeToString() == before  # the weights went back

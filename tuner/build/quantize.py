@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 import tempfile
 import uuid
 from collections import OrderedDict
@@ -42,6 +41,7 @@ from onnxruntime.quantization.quant_utils import (
 )
 
 from tuner.build.export import WEIGHTED_OPS
+from tuner.build.shapes import has_subgraphs, infer_shapes, is_float_weight, skeleton
 from tuner.precision import (
     FP32,
     INT4,
@@ -78,6 +78,7 @@ class BuildContext:
     node_precision: Mapping[str, str]  # every node's choice: builders must leave other kinds' nodes alone
     calibration_cache: Path | None = None  # folder of activation ranges, one file per calibrated model
     ranges: TensorsData | None = None  # static int8's, calibrated on the model apply_precisions was given
+    source: Path | None = None  # the file that model was loaded from
 
     def float_nodes(self) -> list[str]:
         """Nodes whose own op reads float activations (fp32 and dynamic int8)."""
@@ -127,7 +128,7 @@ def apply_precisions(
         by_choice.setdefault(choice, []).append(node)
     model = onnx.load(str(src))
     context = BuildContext(tuple(i.name for i in model.graph.input), calibration, dict(node_precision),
-                           Path(calibration_cache) if calibration_cache else None)
+                           Path(calibration_cache) if calibration_cache else None, source=Path(src))
     with _quiet_root_logger():
         if any(parse(choice)[0].name == INT8 for choice in by_choice):
             context = replace(context, ranges=static_ranges(model, context))
@@ -170,7 +171,7 @@ def static_ranges(model: onnx.ModelProto, context: BuildContext) -> TensorsData:
     were calibrated before, else calibrated as `quantize_static` calibrates (ORT's MinMax calibrator, on every
     input and output of the WEIGHTED_OPS nodes, whichever of them a mix quantizes: the ranges depend only on the
     model) and kept there."""
-    cache = _calibration_file(model, context.calibration_cache)
+    cache = _calibration_file(model, context.calibration_cache, context.source)
     if cache is not None and cache.is_file():
         return load_tensors_data(cache)
     with tempfile.TemporaryDirectory() as tmp:
@@ -207,97 +208,39 @@ def _int8_static_from_ranges(model: onnx.ModelProto, nodes: list[str], ranges: T
     return quantizer.model.model
 
 
-def _calibration_file(model: onnx.ModelProto, folder: Path | None) -> Path | None:
-    """The cached ranges of ``model``, named by a hash of its graph and of every weight's bytes, hashed as they
-    are (serializing the whole model for the hash took 0.9 s on BERT-base)."""
-    if folder is None:
-        return None
+def _calibration_file(model: onnx.ModelProto, folder: Path | None, source: Path | None) -> Path | None:
+    """The cached ranges of ``model`` (loaded from ``source``), named by :func:`_model_digest`."""
+    return None if folder is None else folder / f"{_model_digest(model, source)[:32]}.json"
+
+
+_MODEL_DIGESTS: OrderedDict[tuple, str] = OrderedDict()  # a source file's identity -> its model's digest
+
+
+def _model_digest(model: onnx.ModelProto, source: Path | None) -> str:
+    """A hash of ``model``'s graph and of every weight's bytes, hashed as they are (serializing the whole model
+    for the hash took 0.9 s on BERT-base); remembered per ``source`` file (path, inode, size, modification time),
+    so a worker building many mixes from one export hashes it once."""
+    identity = None
+    if source is not None:
+        stat = os.stat(source)
+        identity = (str(Path(source).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if identity in _MODEL_DIGESTS:
+            _MODEL_DIGESTS.move_to_end(identity)
+            return _MODEL_DIGESTS[identity]
     digest = hashlib.sha256()
-    with _weights_set_aside(model, _is_float_weight) as weights:
+    if has_subgraphs(model.graph):
         digest.update(model.SerializeToString())
-    for _, tensor, data in weights:
-        digest.update(tensor.name.encode())
-        digest.update(data)
-    return folder / f"{digest.hexdigest()[:32]}.json"
-
-
-def _is_float_weight(tensor: onnx.TensorProto, data: bytes) -> bool:
-    # Float data never decides a shape (shapes, axes and indices are integers); Resize's float scales are a few
-    # bytes, under the threshold.
-    return tensor.data_type in _FLOAT_TYPES and sys.getsizeof(data) >= _EXTERNAL_THRESHOLD
-
-
-def _is_external_in_ort_save(tensor: onnx.TensorProto, data: bytes) -> bool:
-    """What ORT's `save_and_reload_model_with_shape_infer` writes to its external data file (onnx.save's rule)."""
-    return sys.getsizeof(data) >= _EXTERNAL_THRESHOLD
-
-
-_EXTERNAL_THRESHOLD = 1024  # onnx.save's size_threshold for external data
-_FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
-
-
-@contextmanager
-def _weights_set_aside(model: onnx.ModelProto, which: Callable[[onnx.TensorProto, bytes], bool]):
-    """The bytes of the initializers ``which`` selects, taken out of ``model`` (marked as external data, so that
-    shape inference treats them as unavailable) and put back on exit. Yields ``[(index, tensor, bytes)]``, the
-    index in :func:`_initializers`' order."""
-    aside = []
-    for index, tensor in enumerate(_initializers(model.graph)):
-        data = tensor.raw_data if tensor.HasField("raw_data") else None
-        if data is not None and which(tensor, data):
-            aside.append((index, tensor, data, tensor.HasField("data_location"), tensor.data_location))
-    try:
-        for _, tensor, _, _, _ in aside:
-            tensor.ClearField("raw_data")
-            tensor.data_location = TensorProto.EXTERNAL
-            tensor.external_data.add(key="location", value="set-aside")
-        yield [(index, tensor, data) for index, tensor, data, _, _ in aside]
-    finally:
-        for _, tensor, data, had_location, location in aside:
-            del tensor.external_data[:]
-            tensor.ClearField("data_location")
-            if had_location:
-                tensor.data_location = location
-            tensor.raw_data = data
-
-
-def _initializers(graph: onnx.GraphProto) -> Iterable[onnx.TensorProto]:
-    """Every initializer of ``graph`` and of its subgraphs, in onnx.save's order."""
-    yield from graph.initializer
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("g"):
-                yield from _initializers(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from _initializers(subgraph)
-
-
-def infer_shapes(model: onnx.ModelProto, like_ort_reload: bool = False) -> onnx.ModelProto:
-    """``onnx.shape_inference.infer_shapes(model)`` without serializing the weights: it hands the whole model to
-    C++ and parses it back (2.3 s on BERT-base's 436 MB; 0.1 s for the graph alone). The float weights' bytes are
-    set aside while the graph is inferred, then given to the inferred model.
-
-    ``like_ort_reload``: what ORT's ``save_and_reload_model_with_shape_infer`` returns instead. It saves the model
-    with every initializer of 1 KB or more in an external file, infers shapes on that file (those initializers
-    unavailable to inference) and loads it back (their ``data_location`` set, explicitly, to DEFAULT); the same
-    here, without the file. `tests/test_transformer.py` checks both builds against ORT's own functions, byte for
-    byte."""
-    which = _is_external_in_ort_save if like_ort_reload else _is_float_weight
-    with _weights_set_aside(model, which) as weights:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    twins = list(_initializers(inferred.graph))  # inference adds value_info; initializers stay as they were
-    for index, tensor, data in weights:
-        twin = twins[index]
-        del twin.external_data[:]
-        twin.ClearField("data_location")
-        if like_ort_reload:
-            twin.data_location = TensorProto.DEFAULT
-        elif tensor.HasField("data_location"):
-            twin.data_location = tensor.data_location
-        twin.raw_data = data
-    if like_ort_reload:
-        add_infer_metadata(inferred)
-    return inferred
+    else:
+        digest.update(skeleton(model).SerializeToString())
+        for tensor in model.graph.initializer:
+            if is_float_weight(tensor):
+                digest.update(tensor.name.encode())
+                digest.update(tensor.raw_data)
+    if identity is not None:
+        _MODEL_DIGESTS[identity] = digest.hexdigest()
+        while len(_MODEL_DIGESTS) > 64:
+            _MODEL_DIGESTS.popitem(last=False)
+    return digest.hexdigest()
 
 
 def _int8_dynamic(kind: str, per_channel: bool, reduce_range: bool = False) -> PrecisionBuilder:
