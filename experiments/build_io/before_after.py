@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -74,6 +75,8 @@ print("RESULT " + json.dumps(out))
 
 
 def run_worker(checkout: Path, experiment: str, export_root: Path, samples: int, candidates: str) -> dict:
+    for ranges in export_root.glob("*/calibration"):  # every process calibrates its first static build itself
+        shutil.rmtree(ranges)
     with tempfile.TemporaryDirectory(prefix="build-io-") as root:
         proc = subprocess.run([sys.executable, "-c", WORKER, str(checkout), experiment, root, str(export_root),
                                str(samples), candidates],
