@@ -23,6 +23,7 @@ from onnxruntime.quantization import (
     QuantizationMode,
     QuantType,
     TensorsData,
+    calibrate,
     create_calibrator,
     load_tensors_data,
     onnx_quantizer,
@@ -174,9 +175,8 @@ def static_ranges(model: onnx.ModelProto, context: BuildContext) -> TensorsData:
     cache = _calibration_file(model, context.calibration_cache, context.source)
     if cache is not None and cache.is_file():
         return load_tensors_data(cache)
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx.save(model, f"{tmp}/in.onnx")
-        calibrator = create_calibrator(Path(tmp, "in.onnx"), list(WEIGHTED_OPS),
+    with tempfile.TemporaryDirectory() as tmp, _calibrator_loads_in_memory(model):
+        calibrator = create_calibrator(Path(tmp, "unwritten.onnx"), list(WEIGHTED_OPS),  # (the load is swapped)
                                        augmented_model_path=f"{tmp}/augmented_model.onnx",
                                        calibrate_method=CalibrationMethod.MinMax)
         calibrator.collect_data(_BatchReader(context.input_names, context.calibration))
@@ -191,6 +191,27 @@ def static_ranges(model: onnx.ModelProto, context: BuildContext) -> TensorsData:
         finally:
             scratch.unlink(missing_ok=True)
     return ranges
+
+
+@contextmanager
+def _calibrator_loads_in_memory(model: onnx.ModelProto):
+    """ORT's calibrator takes a file and loads it with shape inference, file to file (the model saved for it, then
+    inferred, written and read again: about 3 s of a BERT-base calibration); it gets a copy of ``model`` inferred
+    in memory instead, what that load returns. It reads the function from its module's namespace: it is swapped
+    for the call."""
+    def load(path: Path) -> onnx.ModelProto:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)  # the calibrator adds its ReduceMin/ReduceMax outputs to the model it loaded
+        inferred = infer_shapes(copy)
+        add_infer_metadata(inferred)
+        return inferred
+
+    original = calibrate.load_model_with_shape_infer
+    calibrate.load_model_with_shape_infer = load
+    try:
+        yield
+    finally:
+        calibrate.load_model_with_shape_infer = original
 
 
 def _int8_static_from_ranges(model: onnx.ModelProto, nodes: list[str], ranges: TensorsData) -> onnx.ModelProto:
