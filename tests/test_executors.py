@@ -140,3 +140,26 @@ def test_a_ray_client_connection_whose_server_failed_to_start_is_made_again(monk
     with pytest.raises(ConnectionError, match="could not connect"):
         ray_executor.connect("ray://head:10001", {})
     assert len(calls) == 1
+
+
+def test_memory_released_with_a_freeze_keeps_the_survivors_out_of_later_collections_and_still_collects_cycles():
+    import gc
+    import weakref
+
+    from tuner.measure.memory import release_memory
+
+    class Node:
+        pass
+
+    try:
+        release_memory(freeze=True)  # what a build worker does after its first candidate
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        node = Node()
+        node.itself = node  # a reference cycle made after the freeze: only the cycle collector frees it
+        alive = weakref.ref(node)
+        del node
+        release_memory()
+        assert alive() is None and gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()

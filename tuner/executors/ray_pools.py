@@ -43,6 +43,7 @@ class _Worker:
         self.args = (task_ref, settings, scratch, path)
         self.evaluator = None
         self.cores: set[int] | None = None
+        self._frozen = False  # see release_memory(freeze=...)
 
     def ready(self) -> dict[str, str]:
         return _node()
@@ -91,7 +92,10 @@ class _Worker:
             shipped["feeds"] = self.evaluator.feeds(artifact / "model.onnx")
         if result.artifact_dir:  # the driver keeps a completed model; a failed one is not kept anywhere
             shutil.rmtree(result.artifact_dir, ignore_errors=True)
-        release_memory()  # the pruned copy, the ONNX graphs: back to the OS before the next candidate
+        # the pruned copy, the ONNX graphs: back to the OS before the next candidate; what is left after the first
+        # candidate is the worker's long-lived state, left out of later collections
+        release_memory(freeze=not self._frozen)
+        self._frozen = True
         shipped["result"] = result.with_timings(worker_total=time.perf_counter() - start)
         return shipped
 
