@@ -79,7 +79,6 @@ class BuildContext:
     node_precision: Mapping[str, str]  # every node's choice: builders must leave other kinds' nodes alone
     calibration_cache: Path | None = None  # folder of activation ranges, one file per calibrated model
     ranges: TensorsData | None = None  # static int8's, calibrated on the model apply_precisions was given
-    source: Path | None = None  # the file that model was loaded from
 
     def float_nodes(self) -> list[str]:
         """Nodes whose own op reads float activations (fp32 and dynamic int8)."""
@@ -129,10 +128,10 @@ def apply_precisions(
         by_choice.setdefault(choice, []).append(node)
     model = onnx.load(str(src))
     context = BuildContext(tuple(i.name for i in model.graph.input), calibration, dict(node_precision),
-                           Path(calibration_cache) if calibration_cache else None, source=Path(src))
+                           Path(calibration_cache) if calibration_cache else None)
     with _quiet_root_logger():
         if any(parse(choice)[0].name == INT8 for choice in by_choice):
-            context = replace(context, ranges=static_ranges(model, context))
+            context = replace(context, ranges=static_ranges(model, context, source=Path(src)))
         for choice in sorted(by_choice, key=lambda c: (parse(c)[0].build_order, c)):
             kind, block = parse(choice)
             model = _BUILDERS[kind.name](model, by_choice[choice], block, context)
@@ -167,12 +166,13 @@ def _int8_static(model: onnx.ModelProto, nodes: list[str], block: int | None, co
     return model
 
 
-def static_ranges(model: onnx.ModelProto, context: BuildContext) -> TensorsData:
+def static_ranges(model: onnx.ModelProto, context: BuildContext, source: Path | None = None) -> TensorsData:
     """The activation ranges of ``model`` on the calibration data: from ``context.calibration_cache`` when they
     were calibrated before, else calibrated as `quantize_static` calibrates (ORT's MinMax calibrator, on every
     input and output of the WEIGHTED_OPS nodes, whichever of them a mix quantizes: the ranges depend only on the
-    model) and kept there."""
-    cache = _calibration_file(model, context.calibration_cache, context.source)
+    model) and kept there. ``source``: the file ``model`` was loaded from, unchanged since (its cache key is then
+    remembered per file)."""
+    cache = _calibration_file(model, context.calibration_cache, source)
     if cache is not None and cache.is_file():
         return load_tensors_data(cache)
     with tempfile.TemporaryDirectory() as tmp, _calibrator_loads_in_memory(model):
