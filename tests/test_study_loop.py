@@ -373,3 +373,43 @@ def test_an_auto_space_offers_the_kinds_timed_faster_than_fp32_and_a_continued_s
               log=lines.append)
     assert not any(line.startswith("measuring which") for line in lines)
     assert saved.read_text() == before and len(load_finished_study("auto", tmp_path / "runs").trials) == 4
+
+
+def test_a_candidate_pruned_far_past_the_constraint_is_screened_before_its_export(tmp_path, store):
+    path = experiment(tmp_path, "screened-pruned", trials=2, extra="screening: {samples: 200}\n")
+    run(path, tmp_path, store)  # the references
+    study = load_finished_study("screened-pruned", tmp_path / "runs")
+    unpruned = study.trials[0].params
+    study.enqueue_trial({**unpruned, "prune.0": 0.5, "prune.2": 0.5})  # half of each hidden layer: ~0.2 accuracy
+    study.enqueue_trial({**unpruned, "prune.0": 0.25, "prune.2": 0.25})  # within reach of the constraint
+    result = run(path, tmp_path, store, trials=4)
+    study = load_finished_study("screened-pruned", tmp_path / "runs")
+    far, near = study.trials[2], study.trials[3]
+    attrs = far.user_attrs
+    assert far.state.name == "PRUNED" and attrs["screened_out"] and attrs["screened_before_build"]
+    assert attrs["metric_drop"] > 0.02 + 3 * attrs["metric_stderr"] and attrs["scored_samples"] == 200
+    assert far.system_attrs["constraints:metric_drop"] > 0  # the sampler sees an infeasible trial
+    assert {"prune", "screen"} <= set(attrs["timings"]) and not {"export", "quantize"} & set(attrs["timings"])
+    # the near one was screened the same way, passed, and was built from the model pruned for the screen
+    assert "screened_out" not in near.user_attrs and near.state.name == "COMPLETE"
+    assert {"prune", "screen", "export", "quantize"} <= set(near.user_attrs["timings"])
+    assert result.n_screened == 1 and result.n_screened_before_build == 1
+    _, runs = trial_runs(store, "screened-pruned")
+    assert "before export and quantization" in runs[2].data.tags["tuner.fidelity"]
+    assert "tuner.fidelity" not in runs[3].data.tags
+
+
+def test_a_model_pruned_for_the_screen_builds_byte_identical_to_one_pruned_for_the_export(tmp_path):
+    from tuner.evaluate import EvalSettings, Evaluator
+    from tuner.records import Fidelity
+    from tuner.task import TaskRef
+
+    candidate = {"precision": {"0": "int8", "2": "int8"}, "prune": {"0": 0.25, "2": 0.25}}
+    screen = Fidelity(samples=200, threshold=0.0, timed=False)  # a threshold every model passes
+    results = {}
+    for name, fidelity in (("screened", screen), ("direct", Fidelity(timed=False))):
+        evaluator = Evaluator(TaskRef("tiny_mlp:make_task"), EvalSettings(exporter="torchscript"), tmp_path / name)
+        results[name] = evaluator.build_and_score(candidate, fidelity)
+        assert results[name].completed and not results[name].screened_out, results[name].error
+    assert "screen" in results["screened"].timings and "screen" not in results["direct"].timings
+    assert results["screened"].artifact_sha256 == results["direct"].artifact_sha256 is not None

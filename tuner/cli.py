@@ -35,7 +35,9 @@ def _run(args: argparse.Namespace) -> int:
               + ".", file=sys.stderr)
         return 130
     metric = result.metric_name
-    screened = f", {result.n_screened} screened out on a subset (not timed)" if result.n_screened else ""
+    before = (f"; {result.n_screened_before_build} of them as pruned fp32 models, never exported"
+              if result.n_screened_before_build else "")
+    screened = f", {result.n_screened} screened out on a subset (not timed{before})" if result.n_screened else ""
     print(f"\n{result.n_complete} complete, {result.n_failed} failed{screened} trials in {result.wall_s:.1f} s; "
           f"fp32 baseline {metric}={result.baseline['metric']:.4f}, {result.baseline['latency_ms']:.3f} ms")
     print(f"Pareto front ({len(result.front)} models):")

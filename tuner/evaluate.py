@@ -31,7 +31,7 @@ from tuner.experiment import EvalSettings
 from tuner.measure.environment import file_sha256, fingerprint
 from tuner.measure.latency import measure_latency
 from tuner.measure.memory import peak_rss
-from tuner.measure.quality import score_all, score_subset, session_outputs, subset_indices
+from tuner.measure.quality import TorchSession, score_all, score_subset, session_outputs, subset_indices
 from tuner.precision import FP32, KINDS, kind_of
 from tuner.records import FULL, ArtifactRecord, Fidelity, LatencyStats, TrialResult
 from tuner.runtime import RuntimeConfig, create_session, load_artifact
@@ -75,6 +75,8 @@ class Evaluator:
         self._feeds: dict[str, np.ndarray] | None = None
         self._reference_outputs: np.ndarray | None = None
         self._built_session: ort.InferenceSession | None = None  # see build(keep_session=)
+        # (prune key, pruned model, its statistics): pruned for the screen, then exported (see _screen_pruned)
+        self._held_pruned: tuple[str, torch.nn.Module, dict[str, Any]] | None = None
 
     def evaluate(self, candidate: Candidate | dict, fidelity: Fidelity = FULL) -> TrialResult:
         """Build, score and time in this process (what `tuner verify` does; the study splits the last step off).
@@ -121,8 +123,16 @@ class Evaluator:
         try:
             check_runnable(candidate)
             artifact = self.artifact_root / key
-            result = replace(result, artifact_dir=str(artifact))
             cached_build = (artifact / "model.onnx").is_file()
+            if fidelity.screens and not cached_build:
+                stage = "screen"
+                estimate = self._screen_pruned(candidate, fidelity, timings)
+                if estimate is not None:  # clearly infeasible as pruned: never exported, quantized or timed
+                    return replace(result, metric=estimate[0], metric_stderr=estimate[1],
+                                   scored_samples=fidelity.samples, screened_out=True,
+                                   screened_before_build=True).with_timings(**timings)
+                stage = "build"
+            result = replace(result, artifact_dir=str(artifact))
             scoring = fidelity.samples != 0
             cached_export = False if cached_build else self.build(candidate, artifact, timings, keep_session=scoring)
             model_path = artifact / "model.onnx"
@@ -153,7 +163,26 @@ class Evaluator:
             return _failed(result.with_timings(**timings), stage, exc)
         finally:
             self._built_session = None
+            self._held_pruned = None
         return result.with_timings(**timings)
+
+    def _screen_pruned(self, candidate: Candidate, fidelity: Fidelity, timings: dict[str, float]
+                       ) -> tuple[float, float] | None:
+        """A pruned candidate's first look, before its export: its pruned (and recovered) fp32 model, scored in
+        torch on the screening subset. Returns the estimate and its standard error if that is clearly infeasible
+        (quantizing it would only move it further off: the screen assumes so); otherwise None, and the pruned
+        model is held for the export. Candidates that prune nothing, or whose export is cached (building from
+        it is cheap), are screened on their artifact instead."""
+        if not candidate.is_pruned or (self._export_dir(candidate) / "layers.json").is_file():
+            return None
+        model, stats = self._pruned_model(candidate, timings)
+        self._held_pruned = (candidate.prune_key(self.fingerprint), model, stats)
+        evaluation = self.task.evaluation
+        reference = self.reference_outputs()
+        with _timed(timings, "screen"):
+            estimate = score_subset(TorchSession(model, len(evaluation.inputs)), evaluation, reference,
+                                    subset_indices(len(reference), fidelity.samples))
+        return estimate if fidelity.clearly_infeasible(*estimate) else None
 
     def feeds(self, model_path: str | Path) -> dict[str, np.ndarray]:
         """The latency inputs by the artifact's input names (every candidate keeps the export's inputs)."""
@@ -211,9 +240,30 @@ class Evaluator:
         export_dir, _ = self._pruned_export(candidate, {})
         return {layer: v[2] for layer, v in json.loads((export_dir / "layers.json").read_text()).items()}
 
+    def _export_dir(self, candidate: Candidate) -> Path:
+        return self.export_root / candidate.prune_key(self.fingerprint)
+
+    def _pruned_model(self, candidate: Candidate, timings: dict[str, float]) -> tuple[torch.nn.Module, dict]:
+        """The candidate's pruned (and recovered) torch model and its statistics; the one the screen held, if
+        it pruned alike."""
+        held, self._held_pruned = self._held_pruned, None
+        if held is not None and held[0] == candidate.prune_key(self.fingerprint):
+            return held[1], held[2]
+        task = self.task
+        with _timed(timings, "prune"):
+            model = prune(task.model, task.example_inputs, dict(candidate.prune), task.output_layers,
+                          self.settings.round_to, candidate.importance)
+        stats: dict[str, Any] = {}
+        if candidate.is_pruned and candidate.recovery != "none":
+            with _timed(timings, "recover"):
+                stats.update(recover(model, task.model, candidate.recovery, task.calibration_inputs,
+                                     self._recovery_settings(), task.finetune))
+        stats.update(self._size_stats(model))
+        return model, stats
+
     def _pruned_export(self, candidate: Candidate, timings: dict[str, float]) -> tuple[Path, bool]:
         """The pruned fp32 ONNX model and its layer->node map, built once per pruning configuration."""
-        export_dir = self.export_root / candidate.prune_key(self.fingerprint)
+        export_dir = self._export_dir(candidate)
         if (export_dir / "layers.json").is_file():
             os.utime(export_dir / "layers.json")  # last use, for eviction
             return export_dir, True
@@ -221,15 +271,7 @@ class Evaluator:
         tmp = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.", dir=export_dir.parent))
         try:
             task = self.task
-            with _timed(timings, "prune"):
-                model = prune(task.model, task.example_inputs, dict(candidate.prune), task.output_layers,
-                              self.settings.round_to, candidate.importance)
-            stats: dict[str, Any] = {}
-            if candidate.is_pruned and candidate.recovery != "none":
-                with _timed(timings, "recover"):
-                    stats.update(recover(model, task.model, candidate.recovery, task.calibration_inputs,
-                                         self._recovery_settings(), task.finetune))
-            stats.update(self._size_stats(model))
+            model, stats = self._pruned_model(candidate, timings)
             with _timed(timings, "export"), torch.no_grad():
                 export_onnx(model, task.example_inputs, tmp / "fp32.onnx", self.settings.exporter)
                 nodes = map_layers(onnx.load(str(tmp / "fp32.onnx")), layer_weights(model, self.layers),

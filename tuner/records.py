@@ -109,6 +109,8 @@ class TrialResult:
     scored_samples: int | None = None
     metric_stderr: float | None = None
     screened_out: bool = False  # stopped after the subset: clearly infeasible, never timed (Fidelity.threshold)
+    # screened out as its pruned fp32 model, scored in torch before it was exported, quantized or built
+    screened_before_build: bool = False
 
     def __post_init__(self) -> None:
         if self.state not in (COMPLETE, FAIL):
@@ -249,6 +251,8 @@ class TrialMeta:
             attrs.update(key=result.key, metric_drop=metric_drop, screened_out=True,
                          scored_samples=result.scored_samples, metric_stderr=result.metric_stderr,
                          timings=dict(result.timings))
+            if result.screened_before_build:
+                attrs["screened_before_build"] = True
             return attrs
         if result.latency is None:
             raise ValueError(f"a COMPLETE result must carry its latency, but {result.key!r} has none.")

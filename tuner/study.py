@@ -66,6 +66,7 @@ class StudyResult:
     peak_rss_mb: dict[str, float] = field(default_factory=dict)  # largest per-trial peak: build, meter, driver
     latency_model: Any = None  # LatencyModelCheck: the per-layer model from the references, checked on the trials
     n_screened: int = 0  # stopped after the subset (PRUNED): clearly infeasible, never timed
+    n_screened_before_build: int = 0  # of those, scored as their pruned fp32 model, never exported or quantized
 
 
 def default_workers(latency_threads: int) -> int:
@@ -368,7 +369,8 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
                        {"metric": meta.baseline_metric, "latency_ms": meta.baseline_latency_ms},
                        recorder.tracking_uri, timings.rows, references, live_front.seconds, latency_check,
                        failure_reasons(study), disk, {**timings.peak_rss_mb, "driver": peak_rss_mb()}, model_check,
-                       states.count(TrialState.PRUNED) - n_failed)
+                       states.count(TrialState.PRUNED) - n_failed,
+                       sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("screened_before_build")))
 
 
 def measure_noise(study: optuna.Study, executor: Executor, task, experiment: Experiment, baseline: TrialResult,

@@ -80,7 +80,9 @@ class MlflowRecorder:
         if failed:
             tags["tuner.fail_reason"] = (result.error or "unknown")[:5000]
         if result.screened_out:  # the fidelity it reached: a subset estimate, never timed, never on the front
-            tags["tuner.fidelity"] = f"subset of {result.scored_samples} samples (screened out, not timed)"
+            tags["tuner.fidelity"] = f"subset of {result.scored_samples} samples (screened out, not timed)" + (
+                "; scored as the pruned fp32 model, before export and quantization" if result.screened_before_build
+                else "")
         if result.artifact_sha256:
             tags["tuner.artifact_sha256"] = result.artifact_sha256
         for key, value in result.environment.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import onnxruntime as ort
 
@@ -20,6 +22,28 @@ def session_outputs(session: ort.InferenceSession, inputs: tuple[np.ndarray, ...
         feeds = {name: array[start : start + batch_size] for name, array in zip(names, inputs)}
         outputs.append(session.run(None, feeds)[0])
     return np.concatenate(outputs, axis=0)
+
+
+class TorchSession:
+    """A torch module behind the two methods of an ORT session that scoring uses (``get_inputs``, ``run``): it
+    scores a pruned fp32 model before it is exported (`tuner.evaluate.Evaluator` screens pruned candidates so).
+    Its output is the module's first tensor output, as the ONNX export's first output would be."""
+
+    def __init__(self, model, n_inputs: int):
+        self.model = model.eval()
+        self.n_inputs = n_inputs
+
+    def get_inputs(self) -> list[SimpleNamespace]:
+        return [SimpleNamespace(name=f"input{i}") for i in range(self.n_inputs)]
+
+    def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        with torch.no_grad():
+            out = self.model(*(torch.from_numpy(np.ascontiguousarray(a)) for a in feeds.values()))
+        while not isinstance(out, torch.Tensor):  # a tuple, a list or a dict of outputs: the export's first
+            out = next(iter(out.values())) if isinstance(out, dict) else out[0]
+        return [out.numpy()]
 
 
 def score(session: ort.InferenceSession, evaluation: Evaluation) -> float:
