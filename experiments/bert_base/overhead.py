@@ -8,6 +8,7 @@ share of all trials at the end of its `median seconds per completed trial` line.
 start on the driver to its result, build, metric, latency and orchestration included; the overhead is
 ``wall - accuracy - latency``. Uniform references and sampled trials are summarized apart: a reference is
 often the first build of its kind in a worker (static int8 calibrates, per-channel weights are quantized).
+Screened-out trials (``screening:``) are listed with their seconds and left out of the shares.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from tuner.storage import open_study
 
-STAGES = ("prune", "export", "fuse", "quantize", "verify_kernels", "accuracy", "latency")
+STAGES = ("prune", "screen", "export", "fuse", "quantize", "verify_kernels", "accuracy", "latency")
 
 
 def main() -> None:
@@ -27,17 +28,26 @@ def main() -> None:
     args = parser.parse_args()
     for run_dir in args.run_dirs:
         study = open_study(run_dir, run_dir.name)
-        trials = [t for t in study.trials if t.state.name == "COMPLETE" and "wall" in t.user_attrs.get("timings", {})]
-        print(f"{run_dir}: {len(trials)} completed trials; seconds")
+        trials = [t for t in study.trials if "wall" in t.user_attrs.get("timings", {})
+                  and (t.state.name == "COMPLETE" or t.user_attrs.get("screened_out"))]
+        screened = [t for t in trials if t.user_attrs.get("screened_out")]
+        print(f"{run_dir}: {len(trials) - len(screened)} completed trials, {len(screened)} screened out; seconds")
         print(f"{'trial':>5} {'kind':<9} " + " ".join(f"{s:>9}" for s in STAGES) + f" {'wall':>7} {'outside':>8}")
         shares: dict[str, list[float]] = {"reference": [], "sampled": []}
         for trial in trials:
             timings = trial.user_attrs["timings"]
             kind = "reference" if _uniform(trial.user_attrs.get("summary", "")) else "sampled"
+            if trial.user_attrs.get("screened_out"):  # not in the shares: stopped before (or without) timing
+                kind = "screened" + ("*" if trial.user_attrs.get("screened_before_build") else "")
             outside = (timings["wall"] - timings.get("accuracy", 0.0) - timings.get("latency", 0.0)) / timings["wall"]
-            shares[kind].append(outside)
+            if kind in shares:
+                shares[kind].append(outside)
             print(f"{trial.number:>5} {kind:<9} " + " ".join(f"{timings.get(s, 0.0):9.2f}" for s in STAGES)
                   + f" {timings['wall']:7.2f} {outside:8.0%}")
+        if screened:
+            walls = [t.user_attrs["timings"]["wall"] for t in screened]
+            print(f"screened out ({len(screened)}; * = as the pruned fp32 model, before export): median "
+                  f"{statistics.median(walls):.1f} s ({min(walls):.1f}-{max(walls):.1f} s) per trial")
         for kind, values in shares.items():
             if values:
                 print(f"median share outside metric and latency, {kind} trials ({len(values)}): "
