@@ -3,6 +3,7 @@
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import onnx
 import pytest
@@ -19,11 +20,13 @@ from tuner.build.prune import (
 )
 from tuner.build.quantize import apply_precisions
 from tuner.candidate import Candidate
+from tuner.cli import _print_timings
 from tuner.evaluate import EvalSettings, Evaluator
 from tuner.measure.quality import score
 from tuner.runtime import RuntimeConfig, create_session, load_artifact
 from tuner.space import quantizable_layers
 from tuner.task import TaskRef
+from tuner.vocab import TRIAL_STAGES
 
 # Builds of the example CNN (trained first): seconds each. The fast suite builds a small MLP instead
 # (tests/test_executors.py, tests/test_study_loop.py).
@@ -214,7 +217,7 @@ def test_the_kernel_check_fails_a_layer_ort_runs_in_float(tmp_path, monkeypatch)
 RATIOS = (("layer2.conv2+layer2.shortcut.0", 0.5), ("layer3.conv1", 0.5), ("layer1.0.conv1", 0.5))
 
 
-def test_recovery_improves_the_pruned_model_and_its_cost_and_size_are_recorded(tmp_path):
+def test_recovery_improves_the_pruned_model_and_its_cost_and_size_are_recorded(tmp_path, capsys):
     ref = TaskRef("tuner.tasks.digits_cnn:make_task", SMALL_TASK_ARGS)
     evaluator = Evaluator(ref, EvalSettings(repeats=3, warmup=1, distill_steps=60), tmp_path)
     outcomes = {method: evaluator.evaluate(Candidate(prune=RATIOS, recovery=method))
@@ -226,6 +229,12 @@ def test_recovery_improves_the_pruned_model_and_its_cost_and_size_are_recorded(t
     assert stats["distill_steps"] == 60 and stats["distill_loss_after"] < stats["distill_loss_before"]
     assert outcomes["distill"].timings["recover"] > outcomes["batchnorm"].timings["recover"] > 0
     assert "recover" not in outcomes["none"].timings
+    # `tuner run`'s breakdown names every stage a trial timed, recovery included
+    assert set(outcomes["distill"].timings) <= set(TRIAL_STAGES)
+    _print_timings(SimpleNamespace(timings=[{**o.timings, "wall": sum(o.timings.values())} for o in outcomes.values()],
+                                   live_front_s=[], latency_model=None, latency_check=None, failures={}))
+    line = capsys.readouterr().out
+    assert all(f" {stage} " in line for stage in outcomes["distill"].timings), line
     # the same pruned model whatever the recovery: same size, fewer MACs and parameters than unpruned
     assert 0.3 < stats["macs_ratio"] < 0.9 and 0.3 < stats["params_ratio"] < 0.9
     assert outcomes["none"].model_stats["macs_ratio"] == stats["macs_ratio"]

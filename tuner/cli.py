@@ -12,6 +12,7 @@ import optuna
 from tuner import api
 from tuner.errors import USER_ERRORS
 from tuner.stop import StudyStopped
+from tuner.vocab import TRIAL_STAGES
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -74,13 +75,12 @@ def _workers_text(args: argparse.Namespace, latency_threads: int) -> str:
 
 
 def _print_timings(result) -> None:
-    keys = ("prune", "export", "fuse", "quantize", "verify_kernels", "accuracy", "latency", "orchestration")
     if result.timings:
         # what a trial spends beside measuring its model (building, orchestration), of its wall time
         outside = [1 - (t.get("accuracy", 0.0) + t.get("latency", 0.0)) / t["wall"] for t in result.timings
                    if t.get("wall")]
         print(f"median seconds per completed trial ({len(result.timings)}): " + ", ".join(
-            f"{k} {median(t.get(k, 0.0) for t in result.timings):.3f}" for k in keys
+            f"{k} {median(t.get(k, 0.0) for t in result.timings):.3f}" for k in TRIAL_STAGES
             if any(k in t for t in result.timings))
             + (f"; outside metric and latency: {median(outside):.0%} of a trial" if outside else ""))
     if result.live_front_s:

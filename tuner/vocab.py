@@ -18,3 +18,9 @@ EXPORTERS = ("dynamo", "torchscript")
 
 # Which built models a run directory keeps (`tuner.retention`): the front's and the references', or all.
 KEEP_ARTIFACTS = ("front", "all")
+
+# What a trial's `timings` name, in the order a trial runs them (`tuner.evaluate`; `orchestration` is the
+# driver's share of the trial's wall time, `tuner.study_loop`): the breakdowns `tuner run` and the experiments
+# print read this list, so a new stage shows in them.
+TRIAL_STAGES = ("prune", "recover", "screen", "export", "fuse", "quantize", "verify_kernels", "accuracy", "latency",
+                "orchestration")

@@ -18,8 +18,9 @@ import statistics
 from pathlib import Path
 
 from tuner.storage import open_study
+from tuner.vocab import TRIAL_STAGES
 
-STAGES = ("prune", "screen", "export", "fuse", "quantize", "verify_kernels", "accuracy", "latency")
+STAGES = TRIAL_STAGES[:-1]  # orchestration: the rest of ``wall``
 
 
 def main() -> None:
