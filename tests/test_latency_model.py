@@ -135,3 +135,13 @@ def test_a_fitted_model_round_trips_through_json():
     again = LatencyModel.from_dict(json.loads(json.dumps(model.to_dict())))
     for candidate in (Candidate(), Candidate(prune=(("g", 0.5),)), Candidate(precision=(("a", "int8"),))):
         assert again.predict(candidate) == pytest.approx(model.predict(candidate))
+
+
+def test_the_check_line_says_when_there_was_nothing_to_check_the_model_on():
+    from tuner.latency_check import LatencyModelCheck
+
+    nothing = LatencyModelCheck(references=2, trials=0, median_error=float("nan"), p90_error=float("nan"),
+                                rank_correlation=float("nan"), profile_s=4.1).line()
+    assert "no completed trial beside the references" in nothing and "nan" not in nothing
+    one = LatencyModelCheck(2, 1, 0.12, 0.12, float("nan"), 4.1).line()
+    assert "on 1 trials: median error 12.0%" in one and "rank correlation n/a" in one and "nan" not in one

@@ -35,9 +35,12 @@ class LatencyModelCheck:
     profile_s: float
 
     def line(self) -> str:
-        return (f"latency model (per-layer ORT profiles of {self.references} references, {self.profile_s:.1f} s): "
-                f"predicted vs measured on {self.trials} trials: median error {self.median_error:.1%}, "
-                f"p90 {self.p90_error:.1%}, rank correlation {self.rank_correlation:.2f}")
+        head = f"latency model (per-layer ORT profiles of {self.references} references, {self.profile_s:.1f} s): "
+        if not self.trials:  # e.g. every sampled trial was screened out before it was timed
+            return head + "no completed trial beside the references to check it on"
+        rank = f"{self.rank_correlation:.2f}" if self.rank_correlation == self.rank_correlation else "n/a"
+        return (head + f"predicted vs measured on {self.trials} trials: median error {self.median_error:.1%}, "
+                f"p90 {self.p90_error:.1%}, rank correlation {rank}")
 
 
 def spearman(a, b) -> float:
