@@ -413,3 +413,22 @@ def test_a_model_pruned_for_the_screen_builds_byte_identical_to_one_pruned_for_t
         assert results[name].completed and not results[name].screened_out, results[name].error
     assert "screen" in results["screened"].timings and "screen" not in results["direct"].timings
     assert results["screened"].artifact_sha256 == results["direct"].artifact_sha256 is not None
+
+
+def test_a_pruning_failure_is_a_build_failure_whether_or_not_the_candidate_is_screened(tmp_path, monkeypatch):
+    import tuner.evaluate
+    from tuner.evaluate import EvalSettings, Evaluator
+    from tuner.records import Fidelity
+    from tuner.task import TaskRef
+
+    def broken_prune(*args, **kwargs):
+        raise RuntimeError("no channel left to prune")
+
+    monkeypatch.setattr(tuner.evaluate, "prune", broken_prune)
+    candidate = {"prune": {"0": 0.25}}
+    for name, fidelity in (("screened", Fidelity(samples=200, threshold=0.0, timed=False)),
+                           ("direct", Fidelity(timed=False))):
+        evaluator = Evaluator(TaskRef("tiny_mlp:make_task"), EvalSettings(exporter="torchscript"), tmp_path / name)
+        result = evaluator.build_and_score(candidate, fidelity)
+        assert result.state == "FAIL" and not result.screened_out
+        assert result.error.startswith("build failed") and "RuntimeError: no channel left to prune" in result.error

@@ -124,9 +124,10 @@ class Evaluator:
             check_runnable(candidate)
             artifact = self.artifact_root / key
             cached_build = (artifact / "model.onnx").is_file()
-            if fidelity.screens and not cached_build:
+            if fidelity.screens and not cached_build and self._prunes_anew(candidate):
+                model = self._hold_pruned(candidate, timings)  # pruning is the build's first step, screened or not
                 stage = "screen"
-                estimate = self._screen_pruned(candidate, fidelity, timings)
+                estimate = self._screen_pruned(model, fidelity, timings)
                 if estimate is not None:  # clearly infeasible as pruned: never exported, quantized or timed
                     return replace(result, metric=estimate[0], metric_stderr=estimate[1],
                                    scored_samples=fidelity.samples, screened_out=True,
@@ -166,17 +167,23 @@ class Evaluator:
             self._held_pruned = None
         return result.with_timings(**timings)
 
-    def _screen_pruned(self, candidate: Candidate, fidelity: Fidelity, timings: dict[str, float]
-                       ) -> tuple[float, float] | None:
-        """A pruned candidate's first look, before its export: its pruned (and recovered) fp32 model, scored in
-        torch on the screening subset. Returns the estimate and its standard error if that is clearly infeasible
-        (quantizing it would only move it further off: the screen assumes so); otherwise None, and the pruned
-        model is held for the export. Candidates that prune nothing, or whose export is cached (building from
-        it is cheap), are screened on their artifact instead."""
-        if not candidate.is_pruned or (self._export_dir(candidate) / "layers.json").is_file():
-            return None
+    def _prunes_anew(self, candidate: Candidate) -> bool:
+        """Whether building the candidate starts by pruning the model (it prunes, and its export is not cached).
+        Such a candidate is screened before its export (`_screen_pruned`); any other one on its artifact, which
+        is cheap to build from a cached export."""
+        return candidate.is_pruned and not (self._export_dir(candidate) / "layers.json").is_file()
+
+    def _hold_pruned(self, candidate: Candidate, timings: dict[str, float]) -> torch.nn.Module:
+        """Prune (and recover) the candidate's model and hold it for its export, which then does not prune again."""
         model, stats = self._pruned_model(candidate, timings)
         self._held_pruned = (candidate.prune_key(self.fingerprint), model, stats)
+        return model
+
+    def _screen_pruned(self, model: torch.nn.Module, fidelity: Fidelity, timings: dict[str, float]
+                       ) -> tuple[float, float] | None:
+        """A pruned candidate's first look, before its export: its pruned (and recovered) fp32 ``model``, scored in
+        torch on the screening subset. Returns the estimate and its standard error if that is clearly infeasible
+        (quantizing it would only move it further off: the screen assumes so); otherwise None."""
         evaluation = self.task.evaluation
         reference = self.reference_outputs()
         with _timed(timings, "screen"):
