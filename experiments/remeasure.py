@@ -20,8 +20,8 @@ import numpy as np
 
 from tuner.evaluate import latency_feeds
 from tuner.experiment import load_experiment
-from tuner.runtime import load_artifact
-from tuner.study import load_finished_study
+from tuner.measure.runtime import load_artifact
+from tuner.core.storage import load_finished_study
 
 
 def rows(path: Path) -> list[dict[str, str]]:

@@ -48,7 +48,7 @@ def test_study_front_and_plot_in_the_mlflow_ui(tmp_path, monkeypatch, mlflow_ser
     import mlflow
     import numpy as np
 
-    from tuner.runtime import load_artifact
+    from tuner.measure.runtime import load_artifact
 
     assert main(["pick", "ui", "--min-accuracy", "0", "--out", str(tmp_path / "pick"), "--tracking-uri", uri,
                  "--register", "ui-model", "--alias", "staging"]) == 0

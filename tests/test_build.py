@@ -12,6 +12,7 @@ from conftest import SMALL_TASK_ARGS
 
 from tuner.build.export import export_onnx, layer_weights, map_layers
 from tuner.build.kernels import layer_kernels, mismatches
+from tuner.build.layers import quantizable_layers
 from tuner.build.prune import (
     prune,
     pruning_groups,
@@ -19,14 +20,13 @@ from tuner.build.prune import (
     remaining_channels,
 )
 from tuner.build.quantize import apply_precisions
-from tuner.candidate import Candidate
 from tuner.cli import _print_timings
+from tuner.core.candidate import Candidate
+from tuner.core.vocab import TRIAL_STAGES
 from tuner.evaluate import EvalSettings, Evaluator
 from tuner.measure.quality import score
-from tuner.runtime import RuntimeConfig, create_session, load_artifact
-from tuner.space import quantizable_layers
-from tuner.task import TaskRef
-from tuner.vocab import TRIAL_STAGES
+from tuner.measure.runtime import RuntimeConfig, create_session, load_artifact
+from tuner.taskref import TaskRef
 
 # Builds of the example CNN (trained first): seconds each. The fast suite builds a small MLP instead
 # (tests/test_executors.py, tests/test_study_loop.py).

@@ -1,6 +1,6 @@
 import pytest
 
-from tuner.candidate import Candidate
+from tuner.core.candidate import Candidate
 
 
 def test_key_is_stable_and_independent_of_order():

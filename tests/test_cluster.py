@@ -23,7 +23,8 @@ from test_end_to_end import free_port, runs_by_role
 from tuner.cli import main
 from tuner.executors import RayExecutor
 from tuner.experiment import EvalSettings, load_experiment
-from tuner.study import load_finished_study, run_study
+from tuner.search.study import run_study
+from tuner.core.storage import load_finished_study
 from tuner.taskref import TaskRef
 
 pytestmark = pytest.mark.slow
@@ -104,7 +105,7 @@ def test_a_latency_resource_that_no_node_has_fails_fast_with_a_clear_error(tmp_p
 def test_workers_that_no_node_can_place_fail_after_the_pending_timeout(tmp_path, monkeypatch, mlflow_uri):
     from ray.cluster_utils import Cluster
 
-    from tuner.study import StudyError
+    from tuner.core.errors import StudyError
 
     monkeypatch.chdir(tmp_path)
     config = write_job(tmp_path, "no-cpu", 2, "pending_timeout_s: 5\n")

@@ -20,12 +20,12 @@ import tuner
 from tuner.build.export import export_onnx
 from tuner.build.prune import prune as prune_model
 from tuner.build.prune import pruning_groups
-from tuner.candidate import Candidate
+from tuner.core.candidate import Candidate
+from tuner.core.precision import FP32, INT4, KINDS
+from tuner.core.records import StudyMeta, TrialMeta
+from tuner.core.storage import load_finished_study
 from tuner.evaluate import Evaluator
 from tuner.experiment import EvalSettings
-from tuner.precision import FP32, INT4, KINDS
-from tuner.records import StudyMeta, TrialMeta
-from tuner.storage import load_finished_study
 from tuner.taskref import TaskRef
 
 pytestmark = pytest.mark.slow
@@ -139,7 +139,8 @@ def test_the_encoder_space_of_each_family_resolves_on_its_model(family):
     every rule matches, heads and FFN units are pruning groups, the residual writers are not."""
     from pathlib import Path
 
-    from tuner.space import SearchSpace, layer_op_types, load_space_file
+    from tuner.build.layers import layer_op_types
+    from tuner.space import SearchSpace, load_space_file
 
     task = zoo.make_task(family, batch=2)
     assert ("token_type_ids" in task.model.input_names) == (family == "bert")

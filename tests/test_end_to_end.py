@@ -13,9 +13,9 @@ from mlflow.tracking import MlflowClient
 
 from tuner.cli import main
 from tuner.measure.quality import score
-from tuner.plots import hypervolume
-from tuner.runtime import create_session
-from tuner.study import load_finished_study
+from tuner.measure.runtime import create_session
+from tuner.results.plots import hypervolume
+from tuner.core.storage import load_finished_study
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tuner.candidate import Candidate
+from tuner.core.candidate import Candidate
+from tuner.core.records import ArtifactRecord, Fidelity, LatencyStats, TrialResult
 from tuner.executors import Executor, InProcessExecutor, Retime
 from tuner.experiment import EvalSettings
-from tuner.records import ArtifactRecord, Fidelity, LatencyStats, TrialResult
 from tuner.taskref import TaskRef
 
 SETTINGS = EvalSettings(warmup=1, repeats=3)

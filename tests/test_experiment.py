@@ -4,8 +4,9 @@ import textwrap
 import pytest
 
 from tuner.cli import main
+from tuner.core.errors import TaskError
 from tuner.experiment import ExperimentError, load_experiment
-from tuner.task import TaskError, TaskRef
+from tuner.taskref import TaskRef
 
 
 def write(tmp_path, text, space=True):
@@ -95,14 +96,14 @@ def test_cli_reports_config_errors_before_any_trial(tmp_path, monkeypatch, capsy
 @pytest.mark.parametrize("kind, cls", [("auto", "TPESampler"), ("tpe", "TPESampler"), ("nsga2", "NSGAIISampler"), ("gp", "GPSampler"),
                                        ("random", "RandomSampler")])
 def test_sampler_from_config(kind, cls):
-    from tuner.study import make_sampler
+    from tuner.search.samplers import make_sampler
 
     sampler = make_sampler(kind, 0)
     assert type(getattr(sampler, "base", sampler)).__name__ == cls
 
 
 def test_unknown_sampler_is_rejected():
-    from tuner.study import make_sampler
+    from tuner.search.samplers import make_sampler
 
     with pytest.raises(ValueError, match="got 'cmaes'"):
         make_sampler("cmaes", 0)
@@ -111,7 +112,7 @@ def test_unknown_sampler_is_rejected():
 def test_resume_names_what_is_missing(tmp_path, monkeypatch, capsys):
     import optuna
 
-    from tuner.study import open_study
+    from tuner.core.storage import open_study
 
     monkeypatch.chdir(tmp_path)
     assert main(["resume", "nothing-here"]) == 2

@@ -7,7 +7,7 @@ import pytest
 from conftest import FAST_EXPORTER, SMALL_TASK_ARGS
 
 from tuner.cli import main
-from tuner.study import load_finished_study
+from tuner.core.storage import load_finished_study
 
 pytestmark = pytest.mark.slow
 

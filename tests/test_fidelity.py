@@ -5,8 +5,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from tuner.core.records import FULL, Fidelity
 from tuner.measure.quality import score_subset, subset_indices
-from tuner.records import FULL, Fidelity
 from tuner.task import Evaluation
 
 

@@ -109,7 +109,7 @@ def test_a_group_whose_pruning_breaks_the_model_is_left_out_with_a_warning(tmp_p
     assert "): RuntimeError: shape '[4, 512]' is invalid" in warning[0]
     import optuna
 
-    from tuner.storage import load_finished_study
+    from tuner.core.storage import load_finished_study
 
     study = load_finished_study("reshape", tmp_path / "runs")
     params = {k for t in study.trials for k in t.params}

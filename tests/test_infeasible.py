@@ -1,12 +1,12 @@
-"""Failed and screened-out candidates reach the GP sampler as infeasible trials (`tuner.infeasible`)."""
+"""Failed and screened-out candidates reach the GP sampler as infeasible trials (`tuner.search.samplers`)."""
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tuner.infeasible import SeesInfeasible, as_seen
-from tuner.records import COMPLETE, FAIL, LatencyStats, StudyMeta, TrialResult
-from tuner.study_loop import tell
+from tuner.core.records import COMPLETE, FAIL, LatencyStats, StudyMeta, TrialResult
+from tuner.search.samplers import SeesInfeasible, as_seen
+from tuner.search.loop import tell
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 META = StudyMeta(max_metric_drop=0.02, baseline_metric=0.9)

@@ -8,9 +8,9 @@ import onnx
 import pytest
 from conftest import SMALL_TASK_ARGS
 
-from tuner.candidate import Candidate
+from tuner.core.candidate import Candidate
 from tuner.evaluate import EvalSettings, Evaluator
-from tuner.latency_model import (
+from tuner.search.latency_model import (
     LatencyModel,
     LayerCosts,
     PruneShape,
@@ -19,7 +19,7 @@ from tuner.latency_model import (
     node_profile,
     profile_artifact,
 )
-from tuner.task import TaskRef
+from tuner.taskref import TaskRef
 
 LAYERS = ("stem.0", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2", "layer2.conv1",
           "layer2.conv2", "layer2.shortcut.0", "layer3.conv1", "layer3.conv2", "layer3.shortcut.0", "fc")
@@ -138,7 +138,7 @@ def test_a_fitted_model_round_trips_through_json():
 
 
 def test_the_check_line_says_when_there_was_nothing_to_check_the_model_on():
-    from tuner.latency_check import LatencyModelCheck
+    from tuner.search.latency_check import LatencyModelCheck
 
     nothing = LatencyModelCheck(references=2, trials=0, median_error=float("nan"), p90_error=float("nan"),
                                 rank_correlation=float("nan"), profile_s=4.1).line()

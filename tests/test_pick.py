@@ -1,6 +1,6 @@
 import pytest
 
-from tuner.picking import PickError, choose, knee_point
+from tuner.results.pick import PickError, choose, knee_point
 
 FRONT = [  # fastest first, as front_rows gives it
     {"trial": 1, "accuracy": 0.90, "latency_ms": 1.0, "size_mb": 1.0},

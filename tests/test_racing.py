@@ -8,13 +8,13 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tuner.candidate import Candidate
+from tuner.core.candidate import Candidate
+from tuner.core.records import StudyMeta
 from tuner.evaluate import artifact_feeds
 from tuner.executors import InProcessExecutor
 from tuner.experiment import EvalSettings
-from tuner.racing import FrontRace, NoiseFloor
-from tuner.records import StudyMeta
-from tuner.study_loop import tell
+from tuner.search.loop import tell
+from tuner.search.racing import FrontRace, NoiseFloor
 from tuner.taskref import TaskRef
 
 TESTS = str(Path(__file__).parent)

@@ -3,11 +3,11 @@ ResNet-50 and a 109M-parameter BERT-base encoder, each exported and built in int
 
 import pytest
 
-from tuner.candidate import Candidate
+from tuner.build.layers import quantizable_layers
+from tuner.core.candidate import Candidate
 from tuner.evaluate import Evaluator
 from tuner.experiment import EvalSettings
-from tuner.space import quantizable_layers
-from tuner.task import TaskRef
+from tuner.taskref import TaskRef
 
 pytestmark = pytest.mark.slow
 SETTINGS = EvalSettings(warmup=1, repeats=5)

@@ -4,10 +4,17 @@ the precision registry is complete."""
 import optuna
 import pytest
 
-from tuner.candidate import Candidate
-from tuner.precision import KINDS, PrecisionError, family, parse
-from tuner.records import ARTIFACT_FORMAT, ArtifactRecord, LatencyStats, StudyMeta, TrialMeta, TrialResult
-from tuner.storage import open_study
+from tuner.core.candidate import Candidate
+from tuner.core.precision import KINDS, PrecisionError, family, parse
+from tuner.core.records import (
+    ARTIFACT_FORMAT,
+    ArtifactRecord,
+    LatencyStats,
+    StudyMeta,
+    TrialMeta,
+    TrialResult,
+)
+from tuner.core.storage import open_study
 
 CANDIDATE = Candidate(precision=(("fc", "int8"), ("conv", "fp32"))).to_dict()
 
@@ -96,7 +103,7 @@ def test_every_precision_kind_has_a_builder_and_parses():
 
 def test_the_layer_plot_of_a_front_that_only_prunes_is_drawn(tmp_path):
     """A space with no precision choice left (every kind measured slower than fp32): pruning only."""
-    from tuner.plots import layer_rows, plot_layers
+    from tuner.results.plots import layer_rows, plot_layers
 
     front = [{"trial": 0, "latency_ms": 1.0, "summary": "fp32"}, {"trial": 3, "latency_ms": 0.6, "summary": "p"}]
     rows = layer_rows(front, {0: {"prune.g1": 0.0, "opt_level": "all"}, 3: {"prune.g1": 0.5, "opt_level": "all"}})

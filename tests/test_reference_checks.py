@@ -1,7 +1,7 @@
 """The warnings read off the uniform references (the rule itself; studies run it as a loop callback)."""
 
-from tuner.records import StudyMeta
-from tuner.reference_checks import PER_CHANNEL, PER_TENSOR, per_channel_warning
+from tuner.core.records import StudyMeta
+from tuner.search.reference_checks import PER_CHANNEL, PER_TENSOR, per_channel_warning
 
 META = StudyMeta(metric_name="cosine", baseline_metric=1.0, max_metric_drop=0.01)
 

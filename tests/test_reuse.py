@@ -8,7 +8,7 @@ from zoo import make_task
 
 from tuner.build import quantize
 from tuner.build.export import export_onnx, layer_weights, map_layers
-from tuner.space import quantizable_layers
+from tuner.build.layers import quantizable_layers
 
 
 class _Unreadable:
@@ -80,7 +80,9 @@ def test_a_changed_weight_gets_its_own_ranges(exported, tmp_path):
 
 
 def test_shape_inference_that_leaves_the_weights_out_gives_the_models_onnx_and_ort_give(exported):
-    from onnxruntime.quantization.quant_utils import save_and_reload_model_with_shape_infer
+    from onnxruntime.quantization.quant_utils import (
+        save_and_reload_model_with_shape_infer,
+    )
 
     from tuner.build import shapes
 
@@ -102,7 +104,9 @@ def test_shape_inference_that_leaves_the_weights_out_gives_the_models_onnx_and_o
 
 def test_shape_inference_on_a_model_with_a_subgraph_gives_the_model_onnx_gives():
     from onnx import TensorProto, helper
-    from onnxruntime.quantization.quant_utils import save_and_reload_model_with_shape_infer
+    from onnxruntime.quantization.quant_utils import (
+        save_and_reload_model_with_shape_infer,
+    )
 
     from tuner.build import shapes
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from tuner.candidate import Candidate
-from tuner.latency_model import LatencyModel, LayerCosts, PruneShape
-from tuner.seeding import Seed, greedy_path, pick_seeds
-from tuner.sensitivity import SensitivityRow
+from tuner.core.candidate import Candidate
+from tuner.search.latency_model import LatencyModel, LayerCosts, PruneShape
+from tuner.search.seeding import Seed, greedy_path, pick_seeds
+from tuner.search.sensitivity import SensitivityRow
 from tuner.space import SearchSpace, load_space_file
 
 SPACE = """
@@ -80,7 +80,7 @@ def measured(step, drop, state="COMPLETE", done=1, budget=100):
     """What the loop hands a callback once a seed's trial is told."""
     import optuna
 
-    from tuner.study_loop import FinishedTrial
+    from tuner.search.loop import FinishedTrial
 
     attrs = {"seed_step": step} | ({} if drop is None else {"metric_drop": drop})
     trial = optuna.trial.create_trial(state=getattr(optuna.trial.TrialState, state), user_attrs=attrs,
@@ -89,7 +89,7 @@ def measured(step, drop, state="COMPLETE", done=1, budget=100):
 
 
 def test_seeds_are_queued_one_at_a_time_and_the_path_is_cut_and_bisected_where_a_seed_fails():
-    from tuner.seeding import PathCheck
+    from tuner.search.seeding import PathCheck
 
     path = [seed(i, 0.001 * i, 10.0 - i) for i in range(13)]  # predicted feasible (<= 0.01) up to step 10
     queued, lines = [], []
@@ -111,7 +111,7 @@ def test_seeds_are_queued_one_at_a_time_and_the_path_is_cut_and_bisected_where_a
 
 
 def test_a_seed_past_the_constraint_measured_infeasible_cuts_nothing_and_the_count_is_kept():
-    from tuner.seeding import PathCheck
+    from tuner.search.seeding import PathCheck
 
     path = [seed(i, 0.004 * i, 10.0 - i) for i in range(6)]  # feasible up to step 2
     queued = []
@@ -128,7 +128,7 @@ def test_a_seed_past_the_constraint_measured_infeasible_cuts_nothing_and_the_cou
 
 
 def test_no_seed_is_queued_once_the_budget_has_no_room_for_it():
-    from tuner.seeding import PathCheck
+    from tuner.search.seeding import PathCheck
 
     path = [seed(i, 0.001 * i, 10.0 - i) for i in range(5)]
     queued = []

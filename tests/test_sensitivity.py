@@ -7,11 +7,12 @@ import pytest
 import tiny_mlp
 from test_study_loop import SPACE
 
+from tuner.build.layers import layer_op_types
 from tuner.build.prune import pruning_groups
-from tuner.candidate import Candidate
+from tuner.core.candidate import Candidate
 from tuner.executors import InProcessExecutor
 from tuner.experiment import EvalSettings
-from tuner.sensitivity import (
+from tuner.search.sensitivity import (
     PRUNE,
     SensitivityRow,
     layer_groups,
@@ -23,7 +24,7 @@ from tuner.sensitivity import (
     run_sensitivity,
     target_stderr,
 )
-from tuner.space import SearchSpace, layer_op_types, load_space_file
+from tuner.space import SearchSpace, load_space_file
 from tuner.taskref import TaskRef
 
 TESTS = str(Path(__file__).parent)

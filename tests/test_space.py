@@ -2,16 +2,16 @@ import textwrap
 
 import pytest
 import torch
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-from tuner.build.prune import pruning_groups
-from tuner.space import (
-    SearchSpace,
-    SpaceError,
-    layer_op_types,
-    load_space_file,
-    quantizable_layers,
+from optuna.distributions import (
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
 )
+
+from tuner.build.layers import layer_op_types, quantizable_layers
+from tuner.build.prune import pruning_groups
+from tuner.space import SearchSpace, load_space_file
+from tuner.core.errors import SpaceError
 from tuner.tasks.digits_cnn import DigitsResNet
 
 
@@ -277,8 +277,8 @@ def test_tuner_space_measure_times_each_kinds_uniform_model_and_keeps_a_valid_fi
 
 
 def test_keep_fast_leaves_out_slow_and_failed_kinds_from_every_rule_and_a_rule_with_none_keeps_fp32():
+    from tuner.search.kinds import KindTiming, keep_fast
     from tuner.space import Fusion, Rule, SpaceFile
-    from tuner.space_measure import KindTiming, keep_fast
 
     file = SpaceFile("auto", (Rule(0, "a", precision=("fp32", "int8", "int4-b32")),
                               Rule(1, "b", precision=("fp32", "int8-dynamic")),

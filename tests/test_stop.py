@@ -16,7 +16,7 @@ import pytest
 from conftest import FAST_EXPORTER
 from mlflow.tracking import MlflowClient
 
-from tuner.storage import load_finished_study
+from tuner.core.storage import load_finished_study
 
 TESTS = Path(__file__).parent
 pytestmark = pytest.mark.slow  # each waits for a task to load, a baseline and a trial scored for 2 s

@@ -13,11 +13,11 @@ from conftest import FAST_EXPORTER
 from mlflow.tracking import MlflowClient
 
 import tuner
+from tuner.core.records import StudyMeta, TrialMeta, TrialResult
+from tuner.core.storage import load_finished_study, open_study
 from tuner.executors import InProcessExecutor
-from tuner.records import StudyMeta, TrialMeta, TrialResult
+from tuner.results.tracking import MlflowRecorder
 from tuner.space import load_space_file
-from tuner.storage import load_finished_study, open_study
-from tuner.tracking import MlflowRecorder
 
 SPACE = """
 layers:
@@ -162,7 +162,7 @@ class _StopAfter(InProcessExecutor):
 
 def test_a_study_continues_after_a_dead_driver_or_a_stop_with_every_trial_recorded_once(tmp_path, store):
     from tuner.experiment import load_experiment
-    from tuner.study import run_study
+    from tuner.search.study import run_study
 
     path = experiment(tmp_path, "resume", trials=3)
     run(path, tmp_path, store)
@@ -400,9 +400,9 @@ def test_a_candidate_pruned_far_past_the_constraint_is_screened_before_its_expor
 
 
 def test_a_model_pruned_for_the_screen_builds_byte_identical_to_one_pruned_for_the_export(tmp_path):
+    from tuner.core.records import Fidelity
     from tuner.evaluate import EvalSettings, Evaluator
-    from tuner.records import Fidelity
-    from tuner.task import TaskRef
+    from tuner.taskref import TaskRef
 
     candidate = {"precision": {"0": "int8", "2": "int8"}, "prune": {"0": 0.25, "2": 0.25}}
     screen = Fidelity(samples=200, threshold=0.0, timed=False)  # a threshold every model passes
@@ -417,9 +417,9 @@ def test_a_model_pruned_for_the_screen_builds_byte_identical_to_one_pruned_for_t
 
 def test_a_pruning_failure_is_a_build_failure_whether_or_not_the_candidate_is_screened(tmp_path, monkeypatch):
     import tuner.evaluate
+    from tuner.core.records import Fidelity
     from tuner.evaluate import EvalSettings, Evaluator
-    from tuner.records import Fidelity
-    from tuner.task import TaskRef
+    from tuner.taskref import TaskRef
 
     def broken_prune(*args, **kwargs):
         raise RuntimeError("no channel left to prune")

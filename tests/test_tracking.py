@@ -5,9 +5,9 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from tuner.candidate import Candidate
-from tuner.records import LatencyStats, TrialResult
-from tuner.tracking import MlflowRecorder
+from tuner.core.candidate import Candidate
+from tuner.core.records import LatencyStats, TrialResult
+from tuner.results.tracking import MlflowRecorder
 
 
 def test_a_600_layer_candidate_logs_within_mlflow_limits(tmp_path, mlflow_uri):

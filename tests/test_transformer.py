@@ -16,11 +16,12 @@ from onnx import numpy_helper
 
 from tuner.build.export import export_onnx, layer_weights, map_layers
 from tuner.build.fusion import session_optimizer_names
-from tuner.candidate import Candidate
+from tuner.build.layers import layer_op_types, quantizable_layers
+from tuner.core.candidate import Candidate
 from tuner.evaluate import EvalSettings, Evaluator
-from tuner.runtime import load_artifact
-from tuner.space import SearchSpace, layer_op_types, load_space_file, quantizable_layers
-from tuner.task import TaskRef
+from tuner.measure.runtime import load_artifact
+from tuner.space import SearchSpace, load_space_file
+from tuner.taskref import TaskRef
 
 pytestmark = pytest.mark.slow  # builds of a BERT-style encoder, seconds each
 
@@ -257,8 +258,9 @@ def test_dynamic_int8_built_in_memory_is_the_model_quantize_dynamic_writes(task,
                                                                             per_channel, reduce_range):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from tuner.build.quantize import _BUILDERS, DYNAMIC_OPTIONS, QUANTIZED_WEIGHTS, BuildContext
-    from tuner.precision import KINDS as PRECISION_KINDS
+    from tuner.build.quantize import _BUILDERS, QUANTIZED_WEIGHTS, BuildContext
+    from tuner.build.quantize.dynamic import DYNAMIC_OPTIONS
+    from tuner.core.precision import KINDS as PRECISION_KINDS
 
     export_onnx(task.model, task.example_inputs, tmp_path / "fp32.onnx")
     fp32 = onnx.load(str(tmp_path / "fp32.onnx"))
@@ -295,7 +297,7 @@ def test_a_changed_weight_is_quantized_anew_and_the_oldest_entry_goes_when_the_c
         numpy_helper.from_array(array, weight.name))
     # room for one int8 copy of the weight (a quarter of its fp32 bytes) and its scales, not two
     cache = quantize.QuantizedWeights(max_bytes=int(weight.ByteSize() * 0.4))
-    monkeypatch.setattr(quantize, "QUANTIZED_WEIGHTS", cache)
+    monkeypatch.setattr(quantize.reuse, "QUANTIZED_WEIGHTS", cache)  # where the quantizers read it
     context = quantize.BuildContext(tuple(i.name for i in fp32.graph.input), [], {})
 
     def build(model):

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuner.errors import StudyError
-from tuner.records import ArtifactRecord, StudyMeta
-from tuner.storage import load_finished_study
+from tuner.core.errors import StudyError
+from tuner.core.records import ArtifactRecord, StudyMeta
+from tuner.core.storage import load_finished_study
 
 if TYPE_CHECKING:
     from tuner.experiment import Experiment
-    from tuner.study import StudyResult
+    from tuner.search.study import StudyResult
 
 
 @dataclass(frozen=True)
@@ -49,21 +49,16 @@ def run(experiment: str | Path | Experiment, *, trials: int | None = None, worke
     ``workers`` evaluations run at a time on a local Ray, or on the Ray cluster at ``address``; with
     ``in_process`` they run one at a time in this process, without Ray.
     """
+    from tuner.executors.factory import executor_factory
     from tuner.experiment import Experiment, load_experiment
-    from tuner.study import run_study
+    from tuner.search.study import run_study
 
     if not isinstance(experiment, Experiment):
         experiment = load_experiment(experiment)
     if output_dir is not None:
         experiment = experiment.model_copy(update={"output_dir": str(output_dir)})
-    executor = None
-    if in_process:
-        from tuner.executors import InProcessExecutor
-
-        def executor(exp, uid, task):
-            return InProcessExecutor(exp.task_ref(), exp.eval_settings(), exp.run_dir / "artifacts", task=task)
-    return run_study(experiment, trials=trials, workers=workers, address=address, tracking_uri=tracking_uri,
-                     progress=progress, log=log, executor=executor)
+    return run_study(experiment, trials=trials, tracking_uri=tracking_uri, progress=progress, log=log,
+                     executor=executor_factory(in_process, workers, address))
 
 
 def experiment_file_of(study: str, output_dir: str | Path = "tuner-runs") -> str:
@@ -81,7 +76,7 @@ def front(study: str, output_dir: str | Path = "tuner-runs") -> Front:
 
 
 def _front_of(opened) -> Front:
-    from tuner.pareto import completed_rows, front_rows
+    from tuner.results.front import completed_rows, front_rows
 
     meta = StudyMeta.load(opened)
     return Front(opened.study_name, meta.metric_name, meta.maximize, len(opened.trials), meta.baseline_metric,
@@ -92,7 +87,7 @@ def _front_of(opened) -> Front:
 def choose(table: Front, *, min_metric: float | None = None, max_latency_ms: float | None = None,
            max_size_mb: float | None = None, knee: bool = False) -> dict[str, Any]:
     """The front member that the constraints pick (see :func:`tuner.picking.choose`)."""
-    from tuner.picking import choose as choose_row
+    from tuner.results.pick import choose as choose_row
 
     return choose_row(table.rows, table.metric_name, table.maximize, min_metric, max_latency_ms, max_size_mb, knee)
 
@@ -103,7 +98,7 @@ def pick(study: str, *, min_metric: float | None = None, max_latency_ms: float |
          ) -> ArtifactRecord:
     """Pick a front member by constraint and write ``model.onnx``, ``candidate.json`` and ``MODEL_CARD.md`` to
     ``out``; with ``register``, register it in the MLflow Model Registry (``alias`` points at the version)."""
-    from tuner.picking import export_pick
+    from tuner.results.pick import export_pick
 
     if alias and not register:
         raise ValueError("an alias needs register=NAME.")
@@ -116,6 +111,6 @@ def pick(study: str, *, min_metric: float | None = None, max_latency_ms: float |
 def verify(study: str, trial: int, output_dir: str | Path = "tuner-runs", tracking_uri: str | None = None
            ) -> dict[str, Any]:
     """Rebuild or reload a trial's artifact in a fresh process, re-score and re-time it (see `tuner.verification`)."""
-    from tuner.verification import verify as verify_trial
+    from tuner.results.verify import verify as verify_trial
 
     return verify_trial(study, trial, output_dir, tracking_uri)

@@ -10,14 +10,14 @@ from statistics import median
 import optuna
 
 from tuner import api
-from tuner.errors import USER_ERRORS
-from tuner.stop import StudyStopped
-from tuner.vocab import TRIAL_STAGES
+from tuner.core.errors import USER_ERRORS
+from tuner.core.stop import StudyStopped
+from tuner.core.vocab import TRIAL_STAGES
 
 
 def _run(args: argparse.Namespace) -> int:
     from tuner.experiment import load_experiment
-    from tuner.pareto import format_table
+    from tuner.results.front import format_table
 
     experiment = load_experiment(args.config)
     if args.output_dir:
@@ -62,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _workers_text(args: argparse.Namespace, latency_threads: int) -> str:
-    from tuner.study import default_workers
+    from tuner.executors.factory import default_workers
 
     if args.in_process:
         return "in this process, one at a time (no Ray)"
@@ -115,7 +115,7 @@ def _plural(n: int, noun: str) -> str:
 
 
 def _front(args: argparse.Namespace) -> int:
-    from tuner.pareto import format_table
+    from tuner.results.front import format_table
 
     table = api.front(args.study, args.output_dir)
     metric = table.metric_name
@@ -133,7 +133,7 @@ def _or_nan(value: float | None) -> float:
 
 
 def _pick(args: argparse.Namespace, extra: list[str]) -> int:
-    from tuner.pareto import format_table
+    from tuner.results.front import format_table
 
     table = api.front(args.study, args.output_dir)
     metric = table.metric_name
@@ -160,14 +160,14 @@ def _pick(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"registered in MLflow as {reg['name']!r} version {reg['version']}"
               + (f" with alias {reg['alias']!r} (models:/{reg['name']}@{reg['alias']})" if reg["alias"] else ""))
     off = record.runtime.get("disabled_optimizers") or []
-    print(f"load it with tuner.runtime.load_artifact('model.onnx'), or in plain onnxruntime with graph optimization "
+    print(f"load it with tuner.measure.runtime.load_artifact('model.onnx'), or in plain onnxruntime with graph optimization "
           f"level {record.runtime['opt_level']!r}" + (f" and disabled_optimizers={off}" if off else "")
           + " (both are stored in the file's metadata as tuner.runtime)")
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from tuner.verification import format_report
+    from tuner.results.verify import format_report
 
     trials = list(args.trial or [])
     if args.front:
@@ -255,7 +255,7 @@ def _space(args: argparse.Namespace) -> int:
     import yaml
 
     from tuner.experiment import load_experiment
-    from tuner.study import prepare
+    from tuner.search.setup import prepare
 
     experiment = load_experiment(args.config).model_copy(update={"search_space": "auto"})
     task, space = prepare(experiment, log=lambda line: print(line, file=sys.stderr))
@@ -265,7 +265,7 @@ def _space(args: argparse.Namespace) -> int:
                                       + (" faster than fp32 here" if args.measure else "")
                                       + ", pruning where the model is prunable"]
     if args.measure:
-        from tuner.space_measure import keep_fast_kinds
+        from tuner.search.kinds import keep_fast_kinds
 
         space_file, lines = keep_fast_kinds(space, task, experiment,
                                             log=lambda line: print(line, file=sys.stderr))

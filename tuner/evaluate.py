@@ -22,23 +22,30 @@ import torch_pruning as tp
 from tuner.build.export import export_onnx, layer_weights, map_layers
 from tuner.build.fusion import apply_transformer_fusions
 from tuner.build.kernels import layer_kernels, mismatches
+from tuner.build.layers import quantizable_layers
 from tuner.build.prune import prune
 from tuner.build.quantize import apply_precisions
 from tuner.build.recovery import RecoverySettings, recover
-from tuner.candidate import Candidate
-from tuner.errors import UserCodeError
+from tuner.core.candidate import Candidate
+from tuner.core.errors import UserCodeError, user_frame
+from tuner.core.paths import MODEL
+from tuner.core.precision import FP32, KINDS, kind_of
+from tuner.core.records import FULL, ArtifactRecord, Fidelity, LatencyStats, TrialResult
+from tuner.core.vocab import OPT_LEVELS
 from tuner.experiment import EvalSettings
 from tuner.measure.environment import file_sha256, fingerprint
 from tuner.measure.latency import measure_latency
 from tuner.measure.memory import peak_rss
-from tuner.measure.quality import TorchSession, score_all, score_subset, session_outputs, subset_indices
-from tuner.precision import FP32, KINDS, kind_of
-from tuner.records import FULL, ArtifactRecord, Fidelity, LatencyStats, TrialResult
-from tuner.runtime import RuntimeConfig, create_session, load_artifact
-from tuner.space import quantizable_layers
-from tuner.task import Task, TaskRef
-from tuner.taskref import user_frame
-from tuner.vocab import OPT_LEVELS
+from tuner.measure.quality import (
+    TorchSession,
+    score_all,
+    score_subset,
+    session_outputs,
+    subset_indices,
+)
+from tuner.measure.runtime import RuntimeConfig, create_session, load_artifact
+from tuner.task import Task
+from tuner.taskref import TaskRef
 
 
 def latency_feeds(task: Task, input_names: list[str], batch_size: int) -> dict[str, np.ndarray]:
@@ -88,7 +95,7 @@ class Evaluator:
         memory = dict(result.memory)
         try:
             with _timed(timings, "latency"), peak_rss(memory, "meter"):
-                model_path = Path(result.artifact_dir) / "model.onnx"
+                model_path = Path(result.artifact_dir) / MODEL
                 latency, environment = time_artifact(model_path, self.feeds(model_path), self.settings)
         except Exception as exc:
             return _failed(result.with_timings(**timings), "latency", exc)
@@ -123,7 +130,7 @@ class Evaluator:
         try:
             check_runnable(candidate)
             artifact = self.artifact_root / key
-            cached_build = (artifact / "model.onnx").is_file()
+            cached_build = (artifact / MODEL).is_file()
             if fidelity.screens and not cached_build and self._prunes_anew(candidate):
                 model = self._hold_pruned(candidate, timings)  # pruning is the build's first step, screened or not
                 stage = "screen"
@@ -136,7 +143,7 @@ class Evaluator:
             result = replace(result, artifact_dir=str(artifact))
             scoring = fidelity.samples != 0
             cached_export = False if cached_build else self.build(candidate, artifact, timings, keep_session=scoring)
-            model_path = artifact / "model.onnx"
+            model_path = artifact / MODEL
             stats_file = self.export_root / candidate.prune_key(self.fingerprint) / "stats.json"
             result = replace(result, cached_build=cached_build, cached_export=cached_export,
                              size_mb=model_path.stat().st_size / 1e6, artifact_sha256=file_sha256(model_path),
@@ -222,7 +229,7 @@ class Evaluator:
                 calibration = ([[t.numpy() for t in batch] for batch in self.task.calibration_inputs]
                                if any(c != FP32 for c in node_precision.values()) else [])
                 # one load and one save of the model, its run settings stamped in before the save
-                apply_precisions(source, tmp / "model.onnx", node_precision, calibration,
+                apply_precisions(source, tmp / MODEL, node_precision, calibration,
                                  calibration_cache=export_dir / "calibration",
                                  metadata=run_metadata(candidate, self.fingerprint))
                 (tmp / "fused.onnx").unlink(missing_ok=True)
@@ -317,7 +324,7 @@ class Evaluator:
         the kernel its precision asks for; returns the kernels and the session."""
         optimized = build_dir / "optimized.onnx"
         try:
-            session = create_session(build_dir / "model.onnx", candidate.opt_level, self.settings.threads,
+            session = create_session(build_dir / MODEL, candidate.opt_level, self.settings.threads,
                                      str(optimized), candidate.disabled_optimizers)
             kernels = layer_kernels(onnx.load(str(optimized), load_external_data=False), weights)
         finally:

@@ -25,10 +25,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tuner.errors import ExperimentError
+from tuner.core.errors import ExperimentError
+from tuner.core.paths import RunPaths
+from tuner.core.vocab import EXPORTERS, KEEP_ARTIFACTS
+from tuner.core.yamlfile import read_mapping
 from tuner.taskref import TaskRef
-from tuner.vocab import EXPORTERS, KEEP_ARTIFACTS
-from tuner.yamlfile import read_mapping
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,11 @@ class Experiment(BaseModel):
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    @property
+    def paths(self) -> RunPaths:
+        """The run directory's files."""
+        return RunPaths(self.run_dir)
 
     def task_ref(self) -> TaskRef:
         return TaskRef(self.task, dict(self.task_args), str(self.base_dir.resolve()))

@@ -13,8 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from tuner.errors import TaskError  # noqa: F401  (raised by task loading; importable from here)
-from tuner.taskref import TaskRef, resolve_task_function, where  # noqa: F401
+from tuner.core.errors import TaskError, where
 
 
 @dataclass(frozen=True)

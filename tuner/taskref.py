@@ -9,13 +9,12 @@ import importlib
 import importlib.util
 import json
 import sys
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuner.errors import TaskError
+from tuner.core.errors import TaskError, where
 
 if TYPE_CHECKING:
     from tuner.task import Task
@@ -81,25 +80,3 @@ def resolve_task_function(spec: str, base_dir: str = ".") -> Callable[..., Task]
     if not callable(fn):
         raise TaskError(f"task {spec!r}: {module_part!r} has no function {func_name!r}.")
     return fn
-
-
-_LIBRARY_PATHS = (str(Path(__file__).parent), "site-packages", "dist-packages", "<frozen", "<string>", "/lib/python")
-
-
-def is_user_file(filename: str) -> bool:
-    """Whether a traceback's file is the user's code, not tuner's, torch's or another installed package's."""
-    return not any(part in filename for part in _LIBRARY_PATHS)
-
-
-def user_frame(exc: BaseException, fallback: bool = True) -> traceback.FrameSummary | None:
-    """The innermost frame of ``exc``'s traceback in the user's code (not tuner, torch or another installed
-    package); with ``fallback``, else the innermost frame."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    users = [f for f in frames if is_user_file(f.filename)]
-    return (users or (frames if fallback else []) or [None])[-1]
-
-
-def where(exc: BaseException) -> str:
-    """`` (at file:line)`` of the frame :func:`user_frame` finds, or nothing."""
-    frame = user_frame(exc)
-    return f" (at {frame.filename}:{frame.lineno})" if frame else ""

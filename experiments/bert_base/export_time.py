@@ -30,15 +30,15 @@ import onnx
 import torch
 
 from tuner.build.export import export_onnx, layer_weights, map_layers
+from tuner.build.layers import quantizable_layers
 from tuner.build.prune import prune, pruning_groups
 from tuner.build.quantize import QUANTIZED_WEIGHTS, apply_precisions
-from tuner.candidate import Candidate
+from tuner.core.candidate import Candidate
 from tuner.evaluate import Evaluator, latency_feeds
 from tuner.experiment import EvalSettings
 from tuner.measure.quality import session_outputs
-from tuner.runtime import load_artifact
-from tuner.space import quantizable_layers
-from tuner.task import TaskRef
+from tuner.measure.runtime import load_artifact
+from tuner.taskref import TaskRef
 from tuner.tasks.bert_base import make_task
 
 EXPORTERS = ("dynamo", "torchscript")

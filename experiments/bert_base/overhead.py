@@ -17,8 +17,8 @@ import argparse
 import statistics
 from pathlib import Path
 
-from tuner.storage import open_study
-from tuner.vocab import TRIAL_STAGES
+from tuner.core.storage import open_study
+from tuner.core.vocab import TRIAL_STAGES
 
 STAGES = TRIAL_STAGES[:-1]  # orchestration: the rest of ``wall``
 

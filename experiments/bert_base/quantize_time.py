@@ -23,18 +23,18 @@ import time
 from pathlib import Path
 
 import onnx
-from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+from onnxruntime.quantization import (
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
 
 from tuner.build.export import WEIGHTED_OPS, export_onnx, layer_weights, map_layers
-from tuner.build.quantize import (
-    DYNAMIC_OPTIONS,
-    QUANTIZED_WEIGHTS,
-    _BatchReader,
-    apply_precisions,
-    keep_float_inputs,
-)
-from tuner.precision import KINDS, parse
-from tuner.space import quantizable_layers
+from tuner.build.layers import quantizable_layers
+from tuner.build.quantize import QUANTIZED_WEIGHTS, _BatchReader, apply_precisions, keep_float_inputs
+from tuner.build.quantize.dynamic import DYNAMIC_OPTIONS
+from tuner.core.precision import KINDS, parse
 from tuner.tasks.bert_base import make_task
 
 MIX = ("int8", "int8-dynamic", "int8-dynamic-pc", "int8-dynamic-pc7", "fp32")

@@ -36,10 +36,10 @@ import hashlib, json, shutil, sys, time
 from pathlib import Path
 checkout, experiment, root, export_root, SAMPLES, SET = sys.argv[1:5] + [int(sys.argv[5]), sys.argv[6]]
 sys.path.insert(0, checkout)
-from tuner.candidate import Candidate
+from tuner.core.candidate import Candidate
 from tuner.evaluate import Evaluator
 from tuner.experiment import load_experiment
-from tuner.records import Fidelity
+from tuner.core.records import Fidelity
 exp = load_experiment(Path(checkout) / experiment)
 ev = Evaluator(exp.task_ref(), exp.eval_settings(), root, export_root=export_root)
 fusions = ("gelu", "skip_layer_norm")

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tuner.candidate import Candidate
+from tuner.core.candidate import Candidate
 from tuner.evaluate import Evaluator, check_runnable, time_artifact
 from tuner.experiment import load_experiment
-from tuner.latency_check import spearman
-from tuner.latency_model import LatencyModel, prune_shapes, reference_costs
-from tuner.study import prepare
+from tuner.search.latency_check import spearman
+from tuner.search.latency_model import LatencyModel, prune_shapes, reference_costs
+from tuner.search.setup import prepare
 
 
 def random_params(space, rng: random.Random) -> dict:

@@ -8,10 +8,10 @@ import time
 
 import numpy as np
 
-from tuner.candidate import Candidate
+from tuner.core.candidate import Candidate
 from tuner.evaluate import EvalSettings, Evaluator, latency_feeds
-from tuner.runtime import load_artifact
-from tuner.task import TaskRef
+from tuner.measure.runtime import load_artifact
+from tuner.taskref import TaskRef
 
 ev = Evaluator(TaskRef("tuner.tasks.minilm:make_task", {}), EvalSettings(repeats=5, warmup=1), sys.argv[1] if len(sys.argv) > 1 else "tuner-runs/minilm/artifacts")
 sess = {}

@@ -15,12 +15,12 @@ import time
 
 import numpy as np
 
+from tuner.build.layers import quantizable_layers
 from tuner.build.prune import pruning_groups
-from tuner.candidate import Candidate
+from tuner.core.candidate import Candidate
 from tuner.evaluate import EvalSettings, Evaluator, latency_feeds
-from tuner.runtime import load_artifact
-from tuner.space import quantizable_layers
-from tuner.task import TaskRef
+from tuner.measure.runtime import load_artifact
+from tuner.taskref import TaskRef
 
 TASKS = {
     "cnn": ("tuner.tasks.digits_cnn:make_task", {}, "int8", ("fc",)),

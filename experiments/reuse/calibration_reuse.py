@@ -23,8 +23,8 @@ import onnx
 from onnx import numpy_helper
 
 from tuner.build.export import export_onnx, layer_weights, map_layers
+from tuner.build.layers import quantizable_layers
 from tuner.build.quantize import apply_precisions
-from tuner.space import quantizable_layers
 
 TASKS = {"digits_cnn": "tuner.tasks.digits_cnn", "minilm": "tuner.tasks.minilm", "resnet50": "tuner.tasks.resnet50",
          "bert_base": "tuner.tasks.bert_base"}

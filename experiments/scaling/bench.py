@@ -29,7 +29,8 @@ from tuner.evaluate import Evaluator, time_artifact
 from tuner.experiment import Experiment
 from tuner.measure.environment import fingerprint
 from tuner.measure.latency import pin, split_cores
-from tuner.study import load_finished_study, run_study
+from tuner.search.study import run_study
+from tuner.core.storage import load_finished_study
 
 
 def experiment(name: str, trials: int, out: Path, space: str) -> Experiment:

@@ -32,11 +32,11 @@ from pathlib import Path
 import yaml
 
 import tuner
-from tuner.records import StudyMeta, TrialMeta
-from tuner.sensitivity import read_rows
-from tuner.stop import StudyStopped
-from tuner.storage import load_finished_study
-from tuner.vocab import KEEP_ARTIFACTS
+from tuner.core.records import StudyMeta, TrialMeta
+from tuner.core.stop import StudyStopped
+from tuner.core.storage import load_finished_study
+from tuner.core.vocab import KEEP_ARTIFACTS
+from tuner.search.sensitivity import read_rows
 
 # strategy -> what it sets in the experiment
 # (a sampler alone is seeds: 0, whatever the experiment file or the default says)

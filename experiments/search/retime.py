@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tuner.evaluate import latency_feeds
 from tuner.experiment import load_experiment
-from tuner.runtime import load_artifact
+from tuner.measure.runtime import load_artifact
 
 
 def feasible(run: dict, row: dict) -> bool:
@@ -70,7 +70,7 @@ class Rebuilder:
         self.built: dict[str, tuple[Path, float]] = {}  # candidate (as JSON) -> model path, metric here
 
     def __call__(self, candidate_file: Path) -> tuple[Path, float]:
-        from tuner.records import ArtifactRecord
+        from tuner.core.records import ArtifactRecord
 
         candidate = dict(ArtifactRecord.read(candidate_file).candidate)
         known = json.dumps(candidate, sort_keys=True)

@@ -19,14 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from tuner.candidate import Candidate
+from tuner.core.candidate import Candidate
+from tuner.core.precision import FP32
+from tuner.core.records import Fidelity
 from tuner.evaluate import Evaluator
 from tuner.experiment import load_experiment
-from tuner.latency_check import spearman
-from tuner.precision import FP32
-from tuner.records import Fidelity
-from tuner.sensitivity import probes
-from tuner.study import prepare
+from tuner.search.latency_check import spearman
+from tuner.search.sensitivity import probes
+from tuner.search.setup import prepare
 
 
 def main() -> int:

@@ -15,12 +15,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tuner.candidate import Candidate
+from tuner.core.candidate import Candidate
+from tuner.core.precision import FP32
+from tuner.core.records import Fidelity
 from tuner.evaluate import Evaluator, time_artifact
 from tuner.experiment import load_experiment
-from tuner.precision import FP32
-from tuner.records import Fidelity
-from tuner.study import prepare
+from tuner.search.setup import prepare
 
 
 def main() -> int:

@@ -22,13 +22,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from tuner.candidate import Candidate
+from tuner.core.candidate import Candidate
+from tuner.core.records import Fidelity
 from tuner.executors import InProcessExecutor
 from tuner.experiment import load_experiment
-from tuner.latency_check import spearman
-from tuner.records import Fidelity
-from tuner.sensitivity import layer_groups, probes, run_sensitivity, target_stderr
-from tuner.study import prepare
+from tuner.search.latency_check import spearman
+from tuner.search.sensitivity import (
+    layer_groups,
+    probes,
+    run_sensitivity,
+    target_stderr,
+)
+from tuner.search.setup import prepare
 
 
 def main() -> int:

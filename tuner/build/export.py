@@ -9,8 +9,6 @@ import inspect
 import io
 import logging
 import os
-import re
-import traceback
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,9 +19,8 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from tuner.errors import ExportError
-from tuner.taskref import is_user_file
-from tuner.vocab import EXPORTERS
+from tuner.core.errors import ExportError, user_line_in_chain
+from tuner.core.vocab import EXPORTERS
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")  # what static int8 quantizes
 MAPPED_OPS = WEIGHTED_OPS + ("LSTM",)  # what a layer can become
@@ -149,7 +146,7 @@ def fold_weight_transposes(graph: onnx.GraphProto) -> int:
 
 
 def _failure_message(model: torch.nn.Module, exporter: str, exc: BaseException) -> str:
-    where = _user_frame(exc)
+    where = user_line_in_chain(exc)
     summary = _exception_summary(exc)
     other = [e for e in EXPORTERS if e != exporter]
     hint = (f"if the model branches on tensor values, `exporter: {other[0]}` in the experiment traces the branch "
@@ -157,24 +154,6 @@ def _failure_message(model: torch.nn.Module, exporter: str, exc: BaseException) 
             f"`exporter: {other[0]}` in the experiment uses torch.export instead")
     return (f"model {type(model).__name__}: the {exporter} exporter failed"
             + (f" at {where}" if where else "") + f": {summary}. Try: {hint}; or change the model's code there.")
-
-
-_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
-
-
-def _user_frame(exc: BaseException) -> str:
-    """``file:line (code)`` of the first frame outside torch, tuner and installed packages that the error names."""
-    frames: list[tuple[str, int, str]] = []
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        frames += [(m[0], int(m[1]), m[3].strip()) for m in _FRAME.findall(str(exc))]
-        frames += [(f.filename, f.lineno, (f.line or "").strip()) for f in traceback.extract_tb(exc.__traceback__)]
-        exc = exc.__cause__ or exc.__context__
-    for filename, line, code in frames:
-        if is_user_file(filename):
-            return f"{filename}:{line}" + (f" (`{code}`)" if code else "")
-    return ""
 
 
 def _exception_summary(exc: BaseException) -> str:

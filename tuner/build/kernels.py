@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import onnx
 
-from tuner.precision import FP32, KINDS, kind_of
+from tuner.core.precision import FP32, KINDS, kind_of
 
 _COMPUTE = set().union(*(k.kernels for k in KINDS.values()))
 _SUFFIXES = ("_quantized", "_Q4")

@@ -19,7 +19,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from tuner.taskref import where
+from tuner.core.errors import where
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 # Channel importance criteria that need no gradients (torch-pruning's implementations).

@@ -11,9 +11,8 @@ import torch
 from torch import nn
 
 from tuner.build.prune import recalibrate_batchnorm
-from tuner.errors import UserCodeError
-from tuner.taskref import where
-from tuner.vocab import RECOVERY_METHODS
+from tuner.core.errors import UserCodeError, where
+from tuner.core.vocab import RECOVERY_METHODS
 
 
 @dataclass(frozen=True)

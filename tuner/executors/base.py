@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner.candidate import Candidate
-from tuner.records import FULL, Fidelity, LatencyStats, TrialResult
+from tuner.core.candidate import Candidate
+from tuner.core.records import FULL, Fidelity, LatencyStats, TrialResult
 
 
 class Stage(enum.Enum):
@@ -76,7 +76,7 @@ def evaluate_all(executor: Executor, jobs: Mapping[Hashable, Candidate], fidelit
     """Evaluate every candidate of ``jobs`` (token -> candidate), submitting as workers come free; yields
     ``(token, result)`` as each finishes. ``stop`` (a `tuner.stop.StopRequest`): raise StudyStopped once
     one is requested, leaving what has not finished."""
-    from tuner.stop import StudyStopped
+    from tuner.core.stop import StudyStopped
 
     queue, in_flight = list(jobs.items()), 0
     while queue or in_flight:

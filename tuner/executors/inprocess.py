@@ -12,11 +12,11 @@ from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tuner.candidate import Candidate
+from tuner.core.candidate import Candidate
+from tuner.core.records import FULL, Fidelity, LatencyStats, TrialResult
 from tuner.executors.base import Executor, Retime
 from tuner.experiment import EvalSettings
 from tuner.measure.memory import release_memory
-from tuner.records import FULL, Fidelity, LatencyStats, TrialResult
 from tuner.taskref import TaskRef
 
 
@@ -26,7 +26,9 @@ class InProcessExecutor(Executor):
     def __init__(self, task_ref: TaskRef, settings: EvalSettings, artifact_root: str | Path,
                  export_root: str | Path | None = None, task=None):
         """``task``: the task ``task_ref`` names, when the caller has loaded it already (it is not loaded again)."""
-        from tuner.evaluate import Evaluator  # torch and ORT, only once an executor is really made
+        from tuner.evaluate import (
+            Evaluator,  # torch and ORT, only once an executor is really made
+        )
 
         # Pruned exports are a cache outside the run directory, as on Ray workers (node-local scratch).
         self.artifact_root = Path(artifact_root)

@@ -21,12 +21,13 @@ from typing import Any
 
 import ray
 
-from tuner.candidate import Candidate
-from tuner.errors import ClusterError
+from tuner.core.candidate import Candidate
+from tuner.core.errors import ClusterError
+from tuner.core.paths import MODEL
+from tuner.core.records import FULL, Fidelity, LatencyStats, TrialResult
 from tuner.executors.base import Executor, Retime, Stage
 from tuner.executors.ray_pools import ClusterView, MeterPool, WorkerPool, _Worker
 from tuner.experiment import EvalSettings
-from tuner.records import FULL, Fidelity, LatencyStats, TrialResult
 from tuner.taskref import TaskRef
 
 # Never shipped to a cluster with the working directory: environments, run outputs, local MLflow stores.
@@ -218,8 +219,8 @@ class RayExecutor(Executor):
                 # The model's object belongs to the worker that built it; if that worker's node went too, it is
                 # gone: put it again from the copy the driver wrote.
                 directory = job.result.artifact_dir if job.result is not None else None
-                if directory and (Path(directory) / "model.onnx").is_file():
-                    job.model = ray.put((Path(directory) / "model.onnx").read_bytes())
+                if directory and (Path(directory) / MODEL).is_file():
+                    job.model = ray.put((Path(directory) / MODEL).read_bytes())
                 if not self._time(job):
                     self._waiting.append(job)
                 return

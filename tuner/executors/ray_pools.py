@@ -19,7 +19,8 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from tuner.errors import ClusterError
+from tuner.core.errors import ClusterError
+from tuner.core.paths import MODEL
 from tuner.experiment import EvalSettings
 from tuner.taskref import TaskRef
 
@@ -76,9 +77,9 @@ class _Worker:
         "feeds": latency inputs}``. The model goes into the object store once, from here: the meter reads it
         from there and the driver fetches it once to write it, so no process holds two copies. An untimed
         ``fidelity`` ships the result alone."""
+        from tuner.core.records import Fidelity
         from tuner.measure.cores import pin
         from tuner.measure.memory import release_memory
-        from tuner.records import Fidelity
 
         pin(self.cores)
         start = time.perf_counter()
@@ -89,7 +90,7 @@ class _Worker:
             artifact = Path(result.artifact_dir)
             shipped["files"] = {name: (artifact / name).read_bytes() for name in SHIPPED_FILES}
             shipped["model"] = ray.put(shipped["files"].pop("model.onnx"))
-            shipped["feeds"] = self.evaluator.feeds(artifact / "model.onnx")
+            shipped["feeds"] = self.evaluator.feeds(artifact / MODEL)
         if result.artifact_dir:  # the driver keeps a completed model; a failed one is not kept anywhere
             shutil.rmtree(result.artifact_dir, ignore_errors=True)
         # the pruned copy, the ONNX graphs: back to the OS before the next candidate; what is left after the first
@@ -121,7 +122,7 @@ class _LatencyMeter:
 
         pin(self.cores)
         start = time.perf_counter()
-        path = self.dir / "model.onnx"
+        path = self.dir / MODEL
         path.write_bytes(model)
         memory: dict[str, float] = {}
         try:

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 import numpy as np
 import onnxruntime as ort
 
+from tuner.core.records import LatencyStats
 from tuner.measure.cores import pin, split_cores  # noqa: F401  (importable from here)
-from tuner.records import LatencyStats
 
 
 def measure_latency(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], warmup: int = 10,

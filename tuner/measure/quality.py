@@ -7,9 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import onnxruntime as ort
 
-from tuner.errors import UserCodeError
+from tuner.core.errors import UserCodeError, where
 from tuner.task import Evaluation
-from tuner.taskref import where
 
 
 def session_outputs(session: ort.InferenceSession, inputs: tuple[np.ndarray, ...], batch_size: int) -> np.ndarray:

@@ -15,7 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tuner.task import Task, TaskError
+from tuner.core.errors import TaskError
+from tuner.task import Task
 from tuner.tasks.encoder import embedding_task
 
 
