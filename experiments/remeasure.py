@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tuner.core.storage import load_finished_study
 from tuner.evaluate import latency_feeds
 from tuner.experiment import load_experiment
 from tuner.measure.runtime import load_artifact
-from tuner.core.storage import load_finished_study
 
 
 def rows(path: Path) -> list[dict[str, str]]:

@@ -21,10 +21,10 @@ from mlflow.tracking import MlflowClient
 from test_end_to_end import free_port, runs_by_role
 
 from tuner.cli import main
+from tuner.core.storage import load_finished_study
 from tuner.executors import RayExecutor
 from tuner.experiment import EvalSettings, load_experiment
 from tuner.search.study import run_study
-from tuner.core.storage import load_finished_study
 from tuner.taskref import TaskRef
 
 pytestmark = pytest.mark.slow

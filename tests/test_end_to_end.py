@@ -12,10 +12,10 @@ from conftest import FAST_EXPORTER, SMALL_TASK_ARGS
 from mlflow.tracking import MlflowClient
 
 from tuner.cli import main
+from tuner.core.storage import load_finished_study
 from tuner.measure.quality import score
 from tuner.measure.runtime import create_session
-from tuner.results.plots import hypervolume
-from tuner.core.storage import load_finished_study
+from tuner.results.front import hypervolume
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ import pytest
 from optuna.trial import TrialState
 
 from tuner.core.records import COMPLETE, FAIL, LatencyStats, StudyMeta, TrialResult
-from tuner.search.samplers import SeesInfeasible, as_seen
 from tuner.search.loop import tell
+from tuner.search.samplers import SeesInfeasible, as_seen
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 META = StudyMeta(max_metric_drop=0.02, baseline_metric=0.9)

@@ -1,12 +1,13 @@
 import pytest
 
+from tuner.results.front import FrontRow
 from tuner.results.pick import PickError, choose, knee_point
 
 FRONT = [  # fastest first, as front_rows gives it
-    {"trial": 1, "accuracy": 0.90, "latency_ms": 1.0, "size_mb": 1.0},
-    {"trial": 2, "accuracy": 0.97, "latency_ms": 1.2, "size_mb": 2.0},
-    {"trial": 3, "accuracy": 0.98, "latency_ms": 2.0, "size_mb": 3.0},
-    {"trial": 4, "accuracy": 0.99, "latency_ms": 4.0, "size_mb": 4.0},
+    FrontRow(1, 0.90, 1.0, size_mb=1.0),
+    FrontRow(2, 0.97, 1.2, size_mb=2.0),
+    FrontRow(3, 0.98, 2.0, size_mb=3.0),
+    FrontRow(4, 0.99, 4.0, size_mb=4.0),
 ]
 
 
@@ -19,14 +20,13 @@ FRONT = [  # fastest first, as front_rows gives it
     ({"knee": True}, 2),                                     # big accuracy gain for little latency
 ])
 def test_choose(kwargs, trial):
-    assert choose(FRONT, "accuracy", True, **kwargs)["trial"] == trial
+    assert choose(FRONT, "accuracy", True, **kwargs).trial == trial
 
 
 def test_choose_minimizing_metric():
-    front = [{"trial": 1, "loss": 0.5, "latency_ms": 1.0, "size_mb": 1}, {"trial": 2, "loss": 0.2, "latency_ms": 3.0,
-                                                                         "size_mb": 1}]
-    assert choose(front, "loss", False, min_metric=0.3)["trial"] == 2
-    assert choose(front, "loss", False, max_latency_ms=5)["trial"] == 2
+    front = [FrontRow(1, 0.5, 1.0, size_mb=1), FrontRow(2, 0.2, 3.0, size_mb=1)]
+    assert choose(front, "loss", False, min_metric=0.3).trial == 2
+    assert choose(front, "loss", False, max_latency_ms=5).trial == 2
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -41,6 +41,6 @@ def test_unmeetable_constraints_say_what_the_front_offers(kwargs, message):
 
 
 def test_knee_of_a_straight_front_is_an_end_and_small_fronts_pick_the_fastest():
-    line = [{"trial": i, "accuracy": 0.9 + 0.01 * i, "latency_ms": 1.0 + i, "size_mb": 1} for i in range(4)]
-    assert knee_point(line, "accuracy", True)["trial"] in (0, 3)
-    assert knee_point(FRONT[:2], "accuracy", True)["trial"] == 1
+    line = [FrontRow(i, 0.9 + 0.01 * i, 1.0 + i, size_mb=1) for i in range(4)]
+    assert knee_point(line, "accuracy", True).trial in (0, 3)
+    assert knee_point(FRONT[:2], "accuracy", True).trial == 1

@@ -103,9 +103,10 @@ def test_every_precision_kind_has_a_builder_and_parses():
 
 def test_the_layer_plot_of_a_front_that_only_prunes_is_drawn(tmp_path):
     """A space with no precision choice left (every kind measured slower than fp32): pruning only."""
+    from tuner.results.front import FrontRow
     from tuner.results.plots import layer_rows, plot_layers
 
-    front = [{"trial": 0, "latency_ms": 1.0, "summary": "fp32"}, {"trial": 3, "latency_ms": 0.6, "summary": "p"}]
+    front = [FrontRow(0, 0.9, 1.0, summary="fp32"), FrontRow(3, 0.8, 0.6, summary="p")]
     rows = layer_rows(front, {0: {"prune.g1": 0.0, "opt_level": "all"}, 3: {"prune.g1": 0.5, "opt_level": "all"}})
     assert rows["layers"] == [] and rows["groups"] == ["g1"]
     plot_layers(rows, "accuracy", {0: 0.9, 3: 0.8}, tmp_path / "layers.png")

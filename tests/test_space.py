@@ -10,8 +10,8 @@ from optuna.distributions import (
 
 from tuner.build.layers import layer_op_types, quantizable_layers
 from tuner.build.prune import pruning_groups
-from tuner.space import SearchSpace, load_space_file
 from tuner.core.errors import SpaceError
+from tuner.space import SearchSpace, load_space_file
 from tuner.tasks.digits_cnn import DigitsResNet
 
 

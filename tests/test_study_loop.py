@@ -84,7 +84,7 @@ def test_references_first_constraints_and_the_live_front(tmp_path, store):
         assert trial.system_attrs["constraints:metric_drop"] == pytest.approx(drop - 0.02)
     front = {t.number for t in study.best_trials}
     assert all(study.trials[n].user_attrs["metric_drop"] <= 0.02 for n in front)
-    assert {r["trial"] for r in result.front} == front
+    assert {r.trial for r in result.front} == front
     # MLflow: one parent, one run per trial, front tags and models, the live front logged every 2 trials
     parents, runs = trial_runs(store, "loop")
     assert len(parents) == 1 and sorted(runs) == [0, 1, 2, 3]
@@ -129,7 +129,7 @@ def test_failed_candidates_are_recorded_and_the_study_goes_on(tmp_path, store):
         if state == "FAIL":
             assert runs[number].info.status == "FAILED"
             assert "synthetic failure" in runs[number].data.tags["tuner.fail_reason"]
-    assert {r["trial"] for r in result.front} <= {n for n, s in enumerate(states) if s == "COMPLETE"}
+    assert {r.trial for r in result.front} <= {n for n, s in enumerate(states) if s == "COMPLETE"}
 
     # The run directory removed and the experiment run again: a new study with its own parent run in the
     # same MLflow experiment; the old study's runs stay as they were and are not adopted.

@@ -23,12 +23,13 @@ from tuner.core.storage import load_finished_study
 
 if TYPE_CHECKING:
     from tuner.experiment import Experiment
+    from tuner.results.front import FrontRow
     from tuner.search.study import StudyResult
 
 
 @dataclass(frozen=True)
 class Front:
-    """A study's Pareto front and references as table rows (one dict per trial, fastest first)."""
+    """A study's Pareto front and references as table rows (fastest first)."""
 
     study: str
     metric_name: str
@@ -37,8 +38,8 @@ class Front:
     baseline_metric: float | None
     baseline_latency_ms: float | None
     tracking_uri: str | None
-    rows: list[dict[str, Any]]
-    references: list[dict[str, Any]]
+    rows: list[FrontRow]
+    references: list[FrontRow]
 
 
 def run(experiment: str | Path | Experiment, *, trials: int | None = None, workers: int | None = None,
@@ -81,12 +82,12 @@ def _front_of(opened) -> Front:
     meta = StudyMeta.load(opened)
     return Front(opened.study_name, meta.metric_name, meta.maximize, len(opened.trials), meta.baseline_metric,
                  meta.baseline_latency_ms, meta.tracking_uri, front_rows(opened),
-                 [r for r in completed_rows(opened) if r["reference"]])
+                 [r for r in completed_rows(opened) if r.reference])
 
 
 def choose(table: Front, *, min_metric: float | None = None, max_latency_ms: float | None = None,
-           max_size_mb: float | None = None, knee: bool = False) -> dict[str, Any]:
-    """The front member that the constraints pick (see :func:`tuner.picking.choose`)."""
+           max_size_mb: float | None = None, knee: bool = False) -> FrontRow:
+    """The front member that the constraints pick (see :func:`tuner.results.pick.choose`)."""
     from tuner.results.pick import choose as choose_row
 
     return choose_row(table.rows, table.metric_name, table.maximize, min_metric, max_latency_ms, max_size_mb, knee)
@@ -110,7 +111,7 @@ def pick(study: str, *, min_metric: float | None = None, max_latency_ms: float |
 
 def verify(study: str, trial: int, output_dir: str | Path = "tuner-runs", tracking_uri: str | None = None
            ) -> dict[str, Any]:
-    """Rebuild or reload a trial's artifact in a fresh process, re-score and re-time it (see `tuner.verification`)."""
+    """Rebuild or reload a trial's artifact in a fresh process, re-score and re-time it (see `tuner.results.verify`)."""
     from tuner.results.verify import verify as verify_trial
 
     return verify_trial(study, trial, output_dir, tracking_uri)

@@ -171,7 +171,7 @@ def _verify(args: argparse.Namespace) -> int:
 
     trials = list(args.trial or [])
     if args.front:
-        trials += [r["trial"] for r in api.front(args.study, args.output_dir).rows]
+        trials += [r.trial for r in api.front(args.study, args.output_dir).rows]
     if not trials:
         print("error: give --trial N (repeatable) or --front", file=sys.stderr)
         return 2

@@ -32,7 +32,12 @@ from onnxruntime.quantization import (
 
 from tuner.build.export import WEIGHTED_OPS, export_onnx, layer_weights, map_layers
 from tuner.build.layers import quantizable_layers
-from tuner.build.quantize import QUANTIZED_WEIGHTS, _BatchReader, apply_precisions, keep_float_inputs
+from tuner.build.quantize import (
+    QUANTIZED_WEIGHTS,
+    _BatchReader,
+    apply_precisions,
+    keep_float_inputs,
+)
 from tuner.build.quantize.dynamic import DYNAMIC_OPTIONS
 from tuner.core.precision import KINDS, parse
 from tuner.tasks.bert_base import make_task

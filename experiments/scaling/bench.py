@@ -25,12 +25,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tuner.core.storage import load_finished_study
 from tuner.evaluate import Evaluator, time_artifact
 from tuner.experiment import Experiment
 from tuner.measure.environment import fingerprint
 from tuner.measure.latency import pin, split_cores
 from tuner.search.study import run_study
-from tuner.core.storage import load_finished_study
 
 
 def experiment(name: str, trials: int, out: Path, space: str) -> Experiment:

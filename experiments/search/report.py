@@ -19,7 +19,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-from tuner.results.plots import hypervolume
+from tuner.results.front import hypervolume
 
 CHECKPOINTS = (10, 25, 50, 100, 200, 400)
 

@@ -204,12 +204,25 @@ class StudyMeta:
     def maximize(self) -> bool:
         return self.direction == "maximize"
 
+    def score(self, metric: float) -> float:
+        """``metric`` with higher better, whichever way the task's metric points."""
+        return metric if self.maximize else -metric
+
+    def drop(self, metric: float) -> float | None:
+        """How much worse than the fp32 baseline ``metric`` is (negative: better); None before the baseline."""
+        return None if self.baseline_metric is None else metric_drop(self.baseline_metric, metric, self.maximize)
+
     def metric_threshold(self) -> float | None:
         """The lowest (maximized) or highest (minimized) metric the constraint allows, or None."""
         if self.max_metric_drop is None or self.baseline_metric is None:
             return None
         return self.baseline_metric - self.max_metric_drop if self.maximize else \
             self.baseline_metric + self.max_metric_drop
+
+
+def metric_drop(baseline: float, metric: float, maximize: bool) -> float:
+    """How much worse than ``baseline`` ``metric`` is (negative: better), whichever way the metric points."""
+    return (baseline - metric) if maximize else (metric - baseline)
 
 
 UNIFORM = "uniform "  # a reference label: "fp32", or "uniform <kind>" for a uniform-precision model

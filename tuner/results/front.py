@@ -1,9 +1,10 @@
-"""The Pareto front as plain rows (computed once), then rendered: terminal table, CSV, plot."""
+"""The Pareto front as typed rows (computed once), then rendered: terminal table, CSV; and its hypervolume."""
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,90 +13,83 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.core.records import StudyMeta, TrialMeta
 
-COLUMNS = ("trial", "metric", "latency_ms", "latency_p90_ms", "speedup", "size_mb", "summary", "key")
+
+@dataclass(frozen=True)
+class FrontRow:
+    """One completed trial as the front, the references, `tuner front` and `tuner pick` show it."""
+
+    trial: int
+    metric: float  # the task's metric (its name is the study's `metric_name`)
+    latency_ms: float
+    latency_p90_ms: float | None = None
+    speedup: float | None = None  # over the fp32 baseline's latency
+    size_mb: float | None = None
+    macs_ratio: float | None = None
+    extra_metrics: Mapping[str, float] = field(default_factory=dict)
+    reference: str = ""  # the reference label ("fp32", "uniform int8", ...), or ""
+    summary: str = ""
+    key: str = ""
+    mlflow_run_id: str | None = None
+
+    def score(self, maximize: bool) -> float:
+        """The metric with higher better, whichever way it points."""
+        return self.metric if maximize else -self.metric
+
+    def csv_fields(self, metric_name: str) -> dict[str, Any]:
+        """The row as CSV columns: the metric's column is named after it, extra metrics beside it."""
+        return {"trial": self.trial, metric_name: self.metric, **self.extra_metrics, "latency_ms": self.latency_ms,
+                "latency_p90_ms": self.latency_p90_ms, "speedup": self.speedup, "macs_ratio": self.macs_ratio,
+                "size_mb": self.size_mb, "reference": self.reference, "summary": self.summary, "key": self.key,
+                "mlflow_run_id": self.mlflow_run_id}
 
 
-def trial_row(trial: FrozenTrial, metric_name: str, baseline_latency: float | None) -> dict[str, Any]:
-    """One completed trial as a table row (the metric's column is named after it)."""
+def trial_row(trial: FrozenTrial, baseline_latency: float | None) -> FrontRow:
+    """One completed trial as a table row."""
     meta = TrialMeta.of(trial)
     latency = trial.values[1]
-    return {
-        "trial": trial.number,
-        metric_name: trial.values[0],
-        "latency_ms": latency,
-        "latency_p90_ms": meta.latency_p90_ms,
-        "speedup": (baseline_latency / latency) if baseline_latency else None,
-        "size_mb": meta.size_mb,
-        "macs_ratio": meta.model_stats.get("macs_ratio"),
-        **meta.extra_metrics,
-        "reference": meta.reference,
-        "summary": meta.summary,
-        "key": meta.key,
-        "mlflow_run_id": meta.mlflow_run_id,
-    }
+    return FrontRow(trial.number, trial.values[0], latency, meta.latency_p90_ms,
+                    (baseline_latency / latency) if baseline_latency else None, meta.size_mb,
+                    meta.model_stats.get("macs_ratio"), dict(meta.extra_metrics), meta.reference, meta.summary,
+                    meta.key, meta.mlflow_run_id)
 
 
-def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
+def front_rows(study: optuna.Study) -> list[FrontRow]:
     """Feasible Pareto-optimal trials, fastest first (Optuna computes the front and the constraints)."""
-    meta = StudyMeta.load(study)
-    rows = [trial_row(t, meta.metric_name, meta.baseline_latency_ms) for t in study.best_trials]
-    return sorted(rows, key=lambda r: r["latency_ms"])
+    baseline = StudyMeta.load(study).baseline_latency_ms
+    return sorted((trial_row(t, baseline) for t in study.best_trials), key=lambda r: r.latency_ms)
 
 
-def completed_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    meta = StudyMeta.load(study)
-    return [trial_row(t, meta.metric_name, meta.baseline_latency_ms)
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+def completed_rows(study: optuna.Study) -> list[FrontRow]:
+    baseline = StudyMeta.load(study).baseline_latency_ms
+    return [trial_row(t, baseline) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
 
 
-def format_table(rows: Sequence[dict[str, Any]], metric_name: str) -> str:
+def format_table(rows: Sequence[FrontRow], metric_name: str) -> str:
     header = f"{'trial':>5}  {metric_name:>10}  {'latency_ms':>10}  {'p90_ms':>8}  {'speedup':>7}  {'size_mb':>7}  choices"
     lines = [header, "-" * len(header)]
     for r in rows:
-        speedup = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
-        lines.append(f"{r['trial']:>5}  {r[metric_name]:>10.4f}  {r['latency_ms']:>10.3f}  "
-                     f"{(r['latency_p90_ms'] or 0):>8.3f}  {speedup:>7}  {(r['size_mb'] or 0):>7.3f}  {r['summary']}")
+        speedup = f"{r.speedup:.2f}x" if r.speedup else "-"
+        lines.append(f"{r.trial:>5}  {r.metric:>10.4f}  {r.latency_ms:>10.3f}  "
+                     f"{(r.latency_p90_ms or 0):>8.3f}  {speedup:>7}  {(r.size_mb or 0):>7.3f}  {r.summary}")
     return "\n".join(lines)
 
 
-_BASE_FIELDS = {"trial", "latency_ms", "latency_p90_ms", "speedup", "size_mb", "macs_ratio", "reference", "summary",
-                "key", "mlflow_run_id"}
-
-
-def write_csv(rows: Sequence[dict[str, Any]], path: str | Path, metric_name: str) -> None:
-    extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in _BASE_FIELDS and k != metric_name]
+def write_csv(rows: Sequence[FrontRow], path: str | Path, metric_name: str) -> None:
+    extra = list(dict.fromkeys(k for r in rows for k in r.extra_metrics))
     fields = ["trial", metric_name, *extra, "latency_ms", "latency_p90_ms", "speedup", "macs_ratio", "size_mb",
               "reference", "summary", "key", "mlflow_run_id"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(r.csv_fields(metric_name) for r in rows)
 
 
-def plot_front(all_rows: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]], metric_name: str,
-               path: str | Path, references: dict[str, dict[str, Any]] | None = None,
-               threshold: float | None = None) -> None:
-    """Scatter of every completed trial, the front as a step line, labelled references, the feasibility line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ax.scatter([r["latency_ms"] for r in all_rows], [r[metric_name] for r in all_rows], s=14, color="#9aa5b1",
-               label="trials")
-    ax.step([r["latency_ms"] for r in front], [r[metric_name] for r in front], where="post", color="#d9480f")
-    ax.scatter([r["latency_ms"] for r in front], [r[metric_name] for r in front], s=30, color="#d9480f",
-               label="Pareto front", zorder=3)
-    for label, row in (references or {}).items():
-        ax.scatter([row["latency_ms"]], [row[metric_name]], marker="x", s=60, color="black", zorder=4)
-        ax.annotate(label, (row["latency_ms"], row[metric_name]), textcoords="offset points", xytext=(5, -12))
-    if threshold is not None:
-        ax.axhline(threshold, color="#d9480f", linestyle=":", linewidth=1, label="metric constraint")
-    ax.set_xlabel("latency (ms, median, ONNX Runtime CPU)")
-    ax.set_ylabel(metric_name)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def hypervolume(points: Sequence[tuple[float, float]], reference: tuple[float, float]) -> float:
+    """Area dominated by ``points`` (both coordinates minimized) up to ``reference``, in 2-D."""
+    inside = sorted((a, b) for a, b in points if a < reference[0] and b < reference[1])
+    area, best_b = 0.0, reference[1]
+    for i, (a, b) in enumerate(inside):
+        best_b = min(best_b, b)
+        next_a = inside[i + 1][0] if i + 1 < len(inside) else reference[0]
+        area += (next_a - a) * (reference[1] - best_b)
+    return area

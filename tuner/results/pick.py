@@ -7,7 +7,6 @@ import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import optuna
@@ -15,11 +14,12 @@ import optuna
 from tuner.core.errors import PickError
 from tuner.core.records import ArtifactRecord, StudyMeta, TrialMeta
 from tuner.core.vocab import ORT_LEVELS
+from tuner.results.front import FrontRow
 
 
-def choose(front: list[dict[str, Any]], metric_name: str, maximize: bool, min_metric: float | None = None,
+def choose(front: list[FrontRow], metric_name: str, maximize: bool, min_metric: float | None = None,
            max_latency_ms: float | None = None, max_size_mb: float | None = None, knee: bool = False
-           ) -> dict[str, Any]:
+           ) -> FrontRow:
     """Pick one front member.
 
     Constraints (``min_metric``, ``max_latency_ms``, ``max_size_mb``) filter; then, with a latency budget the
@@ -31,13 +31,14 @@ def choose(front: list[dict[str, Any]], metric_name: str, maximize: bool, min_me
     if not front:
         raise PickError("the study has no feasible Pareto front yet.")
     ok = list(front)
-    better = (lambda r: r[metric_name]) if maximize else (lambda r: -r[metric_name])
+    def better(r: FrontRow) -> float:
+        return r.score(maximize)
     if min_metric is not None:
-        ok = [r for r in ok if (r[metric_name] >= min_metric if maximize else r[metric_name] <= min_metric)]
+        ok = [r for r in ok if better(r) >= (min_metric if maximize else -min_metric)]
         if not ok:
             best = max(front, key=better)
             raise PickError(f"no front member has {metric_name} {'>=' if maximize else '<='} {min_metric}; "
-                            f"the best is {best[metric_name]:.4f} (trial {best['trial']}).")
+                            f"the best is {best.metric:.4f} (trial {best.trial}).")
     others = " meeting the other constraints" if len(ok) < len(front) else ""
     if max_size_mb is not None:
         ok = _at_most(ok, "size_mb", max_size_mb, f"no front member{others} is at most {max_size_mb} MB; "
@@ -50,26 +51,27 @@ def choose(front: list[dict[str, Any]], metric_name: str, maximize: bool, min_me
         return knee_point(ok, metric_name, maximize)
     if max_latency_ms is not None:
         return max(ok, key=better)
-    return min(ok, key=lambda r: r["latency_ms"])
+    return min(ok, key=lambda r: r.latency_ms)
 
 
-def _at_most(rows: list[dict[str, Any]], key: str, limit: float, message: str) -> list[dict[str, Any]]:
-    """Rows with ``key`` <= ``limit``; none is a PickError naming the closest row (``message`` template)."""
-    kept = [r for r in rows if r[key] is not None and r[key] <= limit]
+def _at_most(rows: list[FrontRow], key: str, limit: float, message: str) -> list[FrontRow]:
+    """Rows whose field ``key`` is <= ``limit``; none is a PickError naming the closest row (``message``
+    template)."""
+    kept = [r for r in rows if getattr(r, key) is not None and getattr(r, key) <= limit]
     if not kept:
-        closest = min((r for r in rows if r[key] is not None), key=lambda r: r[key])
-        raise PickError(message.format(value=closest[key], trial=closest["trial"]))
+        closest = min((r for r in rows if getattr(r, key) is not None), key=lambda r: getattr(r, key))
+        raise PickError(message.format(value=getattr(closest, key), trial=closest.trial))
     return kept
 
 
-def knee_point(rows: list[dict[str, Any]], metric_name: str, maximize: bool) -> dict[str, Any]:
+def knee_point(rows: list[FrontRow], metric_name: str, maximize: bool) -> FrontRow:
     """The member farthest from the straight line between the fastest and the best-scoring member, with both
     axes scaled to [0, 1]; with one or two members, the fastest."""
-    rows = sorted(rows, key=lambda r: r["latency_ms"])
+    rows = sorted(rows, key=lambda r: r.latency_ms)
     if len(rows) < 3:
         return rows[0]
-    lat = np.array([r["latency_ms"] for r in rows], dtype=float)
-    met = np.array([r[metric_name] for r in rows], dtype=float) * (1 if maximize else -1)
+    lat = np.array([r.latency_ms for r in rows], dtype=float)
+    met = np.array([r.score(maximize) for r in rows], dtype=float)
     x = (lat - lat.min()) / (np.ptp(lat) or 1.0)
     y = (met - met.min()) / (np.ptp(met) or 1.0)
     (x0, y0), (x1, y1) = (x[0], y[0]), (x[-1], y[-1])
@@ -77,7 +79,7 @@ def knee_point(rows: list[dict[str, Any]], metric_name: str, maximize: bool) -> 
     return rows[int(np.argmax(distance))]
 
 
-def export_pick(study: optuna.Study, row: dict[str, Any], out_dir: str | Path, tracking_uri: str | None,
+def export_pick(study: optuna.Study, row: FrontRow, out_dir: str | Path, tracking_uri: str | None,
                 register_as: str | None, alias: str | None = None) -> ArtifactRecord:
     """Download the member's ``model.onnx`` from its MLflow trial run; write ``candidate.json`` and
     ``MODEL_CARD.md``; optionally register it (with metrics, candidate and card) and set an alias."""
@@ -89,21 +91,21 @@ def export_pick(study: optuna.Study, row: dict[str, Any], out_dir: str | Path, t
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=tracking_uri)
-    run_id = row["mlflow_run_id"]
+    run_id = row.mlflow_run_id
     local = client.download_artifacts(run_id, "model.onnx", str(out_dir / ".download"))
     shutil.move(local, out_dir / "model.onnx")
     shutil.rmtree(out_dir / ".download", ignore_errors=True)
-    trial = study.trials[row["trial"]]
+    trial = study.trials[row.trial]
     meta, trial_meta = StudyMeta.load(study), TrialMeta.of(trial)
     metric_name = meta.metric_name
     model = onnx.load(str(out_dir / "model.onnx"))
     props = {p.key: p.value for p in model.metadata_props}
     runtime = json.loads(props.get("tuner.runtime", json.dumps({"opt_level": props.get("tuner.opt_level")})))
     record = ArtifactRecord(
-        json.loads(props["tuner.candidate"]), key=row["key"], study=study.study_name, trial=row["trial"],
-        mlflow_run_id=run_id, artifact_sha256=trial_meta.artifact_sha256, summary=row["summary"],
-        metrics={metric_name: row[metric_name], "latency_ms": row["latency_ms"],
-                 "latency_p90_ms": row["latency_p90_ms"], "size_mb": row["size_mb"], "speedup": row["speedup"],
+        json.loads(props["tuner.candidate"]), key=row.key, study=study.study_name, trial=row.trial,
+        mlflow_run_id=run_id, artifact_sha256=trial_meta.artifact_sha256, summary=row.summary,
+        metrics={metric_name: row.metric, "latency_ms": row.latency_ms,
+                 "latency_p90_ms": row.latency_p90_ms, "size_mb": row.size_mb, "speedup": row.speedup,
                  **trial_meta.extra_metrics},
         baseline={metric_name: meta.baseline_metric, "latency_ms": meta.baseline_latency_ms},
         runtime={**runtime, "provider": "CPUExecutionProvider"}, environment=trial_meta.environment,
@@ -122,9 +124,9 @@ def export_pick(study: optuna.Study, row: dict[str, Any], out_dir: str | Path, t
                 model, name="model", registered_model_name=register_as, onnx_session_options=session_options,
                 onnx_execution_providers=["CPUExecutionProvider"], save_as_external_data=False,
                 extra_files=[str(out_dir / "candidate.json"), str(out_dir / "MODEL_CARD.md")],
-                metadata={"tuner_summary": row["summary"], "tuner_runtime": runtime})
+                metadata={"tuner_summary": row.summary, "tuner_runtime": runtime})
         version = info.registered_model_version
-        tags = {"tuner.study": study.study_name, "tuner.trial": str(row["trial"]), "tuner.summary": row["summary"],
+        tags = {"tuner.study": study.study_name, "tuner.trial": str(row.trial), "tuner.summary": row.summary,
                 "tuner.artifact_sha256": record.artifact_sha256 or ""}
         tags.update({f"metric.{k}": f"{v:.6g}" for k, v in record.metrics.items() if isinstance(v, (int, float))})
         for key, value in tags.items():

@@ -1,6 +1,6 @@
 """Front plots from plain rows: an interactive Pareto plot (HTML, self-contained) and a per-layer chart.
 
-The data is computed once (`pareto.front_rows`, `layer_rows`), then rendered; nothing here reads a study.
+The data is computed once (`front.front_rows`, `layer_rows`), then rendered; nothing here reads a study.
 """
 
 from __future__ import annotations
@@ -10,30 +10,20 @@ from pathlib import Path
 from typing import Any
 
 from tuner.core.precision import KINDS, family
+from tuner.results.front import FrontRow
 
 UNKNOWN_COLOR = "#ced4da"
 
 
-def hypervolume(points: Sequence[tuple[float, float]], reference: tuple[float, float]) -> float:
-    """Area dominated by ``points`` (both coordinates minimized) up to ``reference``, in 2-D."""
-    inside = sorted((a, b) for a, b in points if a < reference[0] and b < reference[1])
-    area, best_b = 0.0, reference[1]
-    for i, (a, b) in enumerate(inside):
-        best_b = min(best_b, b)
-        next_a = inside[i + 1][0] if i + 1 < len(inside) else reference[0]
-        area += (next_a - a) * (reference[1] - best_b)
-    return area
-
-
-def layer_rows(front: Sequence[dict[str, Any]], params_of: dict[int, dict[str, Any]]) -> dict[str, Any]:
+def layer_rows(front: Sequence[FrontRow], params_of: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Per front member, the searched choice of every layer (precision) and pruning group (ratio)."""
     layers = list(dict.fromkeys(k[len("precision."):] for p in params_of.values() for k in p
                                 if k.startswith("precision.")))
     groups = list(dict.fromkeys(k[len("prune."):] for p in params_of.values() for k in p if k.startswith("prune.")))
     members = []
     for row in front:
-        params = params_of[row["trial"]]
-        members.append({"trial": row["trial"], "latency_ms": row["latency_ms"], "label": row["summary"],
+        params = params_of[row.trial]
+        members.append({"trial": row.trial, "latency_ms": row.latency_ms, "label": row.summary,
                         "precision": {layer: params.get(f"precision.{layer}") for layer in layers},
                         "prune": {group: params.get(f"prune.{group}", 0.0) for group in groups}})
     return {"layers": layers, "groups": groups, "members": members}
@@ -85,28 +75,28 @@ def plot_layers(data: dict[str, Any], metric_name: str, metric_of: dict[int, flo
     plt.close(fig)
 
 
-def plot_front_html(all_rows: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]], metric_name: str,
-                    path: str | Path, references: dict[str, dict[str, Any]] | None = None,
+def plot_front_html(all_rows: Sequence[FrontRow], front: Sequence[FrontRow], metric_name: str,
+                    path: str | Path, references: dict[str, FrontRow] | None = None,
                     threshold: float | None = None) -> None:
     """Interactive Pareto plot; hovering a point shows its trial, metrics and a summary of its choices.
     Self-contained (plotly.js inlined), so it renders in the MLflow UI's artifact view without a network."""
     import plotly.graph_objects as go
 
     def hover(rows):
-        return [f"trial {r['trial']}<br>{metric_name} {r[metric_name]:.4f}<br>latency {r['latency_ms']:.3f} ms"
-                f" (p90 {(r.get('latency_p90_ms') or 0):.3f})<br>size {(r.get('size_mb') or 0):.3f} MB"
-                f"<br>{r.get('summary', '')}" for r in rows]
+        return [f"trial {r.trial}<br>{metric_name} {r.metric:.4f}<br>latency {r.latency_ms:.3f} ms"
+                f" (p90 {(r.latency_p90_ms or 0):.3f})<br>size {(r.size_mb or 0):.3f} MB"
+                f"<br>{r.summary}" for r in rows]
 
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[r["latency_ms"] for r in all_rows], y=[r[metric_name] for r in all_rows],
+    fig.add_trace(go.Scatter(x=[r.latency_ms for r in all_rows], y=[r.metric for r in all_rows],
                              mode="markers", name="trials", marker={"color": "#9aa5b1", "size": 7},
                              text=hover(all_rows), hoverinfo="text"))
-    fig.add_trace(go.Scatter(x=[r["latency_ms"] for r in front], y=[r[metric_name] for r in front],
+    fig.add_trace(go.Scatter(x=[r.latency_ms for r in front], y=[r.metric for r in front],
                              mode="lines+markers", line={"shape": "hv", "color": "#d9480f"}, name="Pareto front",
                              marker={"size": 10, "color": "#d9480f"}, text=hover(front), hoverinfo="text"))
     refs = list((references or {}).items())
     if refs:
-        fig.add_trace(go.Scatter(x=[r["latency_ms"] for _, r in refs], y=[r[metric_name] for _, r in refs],
+        fig.add_trace(go.Scatter(x=[r.latency_ms for _, r in refs], y=[r.metric for _, r in refs],
                                  mode="markers+text", name="references", text=[label for label, _ in refs],
                                  textposition="bottom right", hovertext=hover([r for _, r in refs]),
                                  hoverinfo="text", marker={"symbol": "x", "size": 11, "color": "black"}))
@@ -115,3 +105,32 @@ def plot_front_html(all_rows: Sequence[dict[str, Any]], front: Sequence[dict[str
     fig.update_layout(xaxis_title="latency (ms, median, ONNX Runtime CPU)", yaxis_title=metric_name,
                       template="plotly_white", hovermode="closest", height=520)
     fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+
+
+def plot_front(all_rows: Sequence[FrontRow], front: Sequence[FrontRow], metric_name: str,
+               path: str | Path, references: dict[str, FrontRow] | None = None,
+               threshold: float | None = None) -> None:
+    """Scatter of every completed trial, the front as a step line, labelled references, the feasibility line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ax.scatter([r.latency_ms for r in all_rows], [r.metric for r in all_rows], s=14, color="#9aa5b1",
+               label="trials")
+    ax.step([r.latency_ms for r in front], [r.metric for r in front], where="post", color="#d9480f")
+    ax.scatter([r.latency_ms for r in front], [r.metric for r in front], s=30, color="#d9480f",
+               label="Pareto front", zorder=3)
+    for label, row in (references or {}).items():
+        ax.scatter([row.latency_ms], [row.metric], marker="x", s=60, color="black", zorder=4)
+        ax.annotate(label, (row.latency_ms, row.metric), textcoords="offset points", xytext=(5, -12))
+    if threshold is not None:
+        ax.axhline(threshold, color="#d9480f", linestyle=":", linewidth=1, label="metric constraint")
+    ax.set_xlabel("latency (ms, median, ONNX Runtime CPU)")
+    ax.set_ylabel(metric_name)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

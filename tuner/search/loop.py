@@ -57,7 +57,7 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, meta: St
     trial FAIL (it is queued again)."""
     drop = None
     if result.completed:
-        drop = (meta.baseline_metric - result.metric) if meta.maximize else (result.metric - meta.baseline_metric)
+        drop = meta.drop(result.metric)
         if meta.max_metric_drop is not None:  # <= 0 is feasible
             trial.set_constraint(METRIC_CONSTRAINT, drop - meta.max_metric_drop)
     for key, value in TrialMeta.attrs_of(result, drop).items():

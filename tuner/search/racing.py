@@ -70,7 +70,8 @@ class FrontRace:
         """The front member this result might displace on the strength of its latency alone, if the call is
         within the noise floor; the closest in latency."""
         threshold = meta.metric_threshold()
-        better = (lambda a, b: a >= b) if meta.maximize else (lambda a, b: a <= b)
+        def better(a: float, b: float) -> bool:
+            return meta.score(a) >= meta.score(b)
         if threshold is not None and not better(result.metric, threshold):
             return None  # infeasible: it cannot enter the front anyway
         close = [t for t in study.best_trials

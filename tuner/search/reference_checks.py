@@ -30,9 +30,7 @@ def per_channel_warning(metrics: dict[str, float], meta: StudyMeta, offered: set
     (by more than the constraint, or 0.01 without one); ``metrics``: reference label -> metric."""
     if PER_CHANNEL not in metrics or PER_TENSOR not in metrics:
         return None
-    sign = 1 if meta.maximize else -1
-    drop_pc = sign * (meta.baseline_metric - metrics[PER_CHANNEL])
-    drop_pt = sign * (meta.baseline_metric - metrics[PER_TENSOR])
+    drop_pc, drop_pt = meta.drop(metrics[PER_CHANNEL]), meta.drop(metrics[PER_TENSOR])
     if drop_pc - drop_pt <= (meta.max_metric_drop or 0.01):
         return None
     advice = (f"{INT8_DYNAMIC_PER_CHANNEL_7BIT} (7-bit per-channel weights) is in the space"

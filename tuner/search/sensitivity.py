@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tuner.core.candidate import Candidate
 from tuner.core.precision import FP32
-from tuner.core.records import Fidelity
+from tuner.core.records import Fidelity, metric_drop
 from tuner.core.stop import StopRequest, StudyStopped
 from tuner.executors.base import Executor
 from tuner.space import SearchSpace
@@ -184,7 +184,7 @@ def _evaluate(executor: Executor, todo: Sequence[Probe], fidelity: Fidelity, bas
             if result.completed:
                 base = baseline_metric if reference_metric is None else reference_metric.get(probe.choice,
                                                                                           baseline_metric)
-                drop = (base - result.metric) if maximize else (result.metric - base)
+                drop = metric_drop(base, result.metric, maximize)
                 if reference_metric is not None:
                     drop = -drop
                 row = SensitivityRow(probe.kind, probe.group, probe.choice, probe.layers, result.metric, drop,

@@ -27,6 +27,7 @@ from tuner.executors.base import Executor
 from tuner.executors.factory import ExecutorFactory, executor_factory
 from tuner.experiment import Experiment
 from tuner.measure.memory import peak_rss_mb
+from tuner.results.front import FrontRow
 from tuner.results.live_front import finish_front, publish_front
 from tuner.results.retention import ArtifactRetention, DiskUse
 from tuner.results.tracking import MlflowRecorder
@@ -68,14 +69,14 @@ class StudyResult:
     name: str
     metric_name: str
     run_dir: Path
-    front: list[dict[str, Any]]
+    front: list[FrontRow]
     n_complete: int
     n_failed: int
     wall_s: float
     baseline: dict[str, float]
     tracking_uri: str
     timings: list[dict[str, float]] = field(default_factory=list)
-    references: list[dict[str, Any]] = field(default_factory=list)  # fp32 and uniform-precision trials
+    references: list[FrontRow] = field(default_factory=list)  # fp32 and uniform-precision trials
     live_front_s: list[float] = field(default_factory=list)  # seconds spent on each live-front refresh
     latency_check: dict[str, Any] = field(default_factory=dict)  # the front re-timed with no build running
     failures: dict[str, int] = field(default_factory=dict)  # failed trials per reason, most frequent first
