@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,21 +71,48 @@ class Executor(abc.ABC):
         self.close()
 
 
+# A job for the executor: the token its result comes back under, the candidate, how far to evaluate it.
+Job = tuple[Hashable, Candidate, Fidelity]
+
+
+def submit_and_poll(executor: Executor, next_job: Callable[[], Job | None], stop: Any = None, grace: bool = False
+                    ) -> Iterator[tuple[Hashable, TrialResult]]:
+    """The one loop that feeds an executor: submit ``next_job()`` while workers are free (until it returns None),
+    yield ``(token, result)`` as each evaluation finishes, end when no job is left and none is in flight.
+
+    ``stop`` (a `tuner.core.stop.StopRequest`): once one is requested, nothing more is submitted and
+    StudyStopped is raised, at once or, with ``grace``, once what is in flight finished or the grace expired.
+    """
+    from tuner.core.stop import StudyStopped
+
+    in_flight, exhausted = 0, False
+    while True:
+        stopping = stop is not None and stop.requested
+        if stopping and (not grace or not in_flight or stop.expired()):
+            finished = max(stop.in_flight_at_stop - in_flight, 0) if grace else 0
+            raise StudyStopped(stop.signal_name, finished, in_flight)
+        while not stopping and not exhausted and executor.idle:
+            job = next_job()
+            if job is None:
+                exhausted = True
+            else:
+                executor.submit(*job)
+                in_flight += 1
+        if stop is not None:
+            stop.in_flight = in_flight
+        if exhausted and not in_flight:
+            return
+        for token, result in executor.results(timeout=1.0):
+            in_flight -= 1
+            if stop is not None:
+                stop.in_flight = in_flight
+            yield token, result
+
+
 def evaluate_all(executor: Executor, jobs: Mapping[Hashable, Candidate], fidelity: Fidelity = FULL,
                  stop: Any = None) -> Iterator[tuple[Hashable, TrialResult]]:
     """Evaluate every candidate of ``jobs`` (token -> candidate), submitting as workers come free; yields
-    ``(token, result)`` as each finishes. ``stop`` (a `tuner.stop.StopRequest`): raise StudyStopped once
-    one is requested, leaving what has not finished."""
-    from tuner.core.stop import StudyStopped
-
-    queue, in_flight = list(jobs.items()), 0
-    while queue or in_flight:
-        if stop is not None and stop.requested:
-            raise StudyStopped(stop.signal_name, 0, in_flight)
-        while queue and executor.idle:
-            token, candidate = queue.pop(0)
-            executor.submit(token, candidate, fidelity)
-            in_flight += 1
-        for token, result in executor.results(timeout=1.0):
-            in_flight -= 1
-            yield token, result
+    ``(token, result)`` as each finishes. ``stop``: raise StudyStopped once one is requested, leaving what has
+    not finished."""
+    queue = list(jobs.items())
+    return submit_and_poll(executor, lambda: (*queue.pop(0), fidelity) if queue else None, stop)

@@ -17,8 +17,8 @@ from tuner.core.errors import StudyError
 from tuner.core.precision import FP32
 from tuner.core.records import FULL, Fidelity, TrialResult, reference_kind
 from tuner.core.stop import StopRequest
-from tuner.evaluate import Evaluator
 from tuner.executors.base import Executor, evaluate_all
+from tuner.executors.inprocess import InProcessExecutor
 from tuner.experiment import Experiment
 from tuner.space import SearchSpace, SpaceFile
 from tuner.task import Task
@@ -54,20 +54,12 @@ class KindTiming:
                 + ("" if self.kept else ", left out: not faster"))
 
 
-def time_uniform_kinds(space: SearchSpace, evaluator: Evaluator, scored: bool = False,
-                       log: Callable[[str], None] = print) -> list[KindTiming]:
-    """Build and time (in this process) fp32 and each kind's uniform model, and score them with ``scored``."""
-    results = {}
-    for label, params in space.references():
-        log(f"measuring {label} ...")
-        results[label] = evaluator.evaluate(space.decode(params), FULL if scored else UNSCORED)
-    return kind_timings(results)
-
-
-def time_uniform_kinds_on(executor: Executor, space: SearchSpace, stop: StopRequest) -> list[KindTiming]:
-    """The same on a study's executor: built by its workers, timed by its meter (on the latency resource)."""
+def time_uniform_kinds(executor: Executor, space: SearchSpace, stop: StopRequest | None = None,
+                       scored: bool = False) -> list[KindTiming]:
+    """fp32 and each kind's uniform model, built and timed (and scored, with ``scored``) on ``executor``: a
+    study's workers and meter (on the latency resource), or this process."""
     references = {label: space.decode(params) for label, params in space.references()}
-    results = dict(evaluate_all(executor, references, UNSCORED, stop))
+    results = dict(evaluate_all(executor, references, FULL if scored else UNSCORED, stop))
     return kind_timings({label: results[label] for label in references})
 
 
@@ -98,8 +90,9 @@ def keep_fast_kinds(space: SearchSpace, task: Task, experiment: Experiment, log:
     """The space file without the choices whose uniform model is not faster than the fp32 one here (or fails),
     and one line per uniform model saying what was measured (`tuner space --measure`; built in a temporary
     folder)."""
-    with tempfile.TemporaryDirectory(prefix="tuner-space-") as tmp:
-        evaluator = Evaluator(experiment.task_ref(), experiment.eval_settings(), Path(tmp), task=task)
-        timings = time_uniform_kinds(space, evaluator, scored, log)
+    log(f"measuring {len(space.references())} uniform models (fp32 and one per kind) ...")
+    with tempfile.TemporaryDirectory(prefix="tuner-space-") as tmp, \
+            InProcessExecutor(experiment.task_ref(), experiment.eval_settings(), Path(tmp), task=task) as executor:
+        timings = time_uniform_kinds(executor, space, scored=scored)
     lines = [t.line(task.evaluation.metric_name) for t in timings]
     return keep_fast(space.file, timings), lines

@@ -20,8 +20,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.core.records import FULL, Fidelity, StudyMeta, TrialMeta, TrialResult
-from tuner.core.stop import StopRequest, StudyStopped
-from tuner.executors.base import Executor
+from tuner.core.stop import StopRequest
+from tuner.executors.base import Executor, Job, submit_and_poll
 from tuner.search.samplers import METRIC_CONSTRAINT
 from tuner.space import SearchSpace
 
@@ -118,33 +118,31 @@ class StudyLoop:
         meta = StudyMeta.load(self.study)
         done = n_finished(self.study)
         in_flight: dict[int, optuna.Trial] = {}
+
+        def next_job() -> Job | None:
+            if done + len(in_flight) >= budget:
+                return None
+            trial = self.study.ask(fixed_distributions=dists)
+            candidate = self.space.decode(trial.params)
+            trial.set_user_attr("summary", candidate.summary())
+            in_flight[trial.number] = trial
+            return trial.number, candidate, self.fidelity(trial)
+
         try:
-            while done < budget or in_flight:
-                if self.stop.requested and (not in_flight or self.stop.expired()):
-                    raise StudyStopped(self.stop.signal_name, max(self.stop.in_flight_at_stop - len(in_flight), 0),
-                                       len(in_flight))
-                while self.executor.idle and done + len(in_flight) < budget and not self.stop.requested:
-                    trial = self.study.ask(fixed_distributions=dists)
-                    candidate = self.space.decode(trial.params)
-                    trial.set_user_attr("summary", candidate.summary())
-                    in_flight[trial.number] = trial
-                    self.executor.submit(trial.number, candidate, self.fidelity(trial))
-                self.stop.in_flight = len(in_flight)
-                for number, result in self.executor.results(timeout=1.0):
-                    received = time.perf_counter()
-                    for refine in self.refiners:
-                        result = refine(self.study, in_flight[number], result)
-                    with self.stop.shielded():
-                        trial = in_flight.pop(number)
-                        self.stop.in_flight = len(in_flight)
-                        for record in self.recorders:
-                            record(trial, result)
-                        tell(self.study, trial, result, meta)
-                    done += 1
-                    finished = FinishedTrial(self.study.get_trials(deepcopy=False)[number], result, received, done,
-                                             self.budget, len(in_flight))
-                    for callback in self.callbacks:
-                        callback(self.study, finished)
+            for number, result in submit_and_poll(self.executor, next_job, self.stop, grace=True):
+                received = time.perf_counter()
+                for refine in self.refiners:
+                    result = refine(self.study, in_flight[number], result)
+                with self.stop.shielded():
+                    trial = in_flight.pop(number)
+                    for record in self.recorders:
+                        record(trial, result)
+                    tell(self.study, trial, result, meta)
+                done += 1
+                finished = FinishedTrial(self.study.get_trials(deepcopy=False)[number], result, received, done,
+                                         self.budget, len(in_flight))
+                for callback in self.callbacks:
+                    callback(self.study, finished)
         finally:
             for trial in in_flight.values():  # stopped early: leave nothing RUNNING, run them again next time
                 trial.set_user_attr("fail_reason", "interrupted: the study stopped")

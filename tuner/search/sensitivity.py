@@ -26,8 +26,8 @@ from pathlib import Path
 from tuner.core.candidate import Candidate
 from tuner.core.precision import FP32
 from tuner.core.records import Fidelity, metric_drop
-from tuner.core.stop import StopRequest, StudyStopped
-from tuner.executors.base import Executor
+from tuner.core.stop import StopRequest
+from tuner.executors.base import Executor, Job, submit_and_poll
 from tuner.space import SearchSpace
 
 MODES = ("one_in", "one_out")
@@ -169,33 +169,35 @@ def _evaluate(executor: Executor, todo: Sequence[Probe], fidelity: Fidelity, bas
               maximize: bool, reference_metric: Mapping[str, float] | None, stop: StopRequest | None,
               progress: Callable[[int, int, float], None]) -> Iterator[SensitivityRow]:
     """The probes' rows, as the executor finishes them; ``progress(finished, of, seconds)`` every 10 and at the end."""
-    queue, in_flight, started, finished = list(todo), {}, time.perf_counter(), 0
-    while queue or in_flight:
-        if stop is not None and stop.requested:  # what finished is in the cache; the rest runs next time
-            raise StudyStopped(stop.signal_name, 0, len(in_flight))
-        while queue and executor.idle:
-            probe = queue.pop(0)
-            in_flight[probe.id] = (probe, time.perf_counter())
-            executor.submit(probe.id, probe.candidate, fidelity)
-        for token, result in executor.results(timeout=1.0):
-            probe, submitted = in_flight.pop(token)
-            seconds = time.perf_counter() - submitted
-            whole_set = result.scored_samples is None
-            if result.completed:
-                base = baseline_metric if reference_metric is None else reference_metric.get(probe.choice,
-                                                                                          baseline_metric)
-                drop = metric_drop(base, result.metric, maximize)
-                if reference_metric is not None:
-                    drop = -drop
-                row = SensitivityRow(probe.kind, probe.group, probe.choice, probe.layers, result.metric, drop,
-                                     result.metric_stderr, seconds, whole_set=whole_set)
-            else:
-                row = SensitivityRow(probe.kind, probe.group, probe.choice, probe.layers, None, None, None,
-                                     seconds, (result.error or "failed").splitlines()[0][:300], whole_set)
-            finished += 1
-            yield row
-            if finished % 10 == 0 or not (queue or in_flight):
-                progress(finished, len(todo), time.perf_counter() - started)
+    queue, submitted, started, finished = list(todo), {}, time.perf_counter(), 0
+
+    def next_job() -> Job | None:
+        if not queue:
+            return None
+        probe = queue.pop(0)
+        submitted[probe.id] = (probe, time.perf_counter())
+        return probe.id, probe.candidate, fidelity
+
+    # a stop leaves what finished in the cache; the rest runs next time
+    for token, result in submit_and_poll(executor, next_job, stop):
+        probe, at = submitted.pop(token)
+        seconds = time.perf_counter() - at
+        whole_set = result.scored_samples is None
+        if result.completed:
+            base = baseline_metric if reference_metric is None else reference_metric.get(probe.choice,
+                                                                                      baseline_metric)
+            drop = metric_drop(base, result.metric, maximize)
+            if reference_metric is not None:
+                drop = -drop
+            row = SensitivityRow(probe.kind, probe.group, probe.choice, probe.layers, result.metric, drop,
+                                 result.metric_stderr, seconds, whole_set=whole_set)
+        else:
+            row = SensitivityRow(probe.kind, probe.group, probe.choice, probe.layers, None, None, None,
+                                 seconds, (result.error or "failed").splitlines()[0][:300], whole_set)
+        finished += 1
+        yield row
+        if finished % 10 == 0 or not (queue or submitted):
+            progress(finished, len(todo), time.perf_counter() - started)
 
 
 def read_rows(cache: Path) -> list[SensitivityRow]:
