@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from tuner.core.storage import load_finished_study
-from tuner.evaluate import latency_feeds
 from tuner.experiment import load_experiment
+from tuner.measure.latency import latency_feeds
 from tuner.measure.runtime import load_artifact
 
 

@@ -180,8 +180,7 @@ def test_a_candidate_that_cannot_build_is_a_fail_with_reason(tmp_path):
 
 
 def test_latency_is_measured_at_the_configured_batch_size(small_task, mixed_artifact):
-    from tuner.evaluate import latency_feeds
-    from tuner.measure.latency import measure_latency
+    from tuner.measure.latency import latency_feeds, measure_latency
 
     feeds = latency_feeds(small_task, ["x"], 4)
     assert feeds["x"].shape == (4, 1, 32, 32)

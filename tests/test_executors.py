@@ -77,7 +77,7 @@ class ExecutorContract:
         assert executor.idle == slots
 
     def test_retime_times_finished_artifacts_again(self, executor):
-        from tuner.evaluate import artifact_feeds
+        from tuner.measure.latency import artifact_feeds
 
         executor.submit("a", FP32)
         result = drain(executor, 1)["a"]

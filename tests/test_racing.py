@@ -10,9 +10,9 @@ import pytest
 
 from tuner.core.candidate import Candidate
 from tuner.core.records import StudyMeta
-from tuner.evaluate import artifact_feeds
 from tuner.executors import InProcessExecutor
 from tuner.experiment import EvalSettings
+from tuner.measure.latency import artifact_feeds
 from tuner.search.loop import tell
 from tuner.search.racing import FrontRace, NoiseFloor
 from tuner.taskref import TaskRef

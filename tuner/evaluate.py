@@ -19,7 +19,7 @@ import onnxruntime as ort
 import torch
 import torch_pruning as tp
 
-from tuner.build.export import export_onnx, layer_weights, map_layers
+from tuner.build.export import evict_exports, export_onnx, layer_weights, map_layers
 from tuner.build.fusion import apply_transformer_fusions
 from tuner.build.kernels import layer_kernels, mismatches
 from tuner.build.layers import quantizable_layers
@@ -34,7 +34,7 @@ from tuner.core.records import FULL, ArtifactRecord, Fidelity, LatencyStats, Tri
 from tuner.core.vocab import OPT_LEVELS
 from tuner.experiment import EvalSettings
 from tuner.measure.environment import file_sha256, fingerprint
-from tuner.measure.latency import measure_latency
+from tuner.measure.latency import artifact_feeds, measure_latency
 from tuner.measure.memory import peak_rss
 from tuner.measure.quality import (
     TorchSession,
@@ -46,23 +46,6 @@ from tuner.measure.quality import (
 from tuner.measure.runtime import RuntimeConfig, create_session, load_artifact
 from tuner.task import Task
 from tuner.taskref import TaskRef
-
-
-def latency_feeds(task: Task, input_names: list[str], batch_size: int) -> dict[str, np.ndarray]:
-    """The example inputs, repeated or cut along the batch axis to ``batch_size``."""
-    feeds = {}
-    for name, tensor in zip(input_names, task.example_inputs):
-        array = tensor.numpy()
-        reps = -(-batch_size // len(array))
-        feeds[name] = np.concatenate([array] * reps, axis=0)[:batch_size]
-    return feeds
-
-
-def artifact_feeds(task: Task, model_path: str | Path, batch_size: int) -> dict[str, np.ndarray]:
-    """The latency inputs for an artifact, by its graph's input names."""
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    weights = {t.name for t in graph.initializer}
-    return latency_feeds(task, [i.name for i in graph.input if i.name not in weights], batch_size)
 
 
 class Evaluator:
@@ -334,33 +317,6 @@ class Evaluator:
         if wrong:
             raise RuntimeError(f"ORT does not run {len(wrong)} layer(s) as asked: " + "; ".join(wrong[:5]))
         return kernels, session
-
-
-# The export cache keeps the most recently used pruned exports (one fp32 model each: 440 MB for a BERT-base-size
-# encoder). Workers of one machine share it, so an export is evicted only once no build has used it for a while.
-MAX_CACHED_EXPORTS = 4
-EXPORT_IDLE_S = 300.0
-
-
-def evict_exports(export_root: Path, keep: Path, limit: int = MAX_CACHED_EXPORTS, idle_s: float = EXPORT_IDLE_S
-                  ) -> list[Path]:
-    """Delete the least recently used exports beyond ``limit`` (``keep`` aside); returns those deleted."""
-    now = time.time()
-    entries = []
-    for folder in export_root.iterdir() if export_root.is_dir() else ():
-        if folder.name.startswith("."):  # being written
-            continue
-        try:
-            entries.append(((folder / "layers.json").stat().st_mtime, folder))
-        except FileNotFoundError:  # being written or removed by another worker
-            continue
-    entries.sort(reverse=True)
-    evicted = []
-    for used, folder in entries[limit:]:
-        if folder != keep and now - used > idle_s:
-            shutil.rmtree(folder, ignore_errors=True)
-            evicted.append(folder)
-    return evicted
 
 
 def time_artifact(model_path: str | Path, feeds: dict[str, np.ndarray], settings: EvalSettings

@@ -34,8 +34,9 @@ from tuner.build.layers import quantizable_layers
 from tuner.build.prune import prune, pruning_groups
 from tuner.build.quantize import QUANTIZED_WEIGHTS, apply_precisions
 from tuner.core.candidate import Candidate
-from tuner.evaluate import Evaluator, latency_feeds
+from tuner.evaluate import Evaluator
 from tuner.experiment import EvalSettings
+from tuner.measure.latency import latency_feeds
 from tuner.measure.quality import session_outputs
 from tuner.measure.runtime import load_artifact
 from tuner.taskref import TaskRef

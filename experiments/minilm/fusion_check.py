@@ -9,7 +9,8 @@ import time
 import numpy as np
 
 from tuner.core.candidate import Candidate
-from tuner.evaluate import EvalSettings, Evaluator, latency_feeds
+from tuner.evaluate import EvalSettings, Evaluator
+from tuner.measure.latency import latency_feeds
 from tuner.measure.runtime import load_artifact
 from tuner.taskref import TaskRef
 

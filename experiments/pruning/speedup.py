@@ -18,7 +18,8 @@ import numpy as np
 from tuner.build.layers import quantizable_layers
 from tuner.build.prune import pruning_groups
 from tuner.core.candidate import Candidate
-from tuner.evaluate import EvalSettings, Evaluator, latency_feeds
+from tuner.evaluate import EvalSettings, Evaluator
+from tuner.measure.latency import latency_feeds
 from tuner.measure.runtime import load_artifact
 from tuner.taskref import TaskRef
 

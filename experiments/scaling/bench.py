@@ -28,8 +28,8 @@ sys.path.insert(0, str(REPO))
 from tuner.core.storage import load_finished_study
 from tuner.evaluate import Evaluator, time_artifact
 from tuner.experiment import Experiment
+from tuner.measure.cores import pin, split_cores
 from tuner.measure.environment import fingerprint
-from tuner.measure.latency import pin, split_cores
 from tuner.search.study import run_study
 
 

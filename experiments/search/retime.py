@@ -28,8 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-from tuner.evaluate import latency_feeds
 from tuner.experiment import load_experiment
+from tuner.measure.latency import latency_feeds
 from tuner.measure.runtime import load_artifact
 
 

@@ -9,6 +9,8 @@ import inspect
 import io
 import logging
 import os
+import shutil
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -248,3 +250,32 @@ def map_layers(graph: onnx.ModelProto, weights: Mapping[str, np.ndarray], allow_
                                "cannot tell their nodes apart.")
         taken[node.name] = layer
     return mapping
+
+
+# The export cache keeps the most recently used pruned exports (one fp32 model each: 440 MB for a BERT-base-size
+# encoder). Workers of one machine share it, so an export is evicted only once no build has used it for a while.
+MAX_CACHED_EXPORTS = 4
+
+
+EXPORT_IDLE_S = 300.0
+
+
+def evict_exports(export_root: Path, keep: Path, limit: int = MAX_CACHED_EXPORTS, idle_s: float = EXPORT_IDLE_S
+                  ) -> list[Path]:
+    """Delete the least recently used exports beyond ``limit`` (``keep`` aside); returns those deleted."""
+    now = time.time()
+    entries = []
+    for folder in export_root.iterdir() if export_root.is_dir() else ():
+        if folder.name.startswith("."):  # being written
+            continue
+        try:
+            entries.append(((folder / "layers.json").stat().st_mtime, folder))
+        except FileNotFoundError:  # being written or removed by another worker
+            continue
+    entries.sort(reverse=True)
+    evicted = []
+    for used, folder in entries[limit:]:
+        if folder != keep and now - used > idle_s:
+            shutil.rmtree(folder, ignore_errors=True)
+            evicted.append(folder)
+    return evicted

@@ -56,6 +56,9 @@ class PrecisionKind:
     computes_in_float: the layer's own op reads float activations (so static int8 upstream must not feed it
         a DequantizeLinear that ORT would fold into an int8 kernel).
     build_order: kinds are applied to a model in this order (4-bit first: it rewrites float MatMuls only).
+    fidelity_order: how far from fp32 the kind is, for an ordered encoding of the choices (the GP sampler's):
+        a finer weight scale is closer (per-channel before per-tensor), static activation scales are further
+        than dynamic ones, and 4-bit is furthest (its smaller blocks closer than its larger ones).
     color, summary_order: how the kind is drawn and listed.
     block_sizes: for a parameterized kind (``int4-b32``), the allowed parameter values.
     min_opt_level, min_opt_level_reason: candidates that use the kind at a weaker ORT level are refused.
@@ -68,6 +71,7 @@ class PrecisionKind:
     color: str
     computes_in_float: bool
     build_order: int
+    fidelity_order: int
     summary_order: int
     block_sizes: tuple[int, ...] = ()
     min_opt_level: str | None = None  # the weakest ORT level (tuner.vocab.OPT_LEVELS) that runs it as asked
@@ -81,24 +85,26 @@ class PrecisionKind:
 KINDS: dict[str, PrecisionKind] = {k.name: k for k in (
     PrecisionKind(FP32, "fp32", ("Conv", "Gemm", "MatMul", "LSTM"),
                   frozenset({"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "LSTM"}),
-                  "#4c6ef5", computes_in_float=True, build_order=99, summary_order=5),
+                  "#4c6ef5", computes_in_float=True, build_order=99, fidelity_order=0, summary_order=5),
     PrecisionKind(INT4, "'int4-b<N>' (4-bit weight-only, MatMul only)", ("MatMul",), frozenset({"MatMulNBits"}),
-                  "#2b8a3e", computes_in_float=False, build_order=0, summary_order=0, block_sizes=INT4_BLOCK_SIZES),
+                  "#2b8a3e", computes_in_float=False, build_order=0, fidelity_order=5, summary_order=0,
+                  block_sizes=INT4_BLOCK_SIZES),
     PrecisionKind(INT8, f"{INT8!r} (static QDQ)", ("Conv", "Gemm", "MatMul"),
                   frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat"}),
-                  "#f59f00", computes_in_float=False, build_order=1, summary_order=4, min_opt_level="extended",
+                  "#f59f00", computes_in_float=False, build_order=1, fidelity_order=4, summary_order=4,
+                  min_opt_level="extended",
                   min_opt_level_reason="ORT runs QDQ layers as DequantizeLinear + float op (the QDQ -> QLinear "
                                        "fusion is an extended-level optimizer)"),
     PrecisionKind(INT8_DYNAMIC, f"{INT8_DYNAMIC!r} (MatMul only)", ("MatMul",),
                   frozenset({"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger"}),
-                  "#e8590c", computes_in_float=True, build_order=2, summary_order=3),
+                  "#e8590c", computes_in_float=True, build_order=2, fidelity_order=3, summary_order=3),
     PrecisionKind(INT8_DYNAMIC_PER_CHANNEL, f"{INT8_DYNAMIC_PER_CHANNEL!r} (MatMul, LSTM)", ("MatMul", "LSTM"),
                   frozenset({"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger",
                              "DynamicQuantizeLSTM"}),
-                  "#d6336c", computes_in_float=True, build_order=3, summary_order=2),
+                  "#d6336c", computes_in_float=True, build_order=3, fidelity_order=1, summary_order=2),
     PrecisionKind(INT8_DYNAMIC_PER_CHANNEL_7BIT, f"{INT8_DYNAMIC_PER_CHANNEL_7BIT!r} (MatMul only, 7-bit weights)",
                   ("MatMul",), frozenset({"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger"}),
-                  "#ae3ec9", computes_in_float=True, build_order=4, summary_order=1),
+                  "#ae3ec9", computes_in_float=True, build_order=4, fidelity_order=2, summary_order=1),
 )}
 _PARAMETERIZED = re.compile(r"([a-z0-9-]+?)-b(\d+)")
 
@@ -145,16 +151,10 @@ def op_types_for(choice: str) -> tuple[str, ...]:
     return kind_of(choice).op_types
 
 
-# From closest to fp32 to furthest: how an ordered encoding of the choices (the GP sampler's) lays them out.
-# A finer weight scale is closer (per-channel before per-tensor), static activation scales are further than
-# dynamic ones, and 4-bit is furthest, its smaller blocks closer than its larger ones.
-_FIDELITY_ORDER = (FP32, INT8_DYNAMIC_PER_CHANNEL, INT8_DYNAMIC_PER_CHANNEL_7BIT, INT8_DYNAMIC, INT8, INT4)
-
-
 def fidelity_rank(choice: str) -> tuple[int, int]:
-    """A sort key: how far ``choice`` is from fp32 (see ``_FIDELITY_ORDER``)."""
+    """A sort key: how far ``choice`` is from fp32 (``PrecisionKind.fidelity_order``, then the block size)."""
     kind, block = parse(choice)
-    return _FIDELITY_ORDER.index(kind.name), block or 0
+    return kind.fidelity_order, block or 0
 
 
 def family(choice: str | None) -> str | None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from tuner.core.records import LatencyStats
-from tuner.measure.cores import pin, split_cores  # noqa: F401  (importable from here)
+from tuner.task import Task
 
 
 def measure_latency(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], warmup: int = 10,
@@ -49,3 +51,20 @@ def confine_default_ort_sessions() -> None:
             self.inter_op_num_threads = 1
 
     ort.SessionOptions = SessionOptions
+
+
+def latency_feeds(task: Task, input_names: list[str], batch_size: int) -> dict[str, np.ndarray]:
+    """The example inputs, repeated or cut along the batch axis to ``batch_size``."""
+    feeds = {}
+    for name, tensor in zip(input_names, task.example_inputs):
+        array = tensor.numpy()
+        reps = -(-batch_size // len(array))
+        feeds[name] = np.concatenate([array] * reps, axis=0)[:batch_size]
+    return feeds
+
+
+def artifact_feeds(task: Task, model_path: str | Path, batch_size: int) -> dict[str, np.ndarray]:
+    """The latency inputs for an artifact, by its graph's input names."""
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    return latency_feeds(task, [i.name for i in graph.input if i.name not in weights], batch_size)

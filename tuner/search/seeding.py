@@ -18,16 +18,28 @@ the gap until the two are adjacent or the seed count is spent.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from optuna.trial import TrialState
 
 from tuner.core.candidate import Candidate
 from tuner.core.precision import FP32
-from tuner.core.records import TrialMeta
+from tuner.core.records import StudyMeta, TrialMeta
+from tuner.search.latency_check import fit_from_references
 from tuner.search.latency_model import LatencyModel
-from tuner.search.sensitivity import PRUNE, SensitivityRow, layer_groups
+from tuner.search.sensitivity import (
+    PRUNE,
+    SensitivityRow,
+    heatmap_html,
+    layer_groups,
+    markdown_table,
+    probes,
+    run_sensitivity,
+    target_stderr,
+)
 from tuner.space import SearchSpace
 
 
@@ -182,24 +194,24 @@ def seed_params(space: SearchSpace, seeds: Sequence[Seed]) -> list[Mapping]:
     return [space.params_of(s.candidate) for s in seeds]
 
 
+def publish_sensitivity(rows: list[SensitivityRow], run_dir: Path, metric_name: str, recorder, spent: float
+                        ) -> float:
+    """The pass's table and chart to the run directory and MLflow; returns the probes' worker seconds."""
+    (run_dir / "sensitivity.md").write_text(markdown_table(rows, metric_name) + "\n")
+    heatmap_html(rows, run_dir / "sensitivity.html", metric_name)
+    for name in ("sensitivity.md", "sensitivity.html", "sensitivity.jsonl"):
+        recorder.client.log_artifact(recorder.parent_run_id, str(run_dir / name), artifact_path="sensitivity")
+    probe_s = sum(r.seconds for r in rows)
+    recorder.log_study_metrics({"sensitivity_probes": len(rows), "sensitivity_wall_s": spent,
+                                "sensitivity_probe_s": probe_s})
+    return probe_s
+
+
 def seed_study(study, space: SearchSpace, executor, experiment, n_seeds: int, feeds_for, recorder, log, stop=None
                ) -> PathCheck | None:
     """After the references: fit the latency model on them, run (or resume) the sensitivity pass on the
     executor, and start queueing the seeds; the pass's table and chart go to the run directory and MLflow.
     Once per study. Returns the PathCheck that queues the rest, a callback for the study loop."""
-    import time
-    from dataclasses import replace
-
-    from tuner.core.records import StudyMeta
-    from tuner.search.latency_check import fit_from_references
-    from tuner.search.sensitivity import (
-        heatmap_html,
-        markdown_table,
-        probes,
-        run_sensitivity,
-        target_stderr,
-    )
-
     meta = StudyMeta.load(study)
     config = experiment.seeding
     run_dir = experiment.run_dir
@@ -219,13 +231,7 @@ def seed_study(study, space: SearchSpace, executor, experiment, n_seeds: int, fe
     rows = run_sensitivity(executor, todo, meta.baseline_metric, meta.maximize, config.samples,
                            run_dir / "sensitivity.jsonl", log, reference_metric, stop, target)
     spent = time.perf_counter() - started
-    (run_dir / "sensitivity.md").write_text(markdown_table(rows, meta.metric_name) + "\n")
-    heatmap_html(rows, run_dir / "sensitivity.html", meta.metric_name)
-    for name in ("sensitivity.md", "sensitivity.html", "sensitivity.jsonl"):
-        recorder.client.log_artifact(recorder.parent_run_id, str(run_dir / name), artifact_path="sensitivity")
-    probe_s = sum(r.seconds for r in rows)
-    recorder.log_study_metrics({"sensitivity_probes": len(rows), "sensitivity_wall_s": spent,
-                                "sensitivity_probe_s": probe_s})
+    probe_s = publish_sensitivity(rows, run_dir, meta.metric_name, recorder, spent)
     path = greedy_path(space, model, rows, config.max_groups)
     seeds = pick_seeds(path, meta.max_metric_drop, n_seeds)
 

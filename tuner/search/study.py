@@ -102,7 +102,7 @@ class _Run:
 
     def feeds(self, model_path: Path) -> dict:
         """The latency meter's inputs for a built model of this task."""
-        from tuner.evaluate import artifact_feeds
+        from tuner.measure.latency import artifact_feeds
 
         return artifact_feeds(self.task, model_path, self.experiment.latency.batch_size)
 
