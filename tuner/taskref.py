@@ -4,10 +4,13 @@ nothing heavy."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import json
+import logging
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +42,8 @@ class TaskRef:
 
         fn = resolve_task_function(self.spec, self.base_dir)
         try:
-            task = fn(**self.args)
+            with _load_reports_in_one_line():
+                task = fn(**self.args)
         except Exception as exc:  # the user's code: say where it failed, in one line
             raise TaskError(f"task {self.spec!r} raised while loading{where(exc)}: {type(exc).__name__}: {exc}"
                             ) from exc
@@ -80,3 +84,41 @@ def resolve_task_function(spec: str, base_dir: str = ".") -> Callable[..., Task]
     if not callable(fn):
         raise TaskError(f"task {spec!r}: {module_part!r} has no function {func_name!r}.")
     return fn
+
+
+@contextlib.contextmanager
+def _load_reports_in_one_line():
+    """While a task loads: a Hugging Face model's load report (a table of every checkpoint key it did not use or
+    did not find, printed on each load) becomes one line with the counts, and its loading bar is left out."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    condense = _LoadReportLine()
+    logger.addFilter(condense)
+    # its per-load progress bar too, where the task's module imported transformers already
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    bar = hf_logging is not None and hf_logging.is_progress_bar_enabled()
+    if bar:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logger.removeFilter(condense)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+_REPORT_HEAD = re.compile(r"(\w+)\W*LOAD REPORT\W*from: (\S+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _LoadReportLine(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = _ANSI.sub("", record.getMessage())
+        head = _REPORT_HEAD.search(text)
+        if head is None:
+            return True
+        # each status appears once per key, and once more in the report's notes
+        counts = {status: max(text.count(status) - 1, 0) for status in ("UNEXPECTED", "MISSING", "MISMATCH")}
+        said = ", ".join(f"{n} {status.lower()}" for status, n in counts.items() if n) or "see transformers' report"
+        record.msg, record.args = (f"{head.group(1)} loaded from {head.group(2)}: checkpoint keys {said} "
+                                   "(transformers' load report, in one line)"), ()
+        return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,12 +44,40 @@ class PruningGroup:
     def unit(self) -> str:
         return "heads" if self.head_dim else "channels"
 
+    @property
+    def label(self) -> str:
+        """The members in a few words: ``encoder.layer.{0..11}.attention.{q,k,v}`` for 36 layers."""
+        return compact_names(self.members)
+
     def remaining(self, ratio: float, round_to: int) -> int:
         """Output channels left after pruning ``ratio`` (of heads, for attention groups)."""
         if self.head_dim:
             heads = self.channels // self.head_dim
             return (heads - int(heads * ratio + 1e-9)) * self.head_dim
         return remaining_channels(self.channels, ratio, round_to)
+
+
+def compact_names(names: Sequence[str]) -> str:
+    """Dotted names that differ in a few places, written once with the differing parts in braces
+    (``a.{0..3}.b``, ``a.{q,k,v}``); names that no such pattern covers exactly are listed."""
+    names = list(dict.fromkeys(names))
+    split = [name.split(".") for name in names]
+    if len(names) < 3 or len({len(parts) for parts in split}) != 1:
+        return ", ".join(names)
+    columns = [list(dict.fromkeys(column)) for column in zip(*split)]
+    if math.prod(len(column) for column in columns) != len(names):  # not a full grid: braces would claim more
+        return ", ".join(names)
+    return ".".join(_braced(column) for column in columns)
+
+
+def _braced(values: list[str]) -> str:
+    if len(values) == 1:
+        return values[0]
+    if all(v.isdigit() for v in values):
+        numbers = sorted(int(v) for v in values)
+        if numbers == list(range(numbers[0], numbers[-1] + 1)):
+            return f"{{{numbers[0]}..{numbers[-1]}}}"
+    return "{" + ",".join(values) + "}"
 
 
 # Attention projections and head-count attributes as Hugging Face families name them (BERT/RoBERTa/ELECTRA,

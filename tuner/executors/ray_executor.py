@@ -96,6 +96,9 @@ class RayExecutor(Executor):
                 path = None  # the shipped working directory is the workers' cwd and on their path
                 connect(address, init_args)
             else:  # "local": a Ray of its own, even where `ray start` left a cluster that ray.init() would join
+                # Ray's default for a local cluster (token authentication), said explicitly: unset, Ray enables
+                # it all the same and prints a warning on every run.
+                os.environ.setdefault("RAY_AUTH_MODE", "token")
                 ray.init(address="local", num_cpus=max(workers or 1, os.cpu_count() or 1), **init_args)
         try:
             cluster = ClusterView(latency_resource)

@@ -47,7 +47,7 @@ def resolve_seeds(seeds: int | str, space: SearchSpace) -> int:
 
 def prepare(experiment: Experiment, log: Callable[[str], None] = print):
     """Load the task and resolve the space in the driver: every config error surfaces before any trial."""
-    from tuner.build.prune import broken_groups, pruning_groups
+    from tuner.build.prune import broken_groups, compact_names, pruning_groups
     from tuner.task import check_forward
 
     # cheap checks first: the task may train a model
@@ -93,7 +93,8 @@ def prepare(experiment: Experiment, log: Callable[[str], None] = print):
         log(f"{len(largest)} pruning groups checked in {time.perf_counter() - start:.1f} s (pruned at their largest "
             "ratios and run)")
     for name, why in broken.items():
-        log(f"warning: pruning group {name} is left out of the search: pruned by {largest[name]:g}, {why}")
+        log(f"warning: pruning group {compact_names(name.split('+'))} is left out of the search: pruned by "
+            f"{largest[name]:g}, {why}")
     if broken:
         space = SearchSpace(space_file, layer_ops, [g for g in groups if g.name not in broken], experiment.round_to,
                             left_out=set(broken), ordered_precision=ordered)
