@@ -226,7 +226,8 @@ def test_recovery_improves_the_pruned_model_and_its_cost_and_size_are_recorded(t
     assert bn > none and distill > none
     stats = outcomes["distill"].model_stats
     assert stats["distill_steps"] == 60 and stats["distill_loss_after"] < stats["distill_loss_before"]
-    assert outcomes["distill"].timings["recover"] > outcomes["batchnorm"].timings["recover"] > 0
+    # each recovery is timed as its own stage (which takes longer is a timing, not asserted here)
+    assert outcomes["distill"].timings["recover"] > 0 and outcomes["batchnorm"].timings["recover"] > 0
     assert "recover" not in outcomes["none"].timings
     # `tuner run`'s breakdown names every stage a trial timed, recovery included
     assert set(outcomes["distill"].timings) <= set(TRIAL_STAGES)

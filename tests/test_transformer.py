@@ -14,7 +14,7 @@ import torch
 from conftest import SMALL_TASK_ARGS
 from onnx import numpy_helper
 
-from tuner.build.export import export_onnx, layer_weights, map_layers
+from tuner.build.export import WEIGHTED_OPS, export_onnx, layer_weights, map_layers
 from tuner.build.fusion import session_optimizer_names
 from tuner.build.layers import layer_op_types, quantizable_layers
 from tuner.core.candidate import Candidate
@@ -335,7 +335,7 @@ def test_static_int8_built_in_memory_is_the_model_quantize_static_writes_cold_or
 
     quantize_static(tmp_path / "fp32.onnx", tmp_path / "ort.onnx", quantize._BatchReader(inputs, calibration),
                     quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    per_channel=True, nodes_to_quantize=chosen, op_types_to_quantize=list(quantize.WEIGHTED_OPS))
+                    per_channel=True, nodes_to_quantize=chosen, op_types_to_quantize=list(WEIGHTED_OPS))
     ort_model = onnx.load(str(tmp_path / "ort.onnx"))
     quantize.keep_float_inputs(ort_model, context.float_nodes())  # what the builder does after ORT's quantizer
     assert sum(n.op_type == "QuantizeLinear" for n in from_ranges.graph.node) > 0

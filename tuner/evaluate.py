@@ -131,7 +131,7 @@ class Evaluator:
             result = replace(result, cached_build=cached_build, cached_export=cached_export,
                              size_mb=model_path.stat().st_size / 1e6, artifact_sha256=file_sha256(model_path),
                              model_stats=json.loads(stats_file.read_text()) if stats_file.is_file() else {})
-            if fidelity.samples == 0:  # built, not scored (timing alone: `tuner.space_measure`)
+            if fidelity.samples == 0:  # built, not scored (timing alone: `tuner.search.kinds`)
                 return result.with_timings(**timings)
             stage = "accuracy"
             with _timed(timings, "accuracy"):

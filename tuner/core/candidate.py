@@ -17,7 +17,7 @@ from tuner.core.vocab import IMPORTANCE_METHODS, OPT_LEVELS, RECOVERY_METHODS
 class Candidate:
     """Per-layer precision, per-group pruning ratios and fusion choices.
 
-    precision: layer name -> precision choice (:mod:`tuner.precision`). Layers not listed stay fp32.
+    precision: layer name -> precision choice (:mod:`tuner.core.precision`). Layers not listed stay fp32.
     prune: pruning-group name -> ratio of output channels removed (0 leaves the group alone).
     opt_level: ORT graph-optimization level the artifact is built and run with.
     fusions: transformer fusions applied to the ONNX file before quantization.

@@ -74,7 +74,7 @@ class PrecisionKind:
     fidelity_order: int
     summary_order: int
     block_sizes: tuple[int, ...] = ()
-    min_opt_level: str | None = None  # the weakest ORT level (tuner.vocab.OPT_LEVELS) that runs it as asked
+    min_opt_level: str | None = None  # the weakest ORT level (tuner.core.vocab.OPT_LEVELS) that runs it as asked
     min_opt_level_reason: str = ""
 
     def __post_init__(self) -> None:

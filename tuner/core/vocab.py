@@ -1,7 +1,7 @@
 """Names the search space, candidates and builders share. No imports: light modules read them."""
 
 # ONNX Runtime graph-optimization levels, weakest first, and the `onnxruntime.GraphOptimizationLevel` member of
-# each (`tuner.runtime` maps them; the model card prints them).
+# each (`tuner.measure.runtime` maps them; the model card prints them).
 ORT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
               "all": "ORT_ENABLE_ALL"}
 OPT_LEVELS = tuple(ORT_LEVELS)
@@ -20,7 +20,7 @@ EXPORTERS = ("dynamo", "torchscript")
 KEEP_ARTIFACTS = ("front", "all")
 
 # What a trial's `timings` name, in the order a trial runs them (`tuner.evaluate`; `orchestration` is the
-# driver's share of the trial's wall time, `tuner.study_loop`): the breakdowns `tuner run` and the experiments
+# driver's share of the trial's wall time, `tuner.search.loop`): the breakdowns `tuner run` and the experiments
 # print read this list, so a new stage shows in them.
 TRIAL_STAGES = ("prune", "recover", "screen", "export", "fuse", "quantize", "verify_kernels", "accuracy", "latency",
                 "orchestration")

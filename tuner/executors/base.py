@@ -2,7 +2,7 @@
 
 A candidate goes through two explicit stages (:class:`Stage`): BUILD (build the artifact, score it with the
 task's metric) and TIMING (time that artifact in ONNX Runtime). An executor takes candidates with
-``submit``, hands back finished :class:`~tuner.records.TrialResult` s from ``results`` (COMPLETE after both
+``submit``, hands back finished :class:`~tuner.core.records.TrialResult` s from ``results`` (COMPLETE after both
 stages, or FAIL with the reason), times finished artifacts again with ``retime`` and releases what it holds
 with ``close``. Artifacts land in ``<artifact_root>/<key>/`` on the driver's machine.
 """

@@ -1,7 +1,7 @@
 """Failed and screened-out trials as infeasible observations, for a sampler that reads COMPLETE trials only.
 
 The loop tells a candidate that failed to build, run or score, and one screened out on the subset, PRUNED with a
-violated constraint (`study_loop.tell`). TPE learns from those; Optuna's GPSampler reads COMPLETE trials only, so
+violated constraint (`search.loop.tell`). TPE learns from those; Optuna's GPSampler reads COMPLETE trials only, so
 to it such a candidate was never tried: it extrapolates its model into the region that fails and proposes it
 again (tests/test_infeasible.py: 10 failures in 10 trials unwrapped, 1 wrapped). `SeesInfeasible` wraps it and
 shows it the study with each of those trials COMPLETE and infeasible: objectives no better than the

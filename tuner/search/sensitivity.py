@@ -3,7 +3,7 @@
 For every layer group and every non-fp32 precision its rule offers, one *probe* candidate: the model fp32
 except that group (``one_in``; or, ``one_out``, every layer at that precision except that group, which goes back
 to fp32, NNCF-style). For every pruning group and ratio, one probe with that group alone pruned. Probes are
-real artifacts built by the study's executor, never timed (:class:`tuner.records.Fidelity`), and scored on a
+real artifacts built by the study's executor, never timed (:class:`tuner.core.records.Fidelity`), and scored on a
 fixed subset of the evaluation set first; a probe whose estimate is too uncertain for the study's constraint is
 scored again on the whole set (on a fidelity metric such as cosine, 32 samples are precise enough for nearly
 every probe; a classifier's accuracy needs the whole set for most). Each row keeps its metric estimate and

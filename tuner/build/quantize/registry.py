@@ -53,9 +53,9 @@ _BUILDERS: dict[str, PrecisionBuilder] = {}
 
 
 def register_precision_builder(kind: str) -> Callable[[PrecisionBuilder], PrecisionBuilder]:
-    """Register the function that builds precision ``kind`` (a name in :data:`tuner.precision.KINDS`)."""
+    """Register the function that builds precision ``kind`` (a name in :data:`tuner.core.precision.KINDS`)."""
     if kind not in KINDS:
-        raise ValueError(f"no precision kind {kind!r} in tuner.precision.KINDS; add its PrecisionKind first.")
+        raise ValueError(f"no precision kind {kind!r} in tuner.core.precision.KINDS; add its PrecisionKind first.")
 
     def register(builder: PrecisionBuilder) -> PrecisionBuilder:
         _BUILDERS[kind] = builder
