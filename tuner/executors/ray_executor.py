@@ -96,9 +96,7 @@ class RayExecutor(Executor):
                 path = None  # the shipped working directory is the workers' cwd and on their path
                 connect(address, init_args)
             else:  # "local": a Ray of its own, even where `ray start` left a cluster that ray.init() would join
-                # Ray's default for a local cluster (token authentication), said explicitly: unset, Ray enables
-                # it all the same and prints a warning on every run.
-                os.environ.setdefault("RAY_AUTH_MODE", "token")
+                _quiet_default_token_auth()
                 ray.init(address="local", num_cpus=max(workers or 1, os.cpu_count() or 1), **init_args)
         try:
             cluster = ClusterView(latency_resource)
@@ -348,3 +346,19 @@ def _ship(task_ref: TaskRef) -> tuple[TaskRef, dict[str, Any] | None]:
 
     return shipped, {"working_dir": str(cwd), "py_modules": [str(Path(tuner.__file__).parent)],
                      "excludes": WORKING_DIR_EXCLUDES}
+
+
+class _DropTokenAuthNotice(logging.Filter):
+    """Ray enables token authentication on a new local cluster and warns that it did, on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+def _quiet_default_token_auth() -> None:
+    """Keep Ray's default (token authentication on a local cluster) without its notice on every run. Setting
+    RAY_AUTH_MODE ourselves would not do: Ray caches its config at import and refreshes it only when it enables
+    the mode itself, so a driver set up that way fails its own GCS's authentication."""
+    auth_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _DropTokenAuthNotice) for f in auth_logger.filters):
+        auth_logger.addFilter(_DropTokenAuthNotice())
