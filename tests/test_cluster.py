@@ -271,11 +271,15 @@ def test_ray_job_submit_runs_a_study_on_a_running_cluster_and_a_ray_client_conti
             assert head.poll() is None and time.monotonic() < deadline, head_log.read_text()[-3000:]
             time.sleep(0.5)
         uri = mlflow_uri
-        job = subprocess.run(
-            [ray_cli, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", f"--working-dir={job_dir}",
-             "--", "python", "-m", "tuner.cli", "run", config.name, "--address", "auto", "--workers", "1",
-             "--tracking-uri", uri, "--output-dir", str(tmp_path / "runs"), "--no-progress"],
-            env=env, capture_output=True, text=True, timeout=400)
+        while True:  # the head says it started before its job agent is up (on a loaded machine, seconds later)
+            job = subprocess.run(
+                [ray_cli, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", f"--working-dir={job_dir}",
+                 "--", "python", "-m", "tuner.cli", "run", config.name, "--address", "auto", "--workers", "1",
+                 "--tracking-uri", uri, "--output-dir", str(tmp_path / "runs"), "--no-progress"],
+                env=env, capture_output=True, text=True, timeout=400)
+            if "No available agent to submit job" not in job.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(2)
         assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-3000:] + job.stderr[-3000:]
         # beside that running cluster, a run given no address starts a Ray of its own instead of joining it
         monkeypatch.chdir(job_dir)

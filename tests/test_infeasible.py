@@ -79,6 +79,7 @@ def half_fails(sampler: optuna.samplers.BaseSampler, dims: int, trials: int) -> 
     return failures
 
 
+@pytest.mark.slow  # a whole study or two: in the full suite
 def test_gp_stops_proposing_candidates_where_builds_fail_once_it_sees_the_failures():
     def make():
         return optuna.samplers.GPSampler(seed=0, n_startup_trials=4)
