@@ -1,5 +1,6 @@
 import textwrap
 
+import optuna
 import pytest
 import torch
 from optuna.distributions import (
@@ -11,7 +12,7 @@ from optuna.distributions import (
 from tuner.build.layers import layer_op_types, quantizable_layers
 from tuner.build.prune import pruning_groups
 from tuner.core.errors import SpaceError
-from tuner.space import SearchSpace, load_space_file
+from tuner.space import PRUNED, SearchSpace, load_space_file
 from tuner.tasks.digits_cnn import DigitsResNet
 
 
@@ -98,10 +99,35 @@ def test_decode_and_uniform_params(resolve, model, coupled_ok_text):
     assert not cand.is_pruned
     params["prune.stem.0+layer1.0.conv2+layer1.1.conv2"] = 0.25
     params["precision.fc"] = "fp32"
+    assert not space.decode(params).is_pruned  # the pruning switch is off in a uniform candidate
+    params[PRUNED] = True
     cand = space.decode(params)
     assert dict(cand.prune)["stem.0+layer1.0.conv2+layer1.1.conv2"] == 0.25
     assert dict(cand.precision)["fc"] == "fp32"
     assert cand.opt_level == "all"  # the default fusion choice when the file gives none
+
+
+def test_a_pruning_switch_gives_unpruned_candidates_real_prior_mass(resolve, coupled_ok_text):
+    space = resolve(coupled_ok_text)
+    dists = space.distributions()
+    assert dists[PRUNED] == CategoricalDistribution([False, True])
+    groups = [name for name in dists if name.startswith("prune.")]
+    params = space.uniform_params("int8") | {name: 0.5 for name in groups}
+    off = space.decode(params)
+    assert not off.is_pruned and all(space.readable(params)[name] == 0.0 for name in groups)
+    on = space.decode(params | {PRUNED: True})
+    assert dict(on.prune) == {name[len("prune."):]: 0.5 for name in groups}
+    assert space.params_of(on)[PRUNED] is True and space.params_of(off)[PRUNED] is False
+    # independent draws (random, TPE's prior) leave about half of the candidates unpruned; without the switch,
+    # every one of these groups at 0 of 3 ratios would be 1 in 3**len(groups)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    unpruned = sum(not space.decode(study.ask(dists).params).is_pruned for _ in range(200))
+    assert 70 <= unpruned <= 130
+
+
+def test_a_space_that_prunes_nothing_has_no_pruning_switch(resolve):
+    space = resolve("layers:\n  - match: \"re:.*\"\n    precision: [fp32, int8]\n")
+    assert PRUNED not in space.distributions() and PRUNED not in space.uniform_params("int8")
 
 
 def test_single_value_choices_are_fixed_not_searched(resolve, model):

@@ -113,6 +113,7 @@ def test_references_first_constraints_and_the_live_front(tmp_path, store):
     assert f"`tuner pick loop --min-accuracy {meta.baseline_metric - 0.02:.4f} --out model/`" in note
 
 
+@pytest.mark.slow  # a whole study or two: in the full suite
 def test_failed_candidates_are_recorded_and_the_study_goes_on(tmp_path, store):
     result = run(experiment(tmp_path, "fragile", trials=3, fragile=True), tmp_path, store)
     study = load_finished_study("fragile", tmp_path / "runs")
@@ -160,6 +161,7 @@ class _StopAfter(InProcessExecutor):
         return finished
 
 
+@pytest.mark.slow  # a whole study or two: in the full suite
 def test_a_study_continues_after_a_dead_driver_or_a_stop_with_every_trial_recorded_once(tmp_path, store):
     from tuner.experiment import load_experiment
     from tuner.search.study import run_study
@@ -216,6 +218,7 @@ def _model_folders(run_dir):
     return {p.name for p in (run_dir / "artifacts").iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
 
 
+@pytest.mark.slow  # a whole study or two: in the full suite
 def test_the_run_directory_keeps_front_and_reference_models_and_verify_rebuilds_the_others(tmp_path, store,
                                                                                         monkeypatch):
     # No metric drop allowed: a trial scoring below fp32 can never be on the front (the scores do not depend
@@ -256,6 +259,7 @@ def test_the_run_directory_keeps_front_and_reference_models_and_verify_rebuilds_
     assert result.disk.models_deleted == 0
 
 
+@pytest.mark.slow  # a whole study or two: in the full suite
 def test_seeds_from_sensitivity_and_the_latency_model_run_right_after_the_references(tmp_path, store):
     # layer 0 made fragile under int8 (tiny_mlp's outlier): the sensitivity pass must find it
     path = experiment(tmp_path, "seeded", trials=7, task_args={"outlier": 1e4},
@@ -297,25 +301,23 @@ def test_seeds_from_sensitivity_and_the_latency_model_run_right_after_the_refere
     assert not any(line.startswith("sensitivity") for line in lines)
 
 
-def test_seeding_by_default_runs_the_pass_on_a_precision_only_space_and_not_on_one_that_prunes(tmp_path, store):
-    precision_only = 'layers:\n  - match: "re:.*"\n    precision: [fp32, int8]\n'
+def test_the_default_plan_follows_the_references_on_a_space_that_prunes_and_every_trial_records_its_stage(
+        tmp_path, store):
     lines = []
-    tuner.run(experiment(tmp_path, "auto-seeded", trials=4, task_args={"outlier": 1e4}, space=precision_only),
-              output_dir=tmp_path / "runs", tracking_uri=store, in_process=True, progress=False, log=lines.append)
-    study = load_finished_study("auto-seeded", tmp_path / "runs")
-    assert StudyMeta.load(study).seeded and (tmp_path / "runs" / "auto-seeded" / "sensitivity.jsonl").is_file()
-    assert any(line.startswith("sensitivity (seeding: auto, 8 seeds: the space searches no pruning)")
-               for line in lines)
-    # (which seeds come of it is the path's business, tested above: on this tiny MLP no int8 layer may save time)
-    assert len(study.trials) == 4 and {TrialMeta.of(t).reference for t in study.trials[:2]} == {"fp32", "uniform int8"}
-
-    lines.clear()
-    tuner.run(experiment(tmp_path, "auto-unseeded", trials=4), output_dir=tmp_path / "runs", tracking_uri=store,
-              in_process=True, progress=False, log=lines.append)
-    study = load_finished_study("auto-unseeded", tmp_path / "runs")
-    assert not StudyMeta.load(study).seeded and not any(line.startswith("sensitivity") for line in lines)
-    assert not (tmp_path / "runs" / "auto-unseeded" / "sensitivity.jsonl").exists()
-    assert not any(t.user_attrs.get("seed") for t in study.trials)
+    path = experiment(tmp_path, "planned", trials=6, task_args={"outlier": 1e4}, extra="seeding: {samples: 200}\n")
+    tuner.run(path, output_dir=tmp_path / "runs", tracking_uri=store, in_process=True, progress=False,
+              log=lines.append)
+    study = load_finished_study("planned", tmp_path / "runs")
+    assert StudyMeta.load(study).seeded and any(line.startswith("plan: ") for line in lines)
+    stages = [TrialMeta.of(t).stage for t in study.trials]
+    assert stages[:2] == ["reference", "reference"] and set(stages[2:]) <= {"plan", "sampler"}
+    # which plan points there are depends on which reference the meter found faster (tests/test_plan.py builds
+    # them with given latencies); each one says which point it is and starts unpruned
+    assert all(TrialMeta.of(t).plan and not t.params["pruned"] for t in study.trials if TrialMeta.of(t).stage == "plan")
+    _, runs = trial_runs(store, "planned")
+    assert {n: r.data.tags["tuner.stage"] for n, r in runs.items()} == dict(enumerate(stages))
+    assert all(r.data.tags["tuner.plan"] == TrialMeta.of(study.trials[n]).plan for n, r in runs.items()
+               if r.data.tags["tuner.stage"] == "plan")
 
 
 def test_a_candidate_far_below_the_constraint_is_screened_out_untimed_and_a_close_one_goes_on(tmp_path, store):
@@ -345,6 +347,7 @@ def test_a_candidate_far_below_the_constraint_is_screened_out_untimed_and_a_clos
     assert "latency_ms" in runs[3].data.metrics
 
 
+@pytest.mark.slow  # a whole study or two: in the full suite
 def test_an_auto_space_offers_the_kinds_timed_faster_than_fp32_and_a_continued_study_keeps_it(tmp_path, store):
     """Which kinds stay depends on timings, so the test checks that the space follows its own measurement."""
     path = tmp_path / "auto.yaml"
@@ -380,8 +383,8 @@ def test_a_candidate_pruned_far_past_the_constraint_is_screened_before_its_expor
     run(path, tmp_path, store)  # the references
     study = load_finished_study("screened-pruned", tmp_path / "runs")
     unpruned = study.trials[0].params
-    study.enqueue_trial({**unpruned, "prune.0": 0.5, "prune.2": 0.5})  # half of each hidden layer: ~0.2 accuracy
-    study.enqueue_trial({**unpruned, "prune.0": 0.25, "prune.2": 0.25})  # within reach of the constraint
+    study.enqueue_trial({**unpruned, "pruned": True, "prune.0": 0.5, "prune.2": 0.5})  # half of each hidden layer: ~0.2 accuracy
+    study.enqueue_trial({**unpruned, "pruned": True, "prune.0": 0.25, "prune.2": 0.25})  # within reach of the constraint
     result = run(path, tmp_path, store, trials=4)
     study = load_finished_study("screened-pruned", tmp_path / "runs")
     far, near = study.trials[2], study.trials[3]

@@ -41,6 +41,8 @@ def _run(args: argparse.Namespace) -> int:
     screened = f", {result.n_screened} screened out on a subset (not timed{before})" if result.n_screened else ""
     print(f"\n{result.n_complete} complete, {result.n_failed} failed{screened} trials in {result.wall_s:.1f} s; "
           f"fp32 baseline {metric}={result.baseline['metric']:.4f}, {result.baseline['latency_ms']:.3f} ms")
+    if result.stages:
+        print(result.stages_line())
     print(f"Pareto front ({len(result.front)} models):")
     print(format_table(result.front, metric))
     if result.references:

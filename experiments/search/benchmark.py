@@ -8,7 +8,8 @@ Each (strategy, seed) is one full `tuner run` of the experiment, in process (one
 strategy gets the same machine), with its own run directory and MLflow store. ``seeded`` is TPE after a
 sensitivity pass and the latency model's seeds (``seeding: {seeds: 8}``); ``seeded-screened`` also screens
 each trial on 128 samples first (``screening``); ``default`` is what an experiment that sets neither gets
-(``sampler: auto``, ``seeding: {seeds: auto}``: seeded on a space without pruning, TPE alone on one with it).
+(``sampler: auto``, ``seeding: {seeds: auto}``: the plan of tuner.search.plan, then TPE); ``refs-then-tpe`` is
+the default before the plan (TPE right after the references). adds.py reports what each adds beyond the references.
 The samplers alone (random, tpe, nsga2, gp) run without seeding, whatever the experiment file says. One JSON line per run: every
 trial's metric, latency, feasibility and completion time, the fp32 baseline, and the sensitivity pass's
 cost, so that report.py can count the pass as trials and as seconds.
@@ -42,6 +43,8 @@ from tuner.search.sensitivity import read_rows
 # (a sampler alone is seeds: 0, whatever the experiment file or the default says)
 STRATEGIES = {**{kind: {"sampler": kind, "seeding": {"seeds": 0}} for kind in ("random", "tpe", "nsga2", "gp")},
               "default": {"sampler": "auto", "seeding": {"seeds": "auto"}},
+              # the default before the plan: the sampler right after the references
+              "refs-then-tpe": {"sampler": "auto", "seeding": {"seeds": 0}},
               "seeded": {"sampler": "tpe", "seeding": {"seeds": 8}},
               "seeded-screened": {"sampler": "tpe", "seeding": {"seeds": 8}, "screening": {"samples": 128}}}
 
@@ -117,6 +120,7 @@ def run_one(base: dict, source: Path, strategy: str, seed: int, trials: int, wor
         rows.append({"number": t.number, "state": t.state.name, "values": t.values,
                      "metric_drop": t.user_attrs.get("metric_drop"), "reference": t.user_attrs.get("reference", ""),
                      "seed": t.user_attrs.get("seed", ""), "key": TrialMeta.of(t).key,
+                     "stage": TrialMeta.of(t).origin, "plan": TrialMeta.of(t).plan,
                      "completed_at": sittings.elapsed_at(t.datetime_complete.timestamp())
                      if t.datetime_complete else None})
     return {"experiment": base["name"], "experiment_file": str(source), "strategy": strategy, "seed": seed,

@@ -245,6 +245,8 @@ class TrialMeta:
     key: str = ""
     summary: str = ""
     reference: str = ""  # "fp32", "int8", ... for the reference trials; "" otherwise
+    stage: str = ""  # where the trial came from: "reference", "plan", "seed" or "sampler" (see `origin`)
+    plan: str = ""  # for a plan trial, which point of the plan it is (tuner.search.plan)
     mlflow_run_id: str | None = None
     metric_drop: float | None = None
     latency_p90_ms: float | None = None
@@ -271,6 +273,15 @@ class TrialMeta:
     # re-timed beside its closest front rival (the front race): its latency as first measured, and the race
     latency_tuning_ms: float | None = None
     race: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def origin(self) -> str:
+        """The trial's stage; for trials recorded without one, worked out from what they carry."""
+        return self.stage or ("reference" if self.reference else "seed" if self.seed else "sampler")
+
+    def queued_attrs(self) -> dict[str, Any]:
+        """The attributes a trial queued again keeps: where it came from."""
+        return {k: v for k, v in (("reference", self.reference), ("stage", self.stage), ("plan", self.plan)) if v}
 
     @property
     def reference_kind(self) -> str:

@@ -27,6 +27,7 @@ class FrontRow:
     macs_ratio: float | None = None
     extra_metrics: Mapping[str, float] = field(default_factory=dict)
     reference: str = ""  # the reference label ("fp32", "uniform int8", ...), or ""
+    stage: str = ""  # where the trial came from: reference, plan, seed or sampler
     summary: str = ""
     key: str = ""
     mlflow_run_id: str | None = None
@@ -39,7 +40,7 @@ class FrontRow:
         """The row as CSV columns: the metric's column is named after it, extra metrics beside it."""
         return {"trial": self.trial, metric_name: self.metric, **self.extra_metrics, "latency_ms": self.latency_ms,
                 "latency_p90_ms": self.latency_p90_ms, "speedup": self.speedup, "macs_ratio": self.macs_ratio,
-                "size_mb": self.size_mb, "reference": self.reference, "summary": self.summary, "key": self.key,
+                "size_mb": self.size_mb, "reference": self.reference, "stage": self.stage, "summary": self.summary, "key": self.key,
                 "mlflow_run_id": self.mlflow_run_id}
 
 
@@ -49,8 +50,8 @@ def trial_row(trial: FrozenTrial, baseline_latency: float | None) -> FrontRow:
     latency = trial.values[1]
     return FrontRow(trial.number, trial.values[0], latency, meta.latency_p90_ms,
                     (baseline_latency / latency) if baseline_latency else None, meta.size_mb,
-                    meta.model_stats.get("macs_ratio"), dict(meta.extra_metrics), meta.reference, meta.summary,
-                    meta.key, meta.mlflow_run_id)
+                    meta.model_stats.get("macs_ratio"), dict(meta.extra_metrics), meta.reference, meta.origin,
+                    meta.summary, meta.key, meta.mlflow_run_id)
 
 
 def front_rows(study: optuna.Study) -> list[FrontRow]:
@@ -65,19 +66,19 @@ def completed_rows(study: optuna.Study) -> list[FrontRow]:
 
 
 def format_table(rows: Sequence[FrontRow], metric_name: str) -> str:
-    header = f"{'trial':>5}  {metric_name:>10}  {'latency_ms':>10}  {'p90_ms':>8}  {'speedup':>7}  {'size_mb':>7}  choices"
+    header = f"{'trial':>5}  {metric_name:>10}  {'latency_ms':>10}  {'p90_ms':>8}  {'speedup':>7}  {'size_mb':>7}  {'stage':>9}  choices"
     lines = [header, "-" * len(header)]
     for r in rows:
         speedup = f"{r.speedup:.2f}x" if r.speedup else "-"
         lines.append(f"{r.trial:>5}  {r.metric:>10.4f}  {r.latency_ms:>10.3f}  "
-                     f"{(r.latency_p90_ms or 0):>8.3f}  {speedup:>7}  {(r.size_mb or 0):>7.3f}  {r.summary}")
+                     f"{(r.latency_p90_ms or 0):>8.3f}  {speedup:>7}  {(r.size_mb or 0):>7.3f}  {r.stage:>9}  {r.summary}")
     return "\n".join(lines)
 
 
 def write_csv(rows: Sequence[FrontRow], path: str | Path, metric_name: str) -> None:
     extra = list(dict.fromkeys(k for r in rows for k in r.extra_metrics))
     fields = ["trial", metric_name, *extra, "latency_ms", "latency_p90_ms", "speedup", "macs_ratio", "size_mb",
-              "reference", "summary", "key", "mlflow_run_id"]
+              "reference", "stage", "summary", "key", "mlflow_run_id"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()

@@ -71,12 +71,17 @@ class MlflowRecorder:
             max_results=50000)
         return {int(r.data.tags["tuner.trial_number"]): r.info.run_id for r in runs}
 
-    def log_trial(self, number: int, result: TrialResult, summary: str) -> str:
-        """One nested run for a finished trial (COMPLETE or FAIL)."""
+    def log_trial(self, number: int, result: TrialResult, summary: str, stage: str = "", plan: str = "") -> str:
+        """One nested run for a finished trial (COMPLETE or FAIL); ``stage``: where it came from (reference,
+        plan, seed, sampler), and for a plan trial, which point of the plan it is."""
         failed = not result.completed
         tags = {"mlflow.parentRunId": self.parent_run_id, ROLE: "trial", "tuner.trial_number": str(number),
                 "tuner.study": self.study_name, "tuner.state": result.state,
                 "tuner.artifact_key": result.key or "", "tuner.pareto": "false"}
+        if stage:
+            tags["tuner.stage"] = stage
+        if plan:
+            tags["tuner.plan"] = plan[:5000]
         if failed:
             tags["tuner.fail_reason"] = (result.error or "unknown")[:5000]
         if result.screened_out:  # the fidelity it reached: a subset estimate, never timed, never on the front

@@ -74,9 +74,8 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, meta: St
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> None:
-    """Queue the parameters of a trial that was stopped again, keeping its reference label."""
-    reference = TrialMeta.of(trial).reference
-    study.enqueue_trial(trial.params, user_attrs={"reference": reference} if reference else {})
+    """Queue the parameters of a trial that was stopped again, keeping where it came from."""
+    study.enqueue_trial(trial.params, user_attrs=TrialMeta.of(trial).queued_attrs())
 
 
 def failed_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -125,6 +124,7 @@ class StudyLoop:
             trial = self.study.ask(fixed_distributions=dists)
             candidate = self.space.decode(trial.params)
             trial.set_user_attr("summary", candidate.summary())
+            trial.set_user_attr("stage", TrialMeta.of(trial).origin)
             in_flight[trial.number] = trial
             return trial.number, candidate, self.fidelity(trial)
 

@@ -42,7 +42,8 @@ def log_to_mlflow(recorder: MlflowRecorder, trial_runs: dict[int, str]):
     """A loop recorder: one MLflow trial run per finished trial, logged before Optuna is told (exactly once)."""
     def record(trial: optuna.Trial, result) -> None:
         if trial.number not in trial_runs:
-            trial_runs[trial.number] = recorder.log_trial(trial.number, result, TrialMeta.of(trial).summary)
+            meta = TrialMeta.of(trial)
+            trial_runs[trial.number] = recorder.log_trial(trial.number, result, meta.summary, meta.origin, meta.plan)
             trial.set_user_attr("mlflow_run_id", trial_runs[trial.number])
     return record
 

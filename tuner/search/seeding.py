@@ -224,8 +224,7 @@ def seed_study(study, space: SearchSpace, executor, experiment, n_seeds: int, fe
                             and t.values is not None}
     started = time.perf_counter()
     target = target_stderr(meta.max_metric_drop, len({(p.kind, p.group) for p in todo}))
-    why = f" (seeding: auto, {n_seeds} seeds: the space searches no pruning)" if config.seeds == "auto" else ""
-    log(f"sensitivity{why}: {len(todo)} probes ({config.mode}; each scored on {config.samples or 'all'} evaluation "
+    log(f"sensitivity: {len(todo)} probes ({config.mode}; each scored on {config.samples or 'all'} evaluation "
         "samples, not timed" + (f"; again on all of them where the std. error is above {target:.2g}" if target and
                                 config.samples else "") + ") ...")
     rows = run_sensitivity(executor, todo, meta.baseline_metric, meta.maximize, config.samples,
@@ -237,7 +236,7 @@ def seed_study(study, space: SearchSpace, executor, experiment, n_seeds: int, fe
 
     def enqueue(seed: Seed) -> None:
         study.enqueue_trial(space.params_of(seed.candidate), user_attrs={
-            "seed": f"step {seed.step}: predicted drop {seed.predicted_drop:.4f}, {seed.predicted_ms:.3f} ms",
+            "stage": "seed", "seed": f"step {seed.step}: predicted drop {seed.predicted_drop:.4f}, {seed.predicted_ms:.3f} ms",
             "seed_step": seed.step, "seed_predicted_drop": seed.predicted_drop,
             "seed_predicted_ms": seed.predicted_ms})
 

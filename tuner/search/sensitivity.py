@@ -74,11 +74,19 @@ class SensitivityRow:
 
 
 def layer_groups(space: SearchSpace, max_groups: int = 48) -> dict[str, tuple[str, ...]]:
-    """Each searched layer alone; for a model with more than ``max_groups`` layers, the layers of each block
-    (the name up to its first numeric part, ``encoder.encoder.layer.3``) together, so the pass stays cheap."""
+    """Each searched layer alone; for a model with more than ``max_groups`` layers, the layers of each *role*
+    together (the same name but for its block numbers, ``encoder.layer.{}.attention.self.query``): the few
+    projections that activation outliers feed are one role in every block, so a role probe finds them in one build.
+    Where roles do not repeat (at most 3 roles, or none shared by two layers), the layers of each block
+    (the name up to its first numeric part, ``features.3``) together instead."""
     layers = [name for name in space.layers if len(space.precision_choices.get(name, ())) > 1]
     if len(layers) <= max_groups:
         return {name: (name,) for name in layers}
+    roles: dict[str, list[str]] = {}
+    for name in layers:
+        roles.setdefault(re.sub(r"(?<=\.)\d+(?=\.|$)", "{}", name), []).append(name)
+    if len(roles) > 3 and len(roles) < len(layers):
+        return {name: tuple(members) for name, members in roles.items()}
     groups: dict[str, list[str]] = {}
     for name in layers:
         match = re.match(r"^(.*?\.\d+)(\.|$)", name)

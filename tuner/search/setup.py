@@ -31,18 +31,19 @@ from tuner.measure.memory import release_memory
 from tuner.search.samplers import make_sampler, resolve_sampler
 from tuner.space import SearchSpace, auto_space_file, load_space_file
 
-# What `seeding: {seeds: auto}` (the default) queues. In experiments/search, on MiniLM's broad precision space a
-# sensitivity pass and 8 seeds reached 0.92 and 1.00 of the union's hypervolume within 10 trials after the pass
-# (25-31 trials' worth), where TPE alone reached 0.80 at 100 trials; on the digits CNN's pruning + precision
-# space, pruning groups interact (a pair pruned together costs far more than the sum of each alone), the
-# predicted path broke early, and seeding did no better than TPE for the pass's cost.
-AUTO_SEEDS = 8
+# `seeding: {seeds: N}` queues N seeds from the predicted path (tuner.search.seeding). In experiments/search, on
+# MiniLM's broad precision space a sensitivity pass and 8 seeds reached 0.92 and 1.00 of the union's hypervolume
+# within 10 trials after the pass (25-31 trials' worth), where TPE alone reached 0.80 at 100 trials; on the digits
+# CNN's pruning + precision space, pruning groups interact (a pair pruned together costs far more than the sum of
+# each alone), the predicted path broke early, and seeding did no better than TPE for the pass's cost.
+# `seeds: auto` (the default) is the plan instead (tuner.search.plan): built and measured mixes around the
+# references, on any space.
+PLAN = "plan"
 
 
-def resolve_seeds(seeds: int | str, space: SearchSpace) -> int:
-    if seeds != "auto":
-        return int(seeds)
-    return 0 if space.prunes else AUTO_SEEDS
+def resolve_seeds(seeds: int | str) -> int | str:
+    """What follows the references: ``PLAN``, a number of predicted-path seeds, or nothing (0)."""
+    return PLAN if seeds == "auto" else int(seeds)
 
 
 def prepare(experiment: Experiment, log: Callable[[str], None] = print):

@@ -54,6 +54,7 @@ from tuner.search.recording import (
 )
 from tuner.search.reference_checks import PerChannelCheck
 from tuner.search.setup import (
+    PLAN,
     measure_baseline,
     open_experiment_study,
     prepare,
@@ -85,6 +86,11 @@ class StudyResult:
     latency_model: Any = None  # LatencyModelCheck: the per-layer model from the references, checked on the trials
     n_screened: int = 0  # stopped after the subset (PRUNED): clearly infeasible, never timed
     n_screened_before_build: int = 0  # of those, scored as their pruned fp32 model, never exported or quantized
+    stages: dict[str, tuple[int, int]] = field(default_factory=dict)  # stage -> (finished trials, feasible ones)
+
+    def stages_line(self) -> str:
+        return "trials by stage: " + ", ".join(f"{stage} {n} ({feasible} feasible)"
+                                               for stage, (n, feasible) in self.stages.items())
 
 
 @dataclass
@@ -192,16 +198,22 @@ def _search(run: _Run, runner: Executor, budget: int, stop: StopRequest, callbac
                      callbacks=callbacks + [PerChannelCheck(run.space.offered_precisions(), progress_bar.write)],
                      stop=stop, fidelity=screening(experiment, StudyMeta.load(study)),
                      refiners=front_race(study, runner, run.feeds, experiment, log))
-    n_seeds = resolve_seeds(experiment.seeding.seeds, run.space)
-    if n_seeds and not StudyMeta.load(study).seeded:
+    guide = resolve_seeds(experiment.seeding.seeds)
+    if guide and not StudyMeta.load(study).seeded:
         waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         loop.run(until=n_finished(study) + waiting)  # the references (queued) first
         if n_finished(study) < budget:
-            from tuner.search.seeding import seed_study
+            write = progress_bar.write if progress_bar.enabled else log
+            if guide == PLAN:
+                from tuner.search.plan import start_plan
 
-            check = seed_study(study, run.space, runner, experiment, n_seeds, run.feeds, run.recorder,
-                               progress_bar.write if progress_bar.enabled else log, stop)
-            if check is not None:  # queues the rest of the seeds as the first ones are measured
+                check = start_plan(study, run.space, runner, experiment, budget - n_finished(study), run.feeds,
+                                   run.recorder, write, stop)
+            else:
+                from tuner.search.seeding import seed_study
+
+                check = seed_study(study, run.space, runner, experiment, guide, run.feeds, run.recorder, write, stop)
+            if check is not None:  # queues the rest as the first ones are measured
                 loop.callbacks.append(check)
     loop.run()
     progress_bar.close()  # before the re-check prints
@@ -224,4 +236,17 @@ def _result(run: _Run, front: list, references: list, wall_s: float, timings: Ti
                        checks["latency_check"], failure_reasons(study), disk,
                        {**timings.peak_rss_mb, "driver": peak_rss_mb()}, checks["latency_model"],
                        states.count(TrialState.PRUNED) - n_failed,
-                       sum(1 for t in trials if TrialMeta.of(t).screened_before_build))
+                       sum(1 for t in trials if TrialMeta.of(t).screened_before_build), _stages(study))
+
+
+def _stages(study: optuna.Study) -> dict[str, tuple[int, int]]:
+    """Finished trials per stage, and how many of them are feasible (complete, within the constraint)."""
+    limit = StudyMeta.load(study).max_metric_drop
+    out: dict[str, list[int]] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        meta = TrialMeta.of(trial)
+        counts = out.setdefault(meta.origin, [0, 0])
+        counts[0] += 1
+        counts[1] += (trial.state == TrialState.COMPLETE and meta.metric_drop is not None
+                      and (limit is None or meta.metric_drop <= limit))
+    return {stage: (n, feasible) for stage, (n, feasible) in out.items()}

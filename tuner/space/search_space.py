@@ -19,6 +19,12 @@ from tuner.core.precision import FP32, applies_to, fidelity_rank, op_types_for
 from tuner.core.records import reference_label
 from tuner.space.file import Rule, SpaceFile
 
+# The switch that decides whether a candidate prunes at all: its pruning ratios count only when it is on. Each
+# group's ratio alone would leave every group at 0 in a vanishing share of trials (for 12 groups with 6 ratios,
+# one in 2 billion); with the switch, samplers that draw it independently (random, TPE) try unpruned mixes in about
+# half of their trials, and a model that tolerates no pruning is not searched only through pruned ones.
+PRUNED = "pruned"
+
 
 class SearchSpace:
     """A space file resolved against one model: the Optuna distributions and how to decode them.
@@ -130,6 +136,8 @@ class SearchSpace:
             if len(choices) > 1:
                 dists[f"precision.{name}"] = (IntDistribution(0, len(choices) - 1) if self.ordered_precision
                                               else CategoricalDistribution(list(choices)))
+        if self.prunes:
+            dists[PRUNED] = CategoricalDistribution([False, True])
         for name, values in self.prune_choices.items():
             if len(values) > 1:
                 dists[f"prune.{name}"] = FloatDistribution(values[0], values[-1], step=values[1] - values[0])
@@ -150,10 +158,14 @@ class SearchSpace:
         return self.precision_choices[layer].index(choice) if self.ordered_precision else choice
 
     def readable(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """``params`` with ordered precision indices replaced by the choices they stand for (for plots, files)."""
-        if not self.ordered_precision:
-            return dict(params)
+        """``params`` as the choices they stand for (for plots, files): ordered precision indices replaced by their
+        choices, and with the pruning switch off, each group's ratio by its lowest (the ratio drawn is unused)."""
         out = dict(params)
+        if out.get(PRUNED) is False:
+            out.update({f"prune.{n}": values[0] for n, values in self.prune_choices.items()
+                        if f"prune.{n}" in out})
+        if not self.ordered_precision:
+            return out
         for key, value in params.items():
             layer = key[len("precision."):]
             if key.startswith("precision.") and layer in self.precision_choices and not isinstance(value, str):
@@ -177,7 +189,10 @@ class SearchSpace:
         params: dict[str, Any] = {}
         for name in self.distributions():
             kind, _, rest = name.partition(".")
-            if kind == "precision":
+            if name == PRUNED:
+                params[name] = any(ratio != self.prune_choices[group][0] for group, ratio in prune.items()
+                                   if group in self.prune_choices)
+            elif kind == "precision":
                 params[name] = self._precision_value(rest, precision.get(rest, FP32))
             elif kind == "prune":
                 params[name] = prune.get(rest, self.prune_choices[rest][0])
@@ -201,6 +216,8 @@ class SearchSpace:
                     FP32 if FP32 in layer_choices else layer_choices[0]))
             elif name.startswith("prune."):
                 params[name] = dist.low
+            elif name == PRUNED:
+                params[name] = False
             elif name == "opt_level":
                 params[name] = self.opt_levels[-1]
             elif name == "recovery":

@@ -1,0 +1,117 @@
+"""The default plan (tuner.search.plan): which kinds it works with, the repair's search over the sensitivity
+ranking, and, on a small model built here with one deliberately fragile layer, real builds in the order the
+plan gives them. Latencies in these tests are given, never measured."""
+
+from pathlib import Path
+
+import pytest
+from tiny_mlp import make_task
+
+from tuner.build.layers import layer_op_types
+from tuner.core.candidate import Candidate
+from tuner.core.records import Fidelity, metric_drop
+from tuner.executors import InProcessExecutor
+from tuner.executors.base import evaluate_all
+from tuner.experiment import EvalSettings
+from tuner.search.plan import (
+    PlanQueue,
+    Reference,
+    RepairSearch,
+    choose_targets,
+    fill_points,
+    groups_by_sensitivity,
+    mix,
+)
+from tuner.search.sensitivity import probes, run_sensitivity
+from tuner.space import SearchSpace, load_space_file
+from tuner.taskref import TaskRef
+
+MAX_DROP = 0.02
+TESTS = str(Path(__file__).parent)
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory):
+    return _space(tmp_path_factory.mktemp("plan"))
+
+
+def test_targets_are_the_fastest_feasible_reference_and_the_infeasible_kind_closest_to_the_constraint():
+    refs = [Reference("int8", 0.30, 1.0, False), Reference("int8-dynamic-pc", 0.03, 1.2, False),
+            Reference("int8-dynamic", 0.01, 1.5, True), Reference("int4", 0.02, 3.0, True),
+            Reference("fp32", 0.0, 2.0, True)]
+    targets = choose_targets(refs)
+    assert targets.best.kind == "int8-dynamic" and targets.repair.kind == "int8-dynamic-pc"
+    assert targets.kinds == ["int8-dynamic-pc", "int8-dynamic"]
+    # nothing faster than the best feasible one misses: no repair, only the fill (ranked at the best kind)
+    assert choose_targets(refs[2:]).repair is None and choose_targets(refs[2:]).kinds == ["int8-dynamic"]
+    # every kind misses: the repair keeps its sensitive groups at fp32; nothing to fill
+    everything_misses = [Reference("int8", 0.3, 1.0, False), Reference("fp32", 0.0, 2.0, True)]
+    assert choose_targets(everything_misses).kinds == ["int8"] and choose_targets(everything_misses).best.kind == "fp32"
+    assert choose_targets([Reference("int8", 0.3, 1.0, False)]) is None  # no fp32 measured: no plan
+
+
+@pytest.mark.parametrize("needed,expected", [(1, [1]), (2, [1, 2]), (5, [1, 2, 4, 8, 6, 5]), (12, [1, 2, 4, 8])])
+def test_the_repair_doubles_then_halves_the_count_of_groups_kept_safe(needed, expected, space):
+    """Feasible once the ``needed`` most sensitive of 12 groups are kept safe: 1, 2, 4, ... then bisection, at
+    most 6 builds, never the count already known feasible (all 12: the safe kind's own reference)."""
+    search = RepairSearch(space, "int8", "fp32", [(f"g{i}",) for i in range(12)])
+    tried = []
+    while (point := search.next()) is not None:
+        tried.append(point.kept)
+        search.measured(point.kept, point.kept >= needed)
+    assert tried == expected
+    assert search.feasible == (needed if needed < 12 else 12)
+
+
+def test_fill_points_spread_the_latency_between_the_best_reference_and_fp32(space):
+    order = [(layer,) for layer in space.layers]
+    best, fp32 = Reference("int8", 0.001, 1.0, True), Reference("fp32", 0.0, 2.0, True)
+
+    def predict(candidate: Candidate) -> float:  # each fp32 layer costs its share of the gap
+        return 1.0 + sum(p == "fp32" for _, p in candidate.precision) / len(order)
+
+    points = fill_points(space, best, fp32, order, predict)
+    assert [p.kept for p in points] == [1, 2]  # 2x in steps of at most 1.35x: two points between the ends
+    assert dict(points[0].candidate.precision)[order[0][0]] == "fp32"  # the most sensitive goes back first
+    assert fill_points(space, fp32, fp32, order, predict) == []  # the best is fp32: nothing to fill
+
+
+def test_the_plan_keeps_the_fragile_layer_safe_first_and_repairs_uniform_int8_in_a_few_builds(tmp_path):
+    """tiny_mlp's outlier makes layer 0 fragile under per-tensor int8: the ranking puts it first, and the first
+    repair point (layer 0 kept fp32, the rest int8) is feasible, where uniform int8 is not. Real builds."""
+    task = make_task(outlier=1e4)
+    space = _space(tmp_path, task)
+    executor = InProcessExecutor(TaskRef("tiny_mlp.py:make_task", {"outlier": 1e4}, TESTS),
+                                 EvalSettings(warmup=1, repeats=3), tmp_path / "artifacts", task=task)
+    try:
+        _, base = next(evaluate_all(executor, {"fp32": Candidate(opt_level="all")}))
+        _, uniform = next(evaluate_all(executor, {"int8": mix(space, "int8", [], "fp32")}))
+        assert metric_drop(base.metric, uniform.metric, True) > MAX_DROP  # the reference to repair misses
+        rows = run_sensitivity(executor, probes(space), base.metric, True, None, tmp_path / "sensitivity.jsonl",
+                               log=lambda line: None)
+        order = groups_by_sensitivity(rows, "int8")
+        assert order[0] == ("0",)
+
+        measured, queued = [], []
+        search = RepairSearch(space, "int8", "fp32", order)
+        queue = PlanQueue([], search, MAX_DROP, queued.append, log=lambda line: None)
+        queue.start(room=10)
+        while queued:
+            point = queued.pop(0)
+            _, result = next(evaluate_all(executor, {point.label: point.candidate},
+                                          fidelity=Fidelity(samples=None, timed=False)))
+            feasible = metric_drop(base.metric, result.metric, True) <= MAX_DROP
+            measured.append((point.kept, feasible))
+            search.measured(point.kept, feasible)
+            if (nxt := search.next()) is not None:
+                queued.append(nxt)
+    finally:
+        executor.close()
+    assert measured[0] == (1, True)  # one build: the fragile layer kept fp32 is enough
+    assert len(measured) <= 2 and search.feasible == 1
+
+
+def _space(folder: Path, task=None) -> SearchSpace:
+    task = task or make_task()
+    (folder / "space.yaml").write_text('layers:\n  - match: "re:.*"\n    precision: [fp32, int8]\n')
+    return SearchSpace(load_space_file(folder / "space.yaml"), layer_op_types(task.model, task.example_inputs), [])

@@ -1,0 +1,257 @@
+"""The default plan: after the references, build the mixes where good models usually are, before any sampler.
+
+Uniform references leave two gaps that a sampler rarely fills (most of its draws change every layer at once):
+
+- **repair**: the fastest kinds often just miss the constraint because of a few layers (activation outliers feed
+  a few projections of every transformer block; a few convolutions of a CNN carry most of static int8's error).
+  The uniformly quantized model with its most sensitive layer groups kept at a safer kind is feasible and nearly
+  as fast. The groups are ranked by the sensitivity pass; how many to keep is searched on built, measured models:
+  1, 2, 4, ... groups until one is feasible, then halving the interval between the largest infeasible and the
+  smallest feasible count (:class:`RepairSearch`).
+- **fill**: between the fastest feasible reference and fp32 the front is empty, so a user with a tighter
+  constraint gets fp32. Mixes that keep the k most sensitive groups fp32 fill it, k chosen so that their
+  predicted latencies (the latency model from the references) are evenly spaced on a log scale.
+
+The plan's points are trials like any other (queued in the study, built, scored and timed by the workers), with
+``stage`` "plan" and ``plan`` saying which point they are; the sampler takes the budget that is left.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from tuner.core.candidate import Candidate
+from tuner.core.precision import FP32
+from tuner.core.records import TrialMeta
+from tuner.search.sensitivity import SensitivityRow, ranking
+from tuner.space import SearchSpace
+
+FILL_STEP = 1.35  # largest latency ratio wanted between neighbouring fill points
+MAX_FILL = 4
+MAX_REPAIR_BUILDS = 6
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A measured uniform reference, as the plan reads it."""
+
+    kind: str
+    drop: float
+    latency_ms: float
+    feasible: bool
+
+
+@dataclass(frozen=True)
+class PlanPoint:
+    candidate: Candidate
+    label: str  # what the point is, e.g. "repair int8: 4 most sensitive groups at int8-dynamic-pc"
+    kept: int  # how many of the ranked groups it keeps at the safer kind
+
+
+def measured_references(study: optuna.Study, max_drop: float | None) -> list[Reference]:
+    """The completed reference trials (fp32 included), fastest first."""
+    limit = math.inf if max_drop is None else max_drop
+    out = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        meta = TrialMeta.of(trial)
+        if meta.reference and meta.metric_drop is not None:
+            out.append(Reference(meta.reference_kind, meta.metric_drop, trial.values[1], meta.metric_drop <= limit))
+    return sorted(out, key=lambda r: r.latency_ms)
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Which kinds the plan works with: the fastest feasible reference, and the kind it repairs (an infeasible
+    reference faster than that one, the closest to the constraint), if any."""
+
+    best: Reference
+    repair: Reference | None
+    fp32: Reference
+
+    @property
+    def kinds(self) -> list[str]:
+        """The kinds the sensitivity pass ranks groups for."""
+        wanted = [r.kind for r in (self.repair, self.best) if r is not None and r.kind != FP32]
+        return list(dict.fromkeys(wanted))
+
+
+def choose_targets(references: Sequence[Reference]) -> Targets | None:
+    fp32 = next((r for r in references if r.kind == FP32), None)
+    feasible = [r for r in references if r.feasible]
+    if fp32 is None or not feasible:
+        return None
+    best = min(feasible, key=lambda r: r.latency_ms)
+    faster = [r for r in references if not r.feasible and r.latency_ms < best.latency_ms]
+    repair = min(faster, key=lambda r: (r.drop, r.latency_ms)) if faster else None
+    return Targets(best, repair, fp32)
+
+
+def groups_by_sensitivity(rows: Sequence[SensitivityRow], kind: str) -> list[tuple[str, ...]]:
+    """The layer groups probed at ``kind``, most sensitive first (a probe that failed counts as most sensitive)."""
+    return [row.layers for row in ranking([r for r in rows if r.kind == "precision"], kind)]
+
+
+def mix(space: SearchSpace, base: str, keep: Sequence[tuple[str, ...]], safe: str) -> Candidate:
+    """Every searched layer at ``base`` where its rule allows it (else fp32), the layers of ``keep`` at ``safe``
+    (else fp32); unpruned, at the highest opt level."""
+    def allowed(layer: str, choice: str) -> str:
+        choices = space.precision_choices[layer]
+        return choice if choice in choices else (FP32 if FP32 in choices else choices[0])
+
+    kept = {layer for group in keep for layer in group}
+    precision = {layer: allowed(layer, safe if layer in kept else base) for layer in space.precision_choices}
+    return Candidate(tuple(precision.items()), opt_level=space.opt_levels[-1], recovery=space.recovery[0],
+                     importance=space.importance[0])
+
+
+def fill_points(space: SearchSpace, best: Reference, fp32: Reference, order: Sequence[tuple[str, ...]],
+                predict: Callable[[Candidate], float]) -> list[PlanPoint]:
+    """Mixes of ``best``'s kind with the k most sensitive groups fp32, their predicted latencies evenly spaced on
+    a log scale between ``best`` and fp32, at most FILL_STEP apart (see the module docstring)."""
+    if best.kind == FP32 or not order or fp32.latency_ms <= best.latency_ms:
+        return []
+    ratio = fp32.latency_ms / best.latency_ms
+    count = min(MAX_FILL, max(0, math.ceil(math.log(ratio) / math.log(FILL_STEP)) - 1), len(order) - 1)
+    if count < 1:
+        return []
+    predicted = [predict(mix(space, best.kind, order[:k], FP32)) for k in range(len(order) + 1)]
+    low, high = predicted[0], predicted[-1]
+    if not high > low:  # the model sees no cost in fp32 layers: spread the counts instead
+        ks = [round(len(order) * (i + 1) / (count + 1)) for i in range(count)]
+    else:
+        targets = [low * (high / low) ** ((i + 1) / (count + 1)) for i in range(count)]
+        ks = [min(range(1, len(order)), key=lambda k: abs(math.log(predicted[k] / target))) for target in targets]
+    return [PlanPoint(mix(space, best.kind, order[:k], FP32), f"fill {best.kind}: {k} most sensitive of "
+                      f"{len(order)} groups fp32", k) for k in sorted(set(ks))]
+
+
+class RepairSearch:
+    """Which count of the most sensitive groups, kept at the safer kind, makes the repaired kind feasible: 1, 2,
+    4, ... until one is, then halving the interval (each step one built and measured trial)."""
+
+    def __init__(self, space: SearchSpace, repair: str, safe: str, order: Sequence[tuple[str, ...]],
+                 builds: int = MAX_REPAIR_BUILDS):
+        self.space, self.repair, self.safe, self.order = space, repair, safe, list(order)
+        self.infeasible, self.feasible = 0, len(self.order)  # uniform `repair` misses; uniform `safe` is feasible
+        self.found = False
+        self.builds = builds
+
+    def next(self) -> PlanPoint | None:
+        """The next count to measure, or None when the search is done."""
+        if self.builds <= 0 or self.feasible - self.infeasible <= 1:
+            return None
+        k = (self.infeasible + self.feasible) // 2 if self.found else max(1, 2 * self.infeasible)
+        if k >= self.feasible:
+            return None
+        self.builds -= 1
+        return PlanPoint(mix(self.space, self.repair, self.order[:k], self.safe),
+                         f"repair {self.repair}: {k} most sensitive of {len(self.order)} groups at {self.safe}", k)
+
+    def measured(self, kept: int, feasible: bool) -> None:
+        if feasible:
+            self.feasible, self.found = min(self.feasible, kept), True
+        else:
+            self.infeasible = max(self.infeasible, kept)
+
+
+class PlanQueue:
+    """A loop callback that queues the plan's points: the fill points at once, the repair one count at a time as
+    each is measured. Nothing is queued once the budget has no room for it; its state lives in the driver (a
+    resumed study goes on with the sampler)."""
+
+    def __init__(self, fill: Sequence[PlanPoint], repair: RepairSearch | None, max_drop: float | None,
+                 enqueue: Callable[[PlanPoint], None], log: Callable[[str], None] = print):
+        self.fill, self.repair = list(fill), repair
+        self.max_drop = math.inf if max_drop is None else max_drop
+        self.enqueue, self.log = enqueue, log
+        self.waiting: dict[str, PlanPoint] = {}  # label -> the repair point being measured
+
+    def start(self, room: int) -> None:
+        """Queue the first repair point, then as many fill points as ``room`` leaves."""
+        self._next_repair(room)
+        for point in self.fill[:max(room - len(self.waiting), 0)]:
+            self.enqueue(point)
+
+    def __call__(self, study: optuna.Study, finished) -> None:
+        meta = TrialMeta.of(finished.trial)
+        point = self.waiting.pop(meta.plan, None)
+        if point is not None and self.repair is not None:
+            feasible = (finished.trial.state == TrialState.COMPLETE and meta.metric_drop is not None
+                        and meta.metric_drop <= self.max_drop)
+            self.repair.measured(point.kept, feasible)
+            drop = "did not complete" if meta.metric_drop is None else f"drop {meta.metric_drop:.4f}"
+            self.log(f"plan: {point.label}: {drop}, {'feasible' if feasible else 'infeasible'}")
+        self._next_repair(finished.budget - finished.done - finished.in_flight)
+
+    def _next_repair(self, room: int) -> None:
+        if self.repair is None or self.waiting or room < 1:
+            return
+        point = self.repair.next()
+        if point is not None:
+            self.enqueue(point)
+            self.waiting[point.label] = point
+
+
+def plan_attrs(point: PlanPoint) -> Mapping[str, str]:
+    return {"stage": "plan", "plan": point.label}
+
+
+def start_plan(study: optuna.Study, space: SearchSpace, executor, experiment, room: int, feeds_for, recorder,
+               log: Callable[[str], None], stop=None) -> PlanQueue | None:
+    """After the references: rank the layer groups for the kinds the plan uses (the sensitivity pass, on the
+    executor; resumed from the run directory's ``sensitivity.jsonl``), and start queueing the plan's points in
+    ``room`` trials. Once per study; returns the callback that queues the rest, or None if there is no plan."""
+    import time
+    from dataclasses import replace
+
+    from tuner.core.records import StudyMeta
+    from tuner.search.latency_check import fit_from_references
+    from tuner.search.seeding import publish_sensitivity
+    from tuner.search.sensitivity import probes, run_sensitivity, target_stderr
+
+    meta = StudyMeta.load(study)
+    replace(meta, seeded=True).save(study)
+    targets = choose_targets(measured_references(study, meta.max_metric_drop))
+    if targets is None or not targets.kinds or room < 1:
+        log("plan: no uniform kind is feasible or close to it; the sampler starts alone after the references")
+        return None
+    config = experiment.seeding
+    todo = [p for p in probes(space, "one_in", config.max_groups) if p.kind == "precision" and p.choice in
+            targets.kinds]
+    groups = len({p.group for p in todo})
+    log(f"plan: fastest feasible reference {targets.best.kind} ({targets.best.latency_ms:.3f} ms)"
+        + (f"; repairing {targets.repair.kind} (drop {targets.repair.drop:.4f}, {targets.repair.latency_ms:.3f} ms)"
+           if targets.repair else "")
+        + f"; ranking {groups} layer groups at {', '.join(targets.kinds)}: {len(todo)} probes, each scored on "
+          f"{config.samples or 'all'} evaluation samples, not timed ...")
+    started = time.perf_counter()
+    rows = run_sensitivity(executor, todo, meta.baseline_metric, meta.maximize, config.samples,
+                           experiment.run_dir / "sensitivity.jsonl", log, None, stop,
+                           target_stderr(meta.max_metric_drop, groups))
+    spent = time.perf_counter() - started
+    publish_sensitivity(rows, experiment.run_dir, meta.metric_name, recorder, spent)
+    fill: list[PlanPoint] = []
+    if targets.best.kind != FP32:
+        model, _ = fit_from_references(study, space, experiment.run_dir, feeds_for, experiment.latency.threads)
+        fill = fill_points(space, targets.best, targets.fp32, groups_by_sensitivity(rows, targets.best.kind),
+                           model.predict)
+    repair = None
+    if targets.repair is not None:
+        repair = RepairSearch(space, targets.repair.kind, targets.best.kind,
+                              groups_by_sensitivity(rows, targets.repair.kind))
+
+    def enqueue(point: PlanPoint) -> None:
+        study.enqueue_trial(space.params_of(point.candidate), user_attrs=dict(plan_attrs(point)))
+        log(f"plan: queued {point.label}")
+
+    queue = PlanQueue(fill, repair, meta.max_metric_drop, enqueue, log)
+    log(f"plan: {len(rows)} probes in {spent:.1f} s; {len(fill)} fill points"
+        + (f"; repair of {targets.repair.kind} searched over {len(repair.order)} ranked groups, one build at a time"
+           if repair else ""))
+    queue.start(room)
+    return queue
