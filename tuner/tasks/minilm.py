@@ -46,9 +46,28 @@ def _collected(min_chars: int) -> tuple[str, ...]:
     return tuple(json.loads(done.stdout))
 
 
+def language_reference_paragraphs(min_chars: int = 80) -> list[str]:
+    """Paragraphs of the Python language reference and library topics that ``help()`` shows (the standard
+    library's ``pydoc_data.topics``, a fixed text): prose of another kind than docstrings, on every machine.
+    Code examples are left out."""
+    from pydoc_data.topics import topics
+
+    out = []
+    for topic in sorted(topics):
+        for paragraph in topics[topic].split("\n\n"):
+            text = " ".join(paragraph.split())
+            if len(text) >= min_chars and not text.startswith((">>>", "...")):
+                out.append(text)
+    return list(dict.fromkeys(out))
+
+
+CORPORA = {"docstrings": stdlib_docstrings, "language-reference": language_reference_paragraphs}
+
+
 def make_task(seq_len: int = 128, n_eval: int = 256, calibration_batches: int = 8,
-              calibration_batch_size: int = 8) -> Task:
-    """all-MiniLM-L6-v2 at batch 1 x ``seq_len`` tokens, fidelity scored on ``n_eval`` docstrings."""
+              calibration_batch_size: int = 8, corpus: str = "docstrings") -> Task:
+    """all-MiniLM-L6-v2 at batch 1 x ``seq_len`` tokens, fidelity scored on ``n_eval`` texts of ``corpus``:
+    stdlib docstrings (the default) or paragraphs of the Python language reference (``language-reference``)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -58,13 +77,17 @@ def make_task(seq_len: int = 128, n_eval: int = 256, calibration_batches: int = 
     path = model_dir()
     tokenizer = AutoTokenizer.from_pretrained(path)
     encoder = AutoModel.from_pretrained(path, add_pooling_layer=False).eval()  # mean pooling instead
-    tokens = docstring_tokens(tokenizer, n_eval + calibration_batches * calibration_batch_size, seq_len, __name__)
+    if corpus not in CORPORA:
+        raise TaskError(f"{__name__}: corpus {corpus!r} is not one of {sorted(CORPORA)}.")
+    tokens = docstring_tokens(tokenizer, n_eval + calibration_batches * calibration_batch_size, seq_len, __name__,
+                              CORPORA[corpus]())
     return embedding_task(encoder, tokens, n_eval, calibration_batches, calibration_batch_size)
 
 
-def docstring_tokens(tokenizer, n_needed: int, seq_len: int, task: str) -> dict:
-    """``n_needed`` stdlib docstrings, tokenized to ``seq_len``; ``task`` names the caller in the error."""
-    texts = stdlib_docstrings()
+def docstring_tokens(tokenizer, n_needed: int, seq_len: int, task: str, texts: list[str] | None = None) -> dict:
+    """``n_needed`` of ``texts`` (default: the stdlib docstrings), tokenized to ``seq_len``; ``task`` names the
+    caller in the error."""
+    texts = stdlib_docstrings() if texts is None else texts
     if len(texts) < n_needed:
         raise TaskError(f"{task}: the corpus has {len(texts)} texts, fewer than the {n_needed} asked for.")
     # Spread the picks over the corpus so that no single module dominates; eval and calibration interleave.
