@@ -70,10 +70,11 @@ class RecoveryConfig(BaseModel):
 
 
 class SeedingConfig(BaseModel):
-    """Queue candidates of the predicted front right after the references (:mod:`tuner.seeding`): a sensitivity
-    pass over the layer groups (:mod:`tuner.sensitivity`), the per-layer latency model from the references, then
-    ``seeds`` candidates. 0 seeds: no sensitivity pass, the sampler starts alone after the references. ``auto``:
-    seeds on a space that searches precision only, none on one that prunes (`tuner.seeding.seed_count`)."""
+    """What follows the references, before the sampler. ``auto`` (the default): the plan
+    (:mod:`tuner.search.plan`): a sensitivity pass at the kinds it uses, then repaired and filled mixes, built and
+    measured. ``N``: a sensitivity pass over every kind (:mod:`tuner.search.sensitivity`), the per-layer latency
+    model from the references, then N candidates of the predicted front (:mod:`tuner.search.seeding`). 0: nothing,
+    the sampler starts alone after the references."""
 
     model_config = ConfigDict(extra="forbid")
     seeds: Annotated[int, Field(ge=0, le=200)] | Literal["auto"] = "auto"
