@@ -19,16 +19,25 @@ The plan's points are trials like any other (queued in the study, built, scored 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import optuna
 from optuna.trial import TrialState
 
 from tuner.core.candidate import Candidate
 from tuner.core.precision import FP32
-from tuner.core.records import TrialMeta
-from tuner.search.sensitivity import SensitivityRow, ranking
+from tuner.core.records import StudyMeta, TrialMeta
+from tuner.search.latency_check import fit_from_references
+from tuner.search.seeding import publish_sensitivity
+from tuner.search.sensitivity import (
+    SensitivityRow,
+    probes,
+    ranking,
+    run_sensitivity,
+    target_stderr,
+)
 from tuner.space import SearchSpace
 
 FILL_STEP = 1.35  # largest latency ratio wanted between neighbouring fill points
@@ -206,18 +215,10 @@ def start_plan(study: optuna.Study, space: SearchSpace, executor, experiment, ro
     """After the references: rank the layer groups for the kinds the plan uses (the sensitivity pass, on the
     executor; resumed from the run directory's ``sensitivity.jsonl``), and start queueing the plan's points in
     ``room`` trials. Once per study; returns the callback that queues the rest, or None if there is no plan."""
-    import time
-    from dataclasses import replace
-
-    from tuner.core.records import StudyMeta
-    from tuner.search.latency_check import fit_from_references
-    from tuner.search.seeding import publish_sensitivity
-    from tuner.search.sensitivity import probes, run_sensitivity, target_stderr
-
     meta = StudyMeta.load(study)
-    replace(meta, seeded=True).save(study)
     targets = choose_targets(measured_references(study, meta.max_metric_drop))
     if targets is None or not targets.kinds or room < 1:
+        replace(meta, seeded=True).save(study)
         log("plan: no uniform kind is feasible or close to it; the sampler starts alone after the references")
         return None
     config = experiment.seeding
@@ -254,4 +255,5 @@ def start_plan(study: optuna.Study, space: SearchSpace, executor, experiment, ro
         + (f"; repair of {targets.repair.kind} searched over {len(repair.order)} ranked groups, one build at a time"
            if repair else ""))
     queue.start(room)
+    replace(StudyMeta.load(study), seeded=True).save(study)  # once queued: a pass stopped midway resumes instead
     return queue
