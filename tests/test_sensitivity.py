@@ -129,3 +129,24 @@ def test_the_target_error_keeps_a_seeds_summed_prediction_within_a_quarter_of_th
     assert needs_whole_set(row, 0.001) and not needs_whole_set(row, 0.003)
     assert not needs_whole_set(replace(row, whole_set=True, stderr=None), 0.001)
     assert not needs_whole_set(replace(row, metric=None, drop=None, stderr=None, error="failed"), 0.001)
+
+
+def test_above_max_groups_layers_are_probed_by_role_across_blocks_or_else_by_block():
+    from types import SimpleNamespace
+
+    def space(names):
+        return SimpleNamespace(layers=names, precision_choices={n: ("fp32", "int8") for n in names})
+
+    roles = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+             "intermediate.dense", "output.dense")
+    bert = [f"encoder.layer.{i}.{role}" for i in range(12) for role in roles]
+    groups = layer_groups(space(bert), max_groups=48)
+    assert list(groups) == [f"encoder.layer.{{}}.{role}" for role in roles]
+    assert groups["encoder.layer.{}.output.dense"] == tuple(f"encoder.layer.{i}.output.dense" for i in range(12))
+    assert layer_groups(space(bert[:48]), max_groups=48) == {n: (n,) for n in bert[:48]}  # few enough: alone
+    # a CNN's stages: the same position in each stage's blocks is one role
+    resnet = [f"stages.{s}.layers.{b}.layer.{c}.conv" for s in range(4) for b in range(3) for c in range(3)]
+    assert len(layer_groups(space(resnet), max_groups=20)) == 9
+    # names that repeat no role: by block
+    flat = [f"features.{i}.conv" for i in range(30)]
+    assert layer_groups(space(flat), max_groups=20) == {f"features.{i}": (f"features.{i}.conv",) for i in range(30)}

@@ -75,7 +75,8 @@ class SensitivityRow:
 
 def layer_groups(space: SearchSpace, max_groups: int = 48) -> dict[str, tuple[str, ...]]:
     """Each searched layer alone; for a model with more than ``max_groups`` layers, the layers of each *role*
-    together (the same name but for its block numbers, ``encoder.layer.{}.attention.self.query``): the few
+    together (the same name but for its first number, the block's: ``encoder.layer.{}.attention.self.query``;
+    ``stages.{}.layers.0.layer.2.convolution``, the third convolution of each stage's first block): the few
     projections that activation outliers feed are one role in every block, so a role probe finds them in one build.
     Where roles do not repeat (at most 3 roles, or none shared by two layers), the layers of each block
     (the name up to its first numeric part, ``features.3``) together instead."""
@@ -84,7 +85,7 @@ def layer_groups(space: SearchSpace, max_groups: int = 48) -> dict[str, tuple[st
         return {name: (name,) for name in layers}
     roles: dict[str, list[str]] = {}
     for name in layers:
-        roles.setdefault(re.sub(r"(?<=\.)\d+(?=\.|$)", "{}", name), []).append(name)
+        roles.setdefault(re.sub(r"(?<=\.)\d+(?=\.|$)", "{}", name, count=1), []).append(name)
     if len(roles) > 3 and len(roles) < len(layers):
         return {name: tuple(members) for name, members in roles.items()}
     groups: dict[str, list[str]] = {}
