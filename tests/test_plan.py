@@ -115,3 +115,25 @@ def _space(folder: Path, task=None) -> SearchSpace:
     task = task or make_task()
     (folder / "space.yaml").write_text('layers:\n  - match: "re:.*"\n    precision: [fp32, int8]\n')
     return SearchSpace(load_space_file(folder / "space.yaml"), layer_op_types(task.model, task.example_inputs), [])
+
+
+def test_a_repair_point_no_faster_than_the_best_feasible_reference_ends_the_repair(space):
+    from types import SimpleNamespace
+
+    from optuna.trial import TrialState, create_trial
+
+    queued = []
+    search = RepairSearch(space, "int8", "fp32", [(f"g{i}",) for i in range(12)])
+    queue = PlanQueue([], search, MAX_DROP, queued.append, log=lambda line: None, ceiling_ms=10.0)
+    queue.start(room=10)
+    assert [p.kept for p in queued] == [1]
+
+    def finish(point, ms, drop):
+        trial = create_trial(state=TrialState.COMPLETE, values=[1 - drop, ms],
+                             user_attrs={"stage": "plan", "plan": point.label, "metric_drop": drop})
+        queue(None, SimpleNamespace(trial=trial, budget=20, done=5, in_flight=0))
+
+    finish(queued[-1], 8.0, 0.05)  # infeasible and fast: the search goes on
+    assert [p.kept for p in queued] == [1, 2]
+    finish(queued[-1], 10.5, 0.05)  # slower than the best feasible reference: nothing more is queued
+    assert [p.kept for p in queued] == [1, 2] and search.next() is None

@@ -161,6 +161,11 @@ class RepairSearch:
         return PlanPoint(mix(self.space, self.repair, self.order[:k], self.safe),
                          f"repair {self.repair}: {k} most sensitive of {len(self.order)} groups at {self.safe}", k)
 
+    def stop(self) -> None:
+        """No count is worth measuring any more (a mix measured slower than the best feasible reference: keeping
+        more groups safe would only be slower)."""
+        self.builds = 0
+
     def measured(self, kept: int, feasible: bool) -> None:
         if feasible:
             self.feasible, self.found = min(self.feasible, kept), True
@@ -174,8 +179,12 @@ class PlanQueue:
     resumed study goes on with the sampler)."""
 
     def __init__(self, fill: Sequence[PlanPoint], repair: RepairSearch | None, max_drop: float | None,
-                 enqueue: Callable[[PlanPoint], None], log: Callable[[str], None] = print):
-        self.fill, self.repair = list(fill), repair
+                 enqueue: Callable[[PlanPoint], None], log: Callable[[str], None] = print,
+                 ceiling_ms: float = math.inf):
+        """``ceiling_ms``: the best feasible reference's latency; a repair point measured at or above it ends the
+        repair (a mix's transitions between kinds can cost more than the kinds save: on ResNet-50, uniform int8
+        with a quarter of its convolutions fp32 ran at 0.98x fp32)."""
+        self.fill, self.repair, self.ceiling_ms = list(fill), repair, ceiling_ms
         self.max_drop = math.inf if max_drop is None else max_drop
         self.enqueue, self.log = enqueue, log
         self.waiting: dict[str, PlanPoint] = {}  # label -> the repair point being measured
@@ -195,6 +204,11 @@ class PlanQueue:
             self.repair.measured(point.kept, feasible)
             drop = "did not complete" if meta.metric_drop is None else f"drop {meta.metric_drop:.4f}"
             self.log(f"plan: {point.label}: {drop}, {'feasible' if feasible else 'infeasible'}")
+            values = finished.trial.values
+            if values is not None and values[1] >= self.ceiling_ms:
+                self.repair.stop()
+                self.log(f"plan: the repair stops: {values[1]:.3f} ms is no faster than the best feasible reference "
+                         f"({self.ceiling_ms:.3f} ms); keeping more groups safe would be slower still")
         self._next_repair(finished.budget - finished.done - finished.in_flight)
 
     def _next_repair(self, room: int) -> None:
@@ -250,7 +264,7 @@ def start_plan(study: optuna.Study, space: SearchSpace, executor, experiment, ro
         study.enqueue_trial(space.params_of(point.candidate), user_attrs=dict(plan_attrs(point)))
         log(f"plan: queued {point.label}")
 
-    queue = PlanQueue(fill, repair, meta.max_metric_drop, enqueue, log)
+    queue = PlanQueue(fill, repair, meta.max_metric_drop, enqueue, log, targets.best.latency_ms)
     log(f"plan: {len(rows)} probes in {spent:.1f} s; {len(fill)} fill points"
         + (f"; repair of {targets.repair.kind} searched over {len(repair.order)} ranked groups, one build at a time"
            if repair else ""))
