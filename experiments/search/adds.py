@@ -79,7 +79,7 @@ def report(record: dict, drops: list[float]) -> list[str]:
         cells.append(f"{1 / best:.2f}x / {1 / ref:.2f}x" if best and ref else "-")
     gap = largest_gap(record, limit)
     return [record["experiment"], record["strategy"], str(record["seed"]), f"{len(record['rows'])}",
-            f"{all_hv / ref_hv:.3f}" if ref_hv else "-", *cells,
+            f"{all_hv / ref_hv:.3f}" if ref_hv else f"{all_hv:.2g} (refs: 0)", *cells,
             f"{len(feasible)}/{len(sampled)}", f"{gap:.2f}x" if gap else "-", f"{record['wall_s']:.0f}",
             ", ".join(f"{k} {v}" for k, v in stages.items())]
 
