@@ -233,6 +233,9 @@ def test_recovery_is_a_search_dimension_only_when_something_can_be_pruned(resolv
     assert space.decode({"importance": "lamp", "prune.layer3.conv1": 0.25}).importance == "lamp"
     assert space.decode({"recovery": "distill", "prune.layer3.conv1": 0.25}).recovery == "distill"
     assert space.decode({"recovery": "distill", "prune.layer3.conv1": 0.0}).recovery == "none"  # nothing pruned
+    # an unpruned candidate (recovery "none") maps back to parameters its distributions accept (the plan queues them)
+    params = space.params_of(space.decode({"recovery": "distill", "prune.layer3.conv1": 0.0}))
+    assert all(dist._contains(dist.to_internal_repr(params[name])) for name, dist in space.distributions().items())
     unprunable = resolve("layers:\n  - match: fc\n    precision: [fp32, int8]\nrecovery: [none, distill]\n")
     assert "recovery" not in unprunable.distributions()
     bad = tmp_path / "bad.yaml"

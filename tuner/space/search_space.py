@@ -187,7 +187,7 @@ class SearchSpace:
         """The Optuna parameters that :meth:`decode` turns into ``candidate`` (its choices must be in the space)."""
         precision, prune = dict(candidate.precision), dict(candidate.prune)
         params: dict[str, Any] = {}
-        for name in self.distributions():
+        for name, dist in self.distributions().items():
             kind, _, rest = name.partition(".")
             if name == PRUNED:
                 params[name] = any(ratio != self.prune_choices[group][0] for group, ratio in prune.items()
@@ -200,8 +200,9 @@ class SearchSpace:
                 params[name] = rest in candidate.fusions
             elif kind == "disable":
                 params[name] = rest in candidate.disabled_optimizers
-            else:
-                params[name] = getattr(candidate, name)
+            else:  # recovery, importance: an unpruned candidate has recovery "none", which is no choice
+                value = getattr(candidate, name)
+                params[name] = value if value in dist.choices else dist.choices[0]
         return params
 
     def uniform_params(self, choice: str) -> dict[str, Any]:
