@@ -137,3 +137,21 @@ def test_a_repair_point_no_faster_than_the_best_feasible_reference_ends_the_repa
     assert [p.kept for p in queued] == [1, 2]
     finish(queued[-1], 10.5, 0.05)  # slower than the best feasible reference: nothing more is queued
     assert [p.kept for p in queued] == [1, 2] and search.next() is None
+
+
+def test_the_pruned_point_prunes_every_group_by_its_smallest_ratio_on_top_of_the_best_reference(tmp_path):
+    from test_study_loop import SPACE
+
+    from tuner.build.prune import pruning_groups
+    from tuner.search.plan import prune_point
+
+    task = make_task()
+    (tmp_path / "space.yaml").write_text(SPACE + "recovery: [batchnorm, distill]\n")
+    space = SearchSpace(load_space_file(tmp_path / "space.yaml"), layer_op_types(task.model, task.example_inputs),
+                        pruning_groups(task.model, task.example_inputs, task.output_layers))
+    point = prune_point(space, Reference("int8", 0.0, 1.0, True))
+    assert dict(point.candidate.prune) == {group: 0.25 for group in space.prune_choices}
+    assert set(dict(point.candidate.precision).values()) == {"int8"} and point.candidate.recovery == "distill"
+    params = space.params_of(point.candidate)
+    assert params["pruned"] is True and space.decode(params) == point.candidate
+    assert prune_point(_space(tmp_path), Reference("int8", 0.0, 1.0, True)) is None  # a space that prunes nothing

@@ -139,6 +139,23 @@ def fill_points(space: SearchSpace, best: Reference, fp32: Reference, order: Seq
                       f"{len(order)} groups fp32", k) for k in sorted(set(ks))]
 
 
+def prune_point(space: SearchSpace, best: Reference) -> PlanPoint | None:
+    """The fastest feasible reference with every searched pruning group at its smallest ratio above 0, recovered
+    with the strongest recovery the space offers (its last): one trial that shows the sampler whether pruning
+    pays here. Without it, a sampler that sees every unpruned mix feasible and every pruned one worse would stop
+    pruning (the space's `pruned` switch would let it)."""
+    if not space.prunes:
+        return None
+    prune = {group: min((r for r in ratios if r > 0), default=0.0) for group, ratios in space.prune_choices.items()
+             if len(ratios) > 1}
+    base = mix(space, best.kind, [], FP32)
+    candidate = Candidate(base.precision, tuple(prune.items()), base.opt_level, recovery=space.recovery[-1],
+                          importance=space.importance[0])
+    smallest = sorted(set(prune.values()))
+    return PlanPoint(candidate, f"prune {best.kind}: every group by {'/'.join(f'{r:g}' for r in smallest)} "
+                                f"({space.recovery[-1]})", 0)
+
+
 class RepairSearch:
     """Which count of the most sensitive groups, kept at the safer kind, makes the repaired kind feasible: 1, 2,
     4, ... until one is, then halving the interval (each step one built and measured trial)."""
@@ -255,6 +272,8 @@ def start_plan(study: optuna.Study, space: SearchSpace, executor, experiment, ro
         model, _ = fit_from_references(study, space, experiment.run_dir, feeds_for, experiment.latency.threads)
         fill = fill_points(space, targets.best, targets.fp32, groups_by_sensitivity(rows, targets.best.kind),
                            model.predict)
+    pruned = prune_point(space, targets.best)
+    fill = fill + ([pruned] if pruned is not None else [])
     repair = None
     if targets.repair is not None:
         repair = RepairSearch(space, targets.repair.kind, targets.best.kind,
@@ -265,7 +284,8 @@ def start_plan(study: optuna.Study, space: SearchSpace, executor, experiment, ro
         log(f"plan: queued {point.label}")
 
     queue = PlanQueue(fill, repair, meta.max_metric_drop, enqueue, log, targets.best.latency_ms)
-    log(f"plan: {len(rows)} probes in {spent:.1f} s; {len(fill)} fill points"
+    log(f"plan: {len(rows)} probes in {spent:.1f} s; {len(fill) - (pruned is not None)} fill points"
+        + ("; one pruned point" if pruned is not None else "")
         + (f"; repair of {targets.repair.kind} searched over {len(repair.order)} ranked groups, one build at a time"
            if repair else ""))
     queue.start(room)
