@@ -58,7 +58,7 @@ def test_the_repair_doubles_then_halves_the_count_of_groups_kept_safe(needed, ex
     tried = []
     while (point := search.next()) is not None:
         tried.append(point.kept)
-        search.measured(point.kept, point.kept >= needed)
+        search.measured(point, point.kept >= needed)
     assert tried == expected
     assert search.feasible == (needed if needed < 12 else 12)
 
@@ -102,7 +102,7 @@ def test_the_plan_keeps_the_fragile_layer_safe_first_and_repairs_uniform_int8_in
                                           fidelity=Fidelity(samples=None, timed=False)))
             feasible = metric_drop(base.metric, result.metric, True) <= MAX_DROP
             measured.append((point.kept, feasible))
-            search.measured(point.kept, feasible)
+            search.measured(point, feasible)
             if (nxt := search.next()) is not None:
                 queued.append(nxt)
     finally:
@@ -155,3 +155,51 @@ def test_the_pruned_point_prunes_every_group_by_its_smallest_ratio_on_top_of_the
     params = space.params_of(point.candidate)
     assert params["pruned"] is True and space.decode(params) == point.candidate
     assert prune_point(_space(tmp_path), Reference("int8", 0.0, 1.0, True)) is None  # a space that prunes nothing
+
+
+def test_the_narrowing_halves_the_layers_of_the_last_group_kept_safe(space):
+    """The repair kept group 2 (8 layers) safe, but only its layer 6 matters: first half, else second half,
+    then halves of the half that was enough; at most 4 builds, each keeping group 1 whole."""
+    from tuner.search.plan import NarrowSearch
+
+    last = tuple(f"b{i}" for i in range(8))
+    search = NarrowSearch(space, "int8", "fp32", [("a",), last])
+    tried = []
+    while (point := search.next()) is not None:
+        tried.append(point.span)
+        assert point.kept == 2 and point.label.startswith("narrow int8: layers")
+        search.measured(point, point.span[0] <= 5 < point.span[1])
+    assert tried == [(0, 4), (4, 8), (4, 6), (4, 5)]
+    assert search.span == (4, 6)
+
+
+def test_a_feasible_repair_is_followed_by_its_narrowing_and_by_mixes_up_to_the_best_reference(tmp_path):
+    """Real space of tiny_mlp (3 layers, one group each here, so no narrowing); the repair of int8 is feasible
+    with 1 group fp32 at 4 ms, the best feasible reference (fp32) runs at 10 ms: the mixes that keep 2 groups
+    fp32 fill the gap between them. A repair no faster than the reference is followed by nothing."""
+    from types import SimpleNamespace
+
+    from optuna.trial import TrialState, create_trial
+
+    space = _space(tmp_path)
+    order = [(layer,) for layer in space.layers]
+
+    def predict(candidate):
+        return 1.0 + 3.0 * sum(p == "fp32" for _, p in candidate.precision)
+
+    def run(repaired_ms):
+        queued = []
+        queue = PlanQueue([], RepairSearch(space, "int8", "fp32", order), MAX_DROP, queued.append,
+                          log=lambda line: None, ceiling_ms=10.0, predict=predict)
+        queue.start(room=10)
+        trial = create_trial(state=TrialState.COMPLETE, values=[1.0, repaired_ms],
+                             user_attrs={"stage": "plan", "plan": queued[0].label, "metric_drop": 0.001})
+        queue(None, SimpleNamespace(trial=trial, budget=20, done=5, in_flight=0))
+        return queued
+
+    queued = run(4.0)
+    assert [p.kept for p in queued] == [1, 2]
+    assert queued[1].label == f"repair int8: 2 most sensitive of {len(order)} groups fp32"
+    assert len(order) == 3 and [dict(queued[1].candidate.precision)[layer] for (layer,) in order] == [
+        "fp32", "fp32", "int8"]
+    assert [p.kept for p in run(10.5)] == [1]

@@ -7,7 +7,10 @@ Uniform references leave two gaps that a sampler rarely fills (most of its draws
   The uniformly quantized model with its most sensitive layer groups kept at a safer kind is feasible and nearly
   as fast. The groups are ranked by the sensitivity pass; how many to keep is searched on built, measured models:
   1, 2, 4, ... groups until one is feasible, then halving the interval between the largest infeasible and the
-  smallest feasible count (:class:`RepairSearch`).
+  smallest feasible count (:class:`RepairSearch`). Once a count is feasible, two follow-ups: which layers of the
+  last group kept safe the mix really needs (halving them, :class:`NarrowSearch`: a role kept fp32 in every block
+  is often needed in a few blocks only), and mixes that keep more groups safe, spaced between the repaired mix and
+  the best feasible reference as the fill points are (:func:`spaced_points`).
 - **fill**: between the fastest feasible reference and fp32 the front is empty, so a user with a tighter
   constraint gets fp32. Mixes that keep the k most sensitive groups fp32 fill it, k chosen so that their
   predicted latencies (the latency model from the references) are evenly spaced on a log scale.
@@ -43,6 +46,7 @@ from tuner.space import SearchSpace
 FILL_STEP = 1.35  # largest latency ratio wanted between neighbouring fill points
 MAX_FILL = 4
 MAX_REPAIR_BUILDS = 6
+MAX_NARROW_BUILDS = 4
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class PlanPoint:
     candidate: Candidate
     label: str  # what the point is, e.g. "repair int8: 4 most sensitive groups at int8-dynamic-pc"
     kept: int  # how many of the ranked groups it keeps at the safer kind
+    span: tuple[int, int] = (0, 0)  # a narrowing point: which of the last kept group's layers it keeps safe
 
 
 def measured_references(study: optuna.Study, max_drop: float | None) -> list[Reference]:
@@ -122,21 +127,33 @@ def fill_points(space: SearchSpace, best: Reference, fp32: Reference, order: Seq
                 predict: Callable[[Candidate], float]) -> list[PlanPoint]:
     """Mixes of ``best``'s kind with the k most sensitive groups fp32, their predicted latencies evenly spaced on
     a log scale between ``best`` and fp32, at most FILL_STEP apart (see the module docstring)."""
-    if best.kind == FP32 or not order or fp32.latency_ms <= best.latency_ms:
+    if best.kind == FP32:
         return []
-    ratio = fp32.latency_ms / best.latency_ms
-    count = min(MAX_FILL, max(0, math.ceil(math.log(ratio) / math.log(FILL_STEP)) - 1), len(order) - 1)
+    return spaced_points(space, best.kind, FP32, order, 0, best.latency_ms, fp32.latency_ms, predict, "fill")
+
+
+def spaced_points(space: SearchSpace, base: str, safe: str, order: Sequence[tuple[str, ...]], first: int,
+                  low_ms: float, high_ms: float, predict: Callable[[Candidate], float], what: str
+                  ) -> list[PlanPoint]:
+    """Mixes of ``base`` with the k most sensitive groups at ``safe``, first < k < len(order), between a mix
+    measured at ``low_ms`` (k = first) and one at ``high_ms`` (all kept): as many as keep neighbours at most
+    FILL_STEP apart (MAX_FILL at most), their predicted latencies evenly spaced on a log scale."""
+    if not order or high_ms <= low_ms:
+        return []
+    count = min(MAX_FILL, max(0, math.ceil(math.log(high_ms / low_ms) / math.log(FILL_STEP)) - 1),
+                len(order) - first - 1)
     if count < 1:
         return []
-    predicted = [predict(mix(space, best.kind, order[:k], FP32)) for k in range(len(order) + 1)]
-    low, high = predicted[0], predicted[-1]
-    if not high > low:  # the model sees no cost in fp32 layers: spread the counts instead
-        ks = [round(len(order) * (i + 1) / (count + 1)) for i in range(count)]
+    counts = range(first + 1, len(order))
+    predicted = {k: predict(mix(space, base, order[:k], safe)) for k in [first, *counts, len(order)]}
+    low, high = predicted[first], predicted[len(order)]
+    if not high > low:  # the model sees no cost in safer layers: spread the counts instead
+        ks = [first + round((len(order) - first) * (i + 1) / (count + 1)) for i in range(count)]
     else:
         targets = [low * (high / low) ** ((i + 1) / (count + 1)) for i in range(count)]
-        ks = [min(range(1, len(order)), key=lambda k: abs(math.log(predicted[k] / target))) for target in targets]
-    return [PlanPoint(mix(space, best.kind, order[:k], FP32), f"fill {best.kind}: {k} most sensitive of "
-                      f"{len(order)} groups fp32", k) for k in sorted(set(ks))]
+        ks = [min(counts, key=lambda k: abs(math.log(predicted[k] / target))) for target in targets]
+    return [PlanPoint(mix(space, base, order[:k], safe), f"{what} {base}: {k} most sensitive of {len(order)} "
+                      f"groups {'fp32' if safe == FP32 else 'at ' + safe}", k) for k in sorted(set(ks))]
 
 
 def prune_point(space: SearchSpace, best: Reference) -> PlanPoint | None:
@@ -183,58 +200,139 @@ class RepairSearch:
         more groups safe would only be slower)."""
         self.builds = 0
 
-    def measured(self, kept: int, feasible: bool) -> None:
+    def measured(self, point: PlanPoint, feasible: bool) -> None:
         if feasible:
-            self.feasible, self.found = min(self.feasible, kept), True
+            self.feasible, self.found = min(self.feasible, point.kept), True
         else:
-            self.infeasible = max(self.infeasible, kept)
+            self.infeasible = max(self.infeasible, point.kept)
+
+    def narrowing(self) -> NarrowSearch | None:
+        """Once feasible: the search over the layers of the last group it keeps safe (None if that group is one
+        layer)."""
+        if not self.found or self.feasible >= len(self.order) or len(self.order[self.feasible - 1]) < 2:
+            return None
+        return NarrowSearch(self.space, self.repair, self.safe, self.order[:self.feasible])
+
+    def following(self, low_ms: float, high_ms: float, predict: Callable[[Candidate], float]) -> list[PlanPoint]:
+        """Once feasible at ``low_ms``: mixes keeping more groups safe, up to the best feasible reference's
+        ``high_ms`` (the front between them is empty otherwise)."""
+        if not self.found:
+            return []
+        return spaced_points(self.space, self.repair, self.safe, self.order, self.feasible, low_ms, high_ms,
+                             predict, "repair")
+
+
+class NarrowSearch:
+    """Which layers of the last group a feasible repair keeps safe are needed: keep the first half of them, else
+    the second half; whichever is feasible is halved again (each step one built and measured trial)."""
+
+    def __init__(self, space: SearchSpace, repair: str, safe: str, kept: Sequence[tuple[str, ...]],
+                 builds: int = MAX_NARROW_BUILDS):
+        self.space, self.repair, self.safe = space, repair, safe
+        self.whole, self.last = list(kept[:-1]), kept[-1]
+        self.span = (0, len(self.last))  # the layers of `last` known to be enough
+        self.pending = self._halves()
+        self.builds = builds
+
+    def _halves(self) -> list[tuple[int, int]]:
+        start, end = self.span
+        middle = (start + end) // 2
+        return [(start, middle), (middle, end)] if end - start > 1 else []
+
+    def next(self) -> PlanPoint | None:
+        if self.builds <= 0 or not self.pending:
+            return None
+        self.builds -= 1
+        start, end = self.pending[0]
+        keep = [*self.whole, self.last[start:end]]
+        return PlanPoint(mix(self.space, self.repair, keep, self.safe),
+                         f"narrow {self.repair}: layers {start + 1}-{end} of {len(self.last)} in group "
+                         f"{len(self.whole) + 1} kept {'fp32' if self.safe == FP32 else 'at ' + self.safe}",
+                         len(self.whole) + 1, (start, end))
+
+    def stop(self) -> None:
+        self.builds = 0
+
+    def measured(self, point: PlanPoint, feasible: bool) -> None:
+        if point.span not in self.pending:
+            return
+        if feasible:
+            self.span = point.span
+            self.pending = self._halves()
+        else:
+            self.pending.remove(point.span)
 
 
 class PlanQueue:
-    """A loop callback that queues the plan's points: the fill points at once, the repair one count at a time as
-    each is measured. Nothing is queued once the budget has no room for it; its state lives in the driver (a
-    resumed study goes on with the sampler)."""
+    """A loop callback that queues the plan's points: the fill points at once; the repair one count at a time as
+    each is measured; once the repair is feasible, its narrowing one point at a time and the mixes that follow it
+    at once. Nothing is queued once the budget has no room for it; its state lives in the driver (a resumed study
+    goes on with the sampler)."""
 
     def __init__(self, fill: Sequence[PlanPoint], repair: RepairSearch | None, max_drop: float | None,
                  enqueue: Callable[[PlanPoint], None], log: Callable[[str], None] = print,
-                 ceiling_ms: float = math.inf):
+                 ceiling_ms: float = math.inf, predict: Callable[[Candidate], float] | None = None):
         """``ceiling_ms``: the best feasible reference's latency; a repair point measured at or above it ends the
         repair (a mix's transitions between kinds can cost more than the kinds save: on ResNet-50, uniform int8
-        with a quarter of its convolutions fp32 ran at 0.98x fp32)."""
-        self.fill, self.repair, self.ceiling_ms = list(fill), repair, ceiling_ms
+        with a quarter of its convolutions fp32 ran at 0.98x fp32). ``predict``: the latency model, for the
+        mixes that follow a feasible repair (none without it)."""
+        self.fill, self.repair, self.ceiling_ms, self.predict = list(fill), repair, ceiling_ms, predict
         self.max_drop = math.inf if max_drop is None else max_drop
         self.enqueue, self.log = enqueue, log
-        self.waiting: dict[str, PlanPoint] = {}  # label -> the repair point being measured
+        self.search: RepairSearch | NarrowSearch | None = repair  # the search whose points are queued now
+        self.waiting: dict[str, PlanPoint] = {}  # label -> the point of `search` being measured
+        self.repaired_ms: dict[int, float] = {}  # kept count -> measured latency of the feasible repair points
 
     def start(self, room: int) -> None:
         """Queue the first repair point, then as many fill points as ``room`` leaves."""
-        self._next_repair(room)
-        for point in self.fill[:max(room - len(self.waiting), 0)]:
-            self.enqueue(point)
+        self._next(room)
+        self._queue(self.fill, room - len(self.waiting))
 
     def __call__(self, study: optuna.Study, finished) -> None:
         meta = TrialMeta.of(finished.trial)
         point = self.waiting.pop(meta.plan, None)
-        if point is not None and self.repair is not None:
+        room = finished.budget - finished.done - finished.in_flight
+        if point is not None and self.search is not None:
             feasible = (finished.trial.state == TrialState.COMPLETE and meta.metric_drop is not None
                         and meta.metric_drop <= self.max_drop)
-            self.repair.measured(point.kept, feasible)
+            self.search.measured(point, feasible)
             drop = "did not complete" if meta.metric_drop is None else f"drop {meta.metric_drop:.4f}"
             self.log(f"plan: {point.label}: {drop}, {'feasible' if feasible else 'infeasible'}")
             values = finished.trial.values
-            if values is not None and values[1] >= self.ceiling_ms:
-                self.repair.stop()
+            if values is not None and feasible and self.search is self.repair:
+                self.repaired_ms[point.kept] = values[1]
+            if values is not None and values[1] >= self.ceiling_ms and self.search is self.repair:
+                self.search.stop()
                 self.log(f"plan: the repair stops: {values[1]:.3f} ms is no faster than the best feasible reference "
                          f"({self.ceiling_ms:.3f} ms); keeping more groups safe would be slower still")
-        self._next_repair(finished.budget - finished.done - finished.in_flight)
+        self._next(room)
 
-    def _next_repair(self, room: int) -> None:
-        if self.repair is None or self.waiting or room < 1:
+    def _next(self, room: int) -> None:
+        while self.search is not None and not self.waiting and room > 0:
+            point = self.search.next()
+            if point is not None:
+                self.enqueue(point)
+                self.waiting[point.label] = point
+                return
+            self._after(self.search, room)
+
+    def _after(self, done: RepairSearch | NarrowSearch, room: int) -> None:
+        """``done`` has nothing more to measure: after a feasible repair faster than the best reference, its
+        narrowing and the mixes between it and that reference; else the plan's searches are over."""
+        self.search = None
+        if done is not self.repair or not self.repair.found:
             return
-        point = self.repair.next()
-        if point is not None:
+        repaired_ms = self.repaired_ms.get(self.repair.feasible)
+        if repaired_ms is None or repaired_ms >= self.ceiling_ms:
+            return
+        self.search = self.repair.narrowing()
+        if self.predict is not None:
+            following = self.repair.following(repaired_ms, self.ceiling_ms, self.predict)
+            self._queue(following, room - (self.search is not None))
+
+    def _queue(self, points: Sequence[PlanPoint], room: int) -> None:
+        for point in points[:max(room, 0)]:
             self.enqueue(point)
-            self.waiting[point.label] = point
 
 
 def plan_attrs(point: PlanPoint) -> Mapping[str, str]:
@@ -267,11 +365,15 @@ def start_plan(study: optuna.Study, space: SearchSpace, executor, experiment, ro
                            target_stderr(meta.max_metric_drop, groups))
     spent = time.perf_counter() - started
     publish_sensitivity(rows, experiment.run_dir, meta.metric_name, recorder, spent)
-    fill: list[PlanPoint] = []
-    if targets.best.kind != FP32:
-        model, _ = fit_from_references(study, space, experiment.run_dir, feeds_for, experiment.latency.threads)
-        fill = fill_points(space, targets.best, targets.fp32, groups_by_sensitivity(rows, targets.best.kind),
-                           model.predict)
+    fitted = []
+
+    def predict(candidate: Candidate) -> float:  # the latency model, fitted (profiling the references) when first used
+        if not fitted:
+            fitted.append(fit_from_references(study, space, experiment.run_dir, feeds_for,
+                                              experiment.latency.threads)[0])
+        return fitted[0].predict(candidate)
+
+    fill = fill_points(space, targets.best, targets.fp32, groups_by_sensitivity(rows, targets.best.kind), predict)
     pruned = prune_point(space, targets.best)
     fill = fill + ([pruned] if pruned is not None else [])
     repair = None
@@ -283,7 +385,7 @@ def start_plan(study: optuna.Study, space: SearchSpace, executor, experiment, ro
         study.enqueue_trial(space.params_of(point.candidate), user_attrs=dict(plan_attrs(point)))
         log(f"plan: queued {point.label}")
 
-    queue = PlanQueue(fill, repair, meta.max_metric_drop, enqueue, log, targets.best.latency_ms)
+    queue = PlanQueue(fill, repair, meta.max_metric_drop, enqueue, log, targets.best.latency_ms, predict)
     log(f"plan: {len(rows)} probes in {spent:.1f} s; {len(fill) - (pruned is not None)} fill points"
         + ("; one pruned point" if pruned is not None else "")
         + (f"; repair of {targets.repair.kind} searched over {len(repair.order)} ranked groups, one build at a time"
