@@ -10,6 +10,7 @@ from statistics import median
 import optuna
 
 from tuner import api
+from tuner.core.disk import OutOfDiskSpace
 from tuner.core.errors import USER_ERRORS
 from tuner.core.stop import StudyStopped
 from tuner.core.vocab import TRIAL_STAGES
@@ -30,6 +31,9 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:
         in_flight = (f"{exc.finished} trial(s) in flight finished, {exc.cancelled} cancelled and queued to run "
                      "again" if isinstance(exc, StudyStopped) else "the trials in flight are queued to run again")
+        if isinstance(exc, OutOfDiskSpace):
+            print(f"\nstopped: {exc.line()}", file=sys.stderr)
+            in_flight = "the trials in flight are queued to run again; free some space first"
         print(f"\ninterrupted: study {experiment.name!r} is saved in {experiment.run_dir} ({in_flight}); its front "
               "is published and its MLflow run marked KILLED. Continue with "
               f"`tuner resume {experiment.name}`" + (f" --output-dir {args.output_dir}" if args.output_dir else "")

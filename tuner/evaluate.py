@@ -27,6 +27,7 @@ from tuner.build.prune import prune
 from tuner.build.quantize import apply_precisions
 from tuner.build.recovery import RecoverySettings, recover
 from tuner.core.candidate import Candidate
+from tuner.core.disk import is_disk_full
 from tuner.core.errors import UserCodeError, user_frame
 from tuner.core.paths import MODEL
 from tuner.core.precision import FP32, KINDS, kind_of
@@ -265,7 +266,8 @@ class Evaluator:
             os.utime(export_dir / "layers.json")  # last use, for eviction
             return export_dir, True
         export_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.", dir=export_dir.parent))
+        # named by this process (`.<key>.<pid>.*`): a worker killed mid-export leaves it to the next one to remove
+        tmp = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.{os.getpid()}.", dir=export_dir.parent))
         try:
             task = self.task
             model, stats = self._pruned_model(candidate, timings)
@@ -334,7 +336,8 @@ def _failed(result: TrialResult, stage: str, exc: Exception) -> TrialResult:
         return result.failed(f"{stage} failed: {exc}", traceback.format_exc(limit=8))
     frame = user_frame(exc, fallback=False)
     at = f" (at {frame.filename}:{frame.lineno})" if frame else ""
-    return result.failed(f"{stage} failed{at}: {type(exc).__name__}: {exc}", traceback.format_exc(limit=8))
+    failed = result.failed(f"{stage} failed{at}: {type(exc).__name__}: {exc}", traceback.format_exc(limit=8))
+    return replace(failed, disk_full=is_disk_full(exc))
 
 
 def check_runnable(candidate: Candidate) -> None:

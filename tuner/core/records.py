@@ -111,6 +111,7 @@ class TrialResult:
     screened_out: bool = False  # stopped after the subset: clearly infeasible, never timed (Fidelity.threshold)
     # screened out as its pruned fp32 model, scored in torch before it was exported, quantized or built
     screened_before_build: bool = False
+    disk_full: bool = False  # failed because a write was refused for space: the study stops, the trial runs again
 
     def __post_init__(self) -> None:
         if self.state not in (COMPLETE, FAIL):

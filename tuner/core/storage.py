@@ -3,19 +3,31 @@ studies without loading torch or Ray."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from tuner.core.journal import check_journal
 from tuner.core.paths import RunPaths
 
 
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def open_study(run_dir: Path, name: str, sampler: optuna.samplers.BaseSampler | None = None,
-               directions: list[str] | None = None) -> optuna.Study:
-    """The study in ``run_dir``; with ``directions``, created if it does not exist yet."""
-    storage = JournalStorage(JournalFileBackend(str(RunPaths(Path(run_dir)).journal)))
+               directions: list[str] | None = None, log: Callable[[str], None] = _stderr) -> optuna.Study:
+    """The study in ``run_dir``; with ``directions``, created if it does not exist yet (a writer: a record cut
+    off mid-write at the journal's end is cut off the file first, see :mod:`tuner.core.journal`)."""
+    journal = RunPaths(Path(run_dir)).journal
+    torn = check_journal(journal, repair=directions is not None)
+    if torn is not None:
+        log(torn.message())
+    storage = JournalStorage(JournalFileBackend(str(journal)))
     if directions is None:
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
     return optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=directions,

@@ -32,6 +32,31 @@ def _node() -> dict[str, str]:
     return {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
 
 
+CLEANUP_TIMEOUT_S = 10.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_orphans(scratch_dir: Path) -> list[Path]:
+    """Remove the folders that workers of this machine killed mid-build left in ``scratch_dir``: their own
+    (``worker-<pid>-*``) and their unfinished exports (``_exports/.<key>.<pid>.*``), when that pid is gone."""
+    removed = []
+    for folder in [*scratch_dir.glob("worker-*-*"), *(scratch_dir / "_exports").glob(".*.*.*")]:
+        parts = folder.name.split("-")[1] if folder.name.startswith("worker-") else folder.name.split(".")[2]
+        if parts.isdigit() and not _pid_alive(int(parts)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -66,11 +91,19 @@ class _Worker:
         import torch
 
         torch.set_num_threads(1)  # builds run one per worker; keep workers off each other's cores
-        scratch_dir = Path(tempfile.gettempdir()) / "tuner-scratch" / scratch  # node-local
-        # Artifacts are built in a folder of this worker's own (shipped, then removed); pruned exports are
-        # cached for every worker of the machine.
-        self.evaluator = Evaluator(task_ref, settings, tempfile.mkdtemp(prefix="worker-", dir=_mkdir(scratch_dir)),
-                                   export_root=scratch_dir / "_exports")
+        scratch_dir = _mkdir(Path(tempfile.gettempdir()) / "tuner-scratch" / scratch)  # node-local
+        remove_orphans(scratch_dir)  # what workers killed mid-build left on this machine
+        # Artifacts are built in a folder of this worker's own (shipped, then removed), and so are the temporary
+        # files of the libraries it calls (ORT's quantizer): a worker killed mid-build leaves them in one folder,
+        # named by its pid. Pruned exports are cached for every worker of the machine.
+        self.folder = Path(tempfile.mkdtemp(prefix=f"worker-{os.getpid()}-", dir=scratch_dir))
+        tempfile.tempdir = str(_mkdir(self.folder / "tmp"))
+        self.evaluator = Evaluator(task_ref, settings, self.folder, export_root=scratch_dir / "_exports")
+
+    def cleanup(self) -> None:
+        """Remove this worker's folder (the pool asks before it ends the worker)."""
+        if getattr(self, "folder", None) is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def evaluate(self, candidate: dict[str, Any], fidelity: dict[str, Any] | None = None) -> dict[str, Any]:
         """``{"result": TrialResult, "files": {name: bytes}, "model": ObjectRef of model.onnx's bytes,
@@ -269,6 +302,12 @@ class WorkerPool:
         self._where.pop(actor, None)
 
     def close(self) -> None:
+        """End the workers, each after removing its folder (a worker busy or gone is ended regardless; the next
+        worker started on its machine removes what it left)."""
+        try:
+            ray.get([actor.cleanup.remote() for actor in self.actors], timeout=CLEANUP_TIMEOUT_S)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+            pass
         for actor in self.actors:
             ray.kill(actor)
 

@@ -71,6 +71,19 @@ class ArtifactRetention:
                 shutil.rmtree(folder, ignore_errors=True)
                 self.deleted += 1
 
+    def remove_unfinished(self) -> int:
+        """Remove what builds and writes that never finished left (a driver killed mid-build: ``.<key>.*``
+        folders, ``.<file>.tmp`` files); only while no build runs for this study (at its start). Returns bytes."""
+        if not self.artifact_root.is_dir():
+            return 0
+        left = [*self.artifact_root.glob(".*"), *self.artifact_root.glob("*/.*.tmp"),
+                *self.artifact_root.glob("_exports/.*")]
+        freed = 0
+        for path in left:
+            freed += folder_bytes(path) if path.is_dir() else path.stat().st_size
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        return freed
+
     def discard(self, study: optuna.Study, key: str) -> None:
         """Delete the model of ``key`` (built outside any trial) unless a trial needs it."""
         folder = self.artifact_root / key

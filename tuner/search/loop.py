@@ -14,11 +14,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.core.disk import OutOfDiskSpace, free_bytes
 from tuner.core.records import FULL, Fidelity, StudyMeta, TrialMeta, TrialResult
 from tuner.core.stop import StopRequest
 from tuner.executors.base import Executor, Job, submit_and_poll
@@ -131,6 +133,9 @@ class StudyLoop:
         try:
             for number, result in submit_and_poll(self.executor, next_job, self.stop, grace=True):
                 received = time.perf_counter()
+                if result.disk_full:  # not the candidate's fault: stop as on Ctrl-C, the trial queued again
+                    raise OutOfDiskSpace(f"trial {number}: {result.error}", free_bytes(Path(result.artifact_dir
+                                                                                             or ".")))
                 for refine in self.refiners:
                     result = refine(self.study, in_flight[number], result)
                 with self.stop.shielded():

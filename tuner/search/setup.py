@@ -122,16 +122,16 @@ def check_finetune_hook(task, space: SearchSpace, experiment: Experiment) -> Non
         raise TaskError(f"task {experiment.task!r}: {exc}") from exc
 
 
-def open_experiment_study(experiment: Experiment, space: SearchSpace, metric_name: str, direction: str
-                          ) -> tuple[optuna.Study, StudyMeta]:
+def open_experiment_study(experiment: Experiment, space: SearchSpace, metric_name: str, direction: str,
+                          log: Callable[[str], None] = print) -> tuple[optuna.Study, StudyMeta]:
     """The experiment's study (created, or continued with a sampler seeded past its trials) and what it
     records about itself; a continued study must have been created with the same search space."""
     run_dir = experiment.run_dir
     directions = [direction, "minimize"]
     # A resumed study gets a sampler seeded past the trials it has, or it would replay the first run's draws.
-    n_before = len(open_study(run_dir, experiment.name, optuna.samplers.RandomSampler(), directions).trials)
+    n_before = len(open_study(run_dir, experiment.name, optuna.samplers.RandomSampler(), directions, log).trials)
     seed = None if experiment.seed is None else experiment.seed + n_before
-    study = open_study(run_dir, experiment.name, make_sampler(experiment.sampler, seed), directions)
+    study = open_study(run_dir, experiment.name, make_sampler(experiment.sampler, seed), directions, log)
     meta = StudyMeta.load(study)
     signature = space_signature(space)
     # a study without trials has sampled nothing yet: it takes the space it is given

@@ -17,6 +17,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from tuner.core.disk import OutOfDiskSpace, check_free_space, free_bytes, is_disk_full
+from tuner.core.driver_lock import DriverLock
 from tuner.core.errors import (
     ClusterError,
     StudyError,
@@ -119,14 +121,28 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
     """Run (or continue) the study of ``experiment`` until it has ``trials`` finished trials.
 
     ``executor`` makes the executor (:mod:`tuner.executors.factory`); default: Ray, locally with ``workers``
-    workers or on the cluster at ``address``. The study closes the executor it made.
+    workers or on the cluster at ``address``. The study closes the executor it made. One driver runs a study
+    (:mod:`tuner.core.driver_lock`): a second is refused before any work.
     """
+    with DriverLock(experiment.run_dir, experiment.name, log):
+        return _run_study(experiment, trials, workers, address, tracking_uri, progress, log, executor)
+
+
+def _run_study(experiment: Experiment, trials: int | None, workers: int | None, address: str | None,
+               tracking_uri: str | None, progress: bool, log: Callable[[str], None],
+               executor: ExecutorFactory | None) -> StudyResult:
     started = time.perf_counter()
     budget = trials if trials is not None else experiment.trials
     run = _open(experiment, tracking_uri, log)
     if n_finished(run.study) >= budget:
         log(f"study {experiment.name!r} already has {n_finished(run.study)}/{budget} trials; pass --trials N to add "
             "more.")
+    else:
+        _check_disk(run, budget)
+    retention = ArtifactRetention(experiment.paths.artifacts, experiment.keep_artifacts)
+    if freed := retention.remove_unfinished():
+        log(f"removed {freed / 1e6:.1f} MB of unfinished builds that a stopped driver left in "
+            f"{experiment.paths.artifacts}")
     try:
         runner = (executor or executor_factory(workers=workers, address=address))(
             experiment, StudyMeta.load(run.study).uid, run.task)
@@ -137,28 +153,56 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
     live_front = Every(experiment.front_every,
                        lambda step: publish_front(run.study, run.recorder, experiment.run_dir, step,
                                                   run.space.readable))
-    retention = ArtifactRetention(experiment.paths.artifacts, experiment.keep_artifacts)
     checks: dict[str, Any] = {"latency_check": {}, "latency_model": None}
     status, progress_bar = "FAILED", Progress(run.study, budget, progress, start=False)
     with StopRequest(experiment.stop_grace_s) as stop:
         try:
-            _search(run, runner, budget, stop, [timings, progress_bar, live_front, retention], checks)
+            try:
+                _search(run, runner, budget, stop, [timings, progress_bar, live_front, retention], checks)
+            except OSError as exc:  # a write of the driver's (journal, MLflow, front files) refused for space
+                if not is_disk_full(exc):
+                    raise
+                raise OutOfDiskSpace(f"{type(exc).__name__}: {exc}", free_bytes(experiment.run_dir)) from exc
             status = "FINISHED"
         except ClusterError as exc:  # completed trials are kept; `tuner run` again continues the study
             raise StudyError(f"{experiment.source or experiment.name}: {exc}") from None
-        except KeyboardInterrupt:  # stopped: finished trials are kept, the ones in flight re-queued
-            status = "KILLED"
+        except KeyboardInterrupt:  # stopped (a signal, a full disk): finished trials are kept, the ones in flight
+            status = "KILLED"      # re-queued
             raise
         finally:
             progress_bar.close()
             runner.close()
-            front, references = finish_front(run.study, run.recorder, run.trial_runs, experiment.run_dir,
-                                              run.space.readable)
-            retention.sweep(run.study)
-            disk = retention.disk_use(experiment.run_dir)
-            run.recorder.log_study_metrics({"run_dir_mb": disk.run_dir_bytes / 1e6, "models_kept": disk.models_kept})
-            run.recorder.close(status)
+            front, references, disk = _publish(run, retention, status)
     return _result(run, front, references, time.perf_counter() - started, timings, live_front, checks, disk)
+
+
+def _check_disk(run: _Run, budget: int) -> None:
+    """Free space against what the study will keep (:func:`tuner.core.disk.check_free_space`), before any build."""
+    model_bytes = sum(t.numel() * t.element_size() for t in [*run.task.model.parameters(), *run.task.model.buffers()])
+    need = check_free_space(run.experiment.run_dir, model_bytes, len(run.space.references()) + 1,
+                            run.experiment.keep_artifacts, budget)
+    if need > 1e9:
+        run.log(f"disk: the study will keep up to about {need / 1e9:.1f} GB in {run.experiment.run_dir} "
+                f"({free_bytes(run.experiment.run_dir) / 1e9:.1f} GB free)")
+
+
+def _publish(run: _Run, retention: ArtifactRetention, status: str) -> tuple[list, list, DiskUse | None]:
+    """The front and references written out, dominated models swept, the MLflow run closed with ``status``. On a
+    full disk, what cannot be written is said in one line; the journal has every finished trial."""
+    experiment, front, references, disk = run.experiment, [], [], None
+    try:
+        front, references = finish_front(run.study, run.recorder, run.trial_runs, experiment.run_dir,
+                                          run.space.readable)
+        retention.sweep(run.study)
+        disk = retention.disk_use(experiment.run_dir)
+        run.recorder.log_study_metrics({"run_dir_mb": disk.run_dir_bytes / 1e6, "models_kept": disk.models_kept})
+        run.recorder.close(status)
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        run.log(f"the front could not be published ({type(exc).__name__}: {exc}); `tuner front {experiment.name}` "
+                "shows it from the journal once there is space")
+    return front, references, disk
 
 
 def _open(experiment: Experiment, tracking_uri: str | None, log: Callable[[str], None]) -> _Run:
@@ -172,7 +216,8 @@ def _open(experiment: Experiment, tracking_uri: str | None, log: Callable[[str],
     auto_settled = experiment.auto_space and paths.auto_space.is_file() and paths.journal.is_file()
     if auto_settled:  # a continued study: the space it was created with, not a new measurement
         space = space.with_file(load_space_file(paths.auto_space))
-    study, _ = open_experiment_study(experiment, space, task.evaluation.metric_name, task.evaluation.direction)
+    study, _ = open_experiment_study(experiment, space, task.evaluation.metric_name, task.evaluation.direction,
+                                     log)
     recorder = open_recorder(study, experiment, tracking_uri)
     trial_runs = recorder.existing_trial_runs()
     resume_interrupted(study, recorder, trial_runs, log)
