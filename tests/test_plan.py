@@ -48,9 +48,9 @@ def test_targets_are_the_fastest_feasible_reference_and_the_infeasible_kind_clos
     everything_misses = [Reference("int8", 0.3, 1.0, False), Reference("fp32", 0.0, 2.0, True)]
     assert choose_targets(everything_misses).kinds == ["int8"] and choose_targets(everything_misses).best.kind == "fp32"
     assert choose_targets([Reference("int8", 0.3, 1.0, False)]) is None  # no fp32 measured: no plan
-    # a kind barely faster than the best feasible one is passed over for a faster one, further from the constraint
-    mpnet = [Reference("int8-dynamic-pc", 0.12, 1.0, False), Reference("int4", 0.015, 2.8, False),
-             Reference("fp32", 0.0, 3.0, True)]
+    # a kind much slower than the fastest infeasible one is passed over, although closer to the constraint
+    mpnet = [Reference("int8-dynamic-pc", 0.12, 1.0, False), Reference("int4", 0.015, 1.3, False),
+             Reference("fp32", 0.0, 1.7, True)]
     assert choose_targets(mpnet).repair.kind == "int8-dynamic-pc"
 
 
