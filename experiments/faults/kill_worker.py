@@ -6,7 +6,8 @@ scratch, the system temporary folder).
 
 The model is the BERT-base-size example (110M parameters, `tuner.tasks.bert_base`); the space is per-channel
 dynamic int8 or fp32 per layer (references fp32 and uniform int8, then one sampled trial). A watcher kills the
-worker once its build folder holds the quantized model being written.
+worker once, in the first build after the fp32 reference trial completed (uniform int8: its build folder
+holds the model being quantized).
 """
 
 from __future__ import annotations
@@ -38,7 +39,15 @@ def building_worker(since: float) -> tuple[int, Path] | None:
     return None
 
 
-def watch(since: float, killed: list, stop: threading.Event) -> None:
+def armed(journal: Path) -> bool:
+    """The fp32 reference trial is complete: the next build quantizes (uniform per-channel int8)."""
+    return journal.is_file() and b'"state":1' in journal.read_bytes()  # a trial set COMPLETE
+
+
+def watch(since: float, journal: Path, killed: list, stop: threading.Event) -> None:
+    while not stop.is_set() and not armed(journal):
+        time.sleep(0.2)
+    since = time.time()
     while not stop.is_set() and not killed:
         found = building_worker(since)
         if found is not None:
@@ -79,7 +88,8 @@ def main(argv=None) -> None:
     killed: list = []
     stop = threading.Event()
     started = time.time()
-    watcher = threading.Thread(target=watch, args=(started, killed, stop), daemon=True)
+    journal = work / "runs" / "kill-worker" / "optuna.journal"
+    watcher = threading.Thread(target=watch, args=(started, journal, killed, stop), daemon=True)
     watcher.start()
     lines: list[str] = []
 
