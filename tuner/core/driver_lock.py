@@ -50,10 +50,13 @@ class DriverLock:
         self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._made: list[Path] = []
         self._mine = {"host": socket.gethostname(), "pid": os.getpid(),
                       "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
     def __enter__(self) -> DriverLock:
+        # the folders made for the lock alone are removed with it if nothing else went there (bad input)
+        self._made = [p for p in [self.path.parent, *self.path.parent.parents] if not p.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while not self._create():
             holder = self._holder()
@@ -80,6 +83,11 @@ class DriverLock:
         holder = self._holder()
         if holder is not None and holder.get("pid") == self._mine["pid"] and holder.get("host") == self._mine["host"]:
             self.path.unlink(missing_ok=True)
+        for folder in self._made:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: the study's
+                break
 
     def _create(self) -> bool:
         try:
