@@ -8,7 +8,7 @@ Example (``experiments/digits_cnn/experiment.yaml``)::
     search_space: ../../search_spaces/cnn_int8_prune.yaml   # or auto (the default): generated from the model
     auto_kinds: measured          # with auto: the kinds faster than fp32 here (timed first) | all
     trials: 60
-    sampler: auto                 # auto (TPE, see experiments/search) | tpe | nsga2 | gp | random
+    sampler: auto                 # auto (local: TPE, most trials near the feasible front) | tpe | nsga2 | gp | random
     seeding: {seeds: auto}        # auto: sensitivity pass + predicted front when the space prunes nothing | N
     seed: 0
     max_metric_drop: 0.01         # constraint against the fp32 baseline
@@ -105,7 +105,7 @@ class Experiment(BaseModel):
     # study's first trial (measured), or every kind each layer's op type can run (all)
     auto_kinds: Literal["measured", "all"] = "measured"
     trials: int = Field(60, ge=1)
-    sampler: Literal["auto", "tpe", "nsga2", "gp", "random"] = "auto"  # auto: study.AUTO_SAMPLER
+    sampler: Literal["auto", "local", "tpe", "nsga2", "gp", "random"] = "auto"  # auto: study.AUTO_SAMPLER
     seed: int | None = 0
     max_metric_drop: float | None = Field(0.01, ge=0)
     latency: LatencyConfig = LatencyConfig()

@@ -44,7 +44,7 @@ from tuner.search.sensitivity import read_rows
 STRATEGIES = {**{kind: {"sampler": kind, "seeding": {"seeds": 0}} for kind in ("random", "tpe", "nsga2", "gp")},
               "default": {"sampler": "auto", "seeding": {"seeds": "auto"}},
               # the default before the plan: the sampler right after the references
-              "refs-then-tpe": {"sampler": "auto", "seeding": {"seeds": 0}},
+              "refs-then-tpe": {"sampler": "tpe", "seeding": {"seeds": 0}},
               "seeded": {"sampler": "tpe", "seeding": {"seeds": 8}},
               "seeded-screened": {"sampler": "tpe", "seeding": {"seeds": 8}, "screening": {"samples": 128}}}
 

@@ -1,0 +1,71 @@
+"""The default sampler after the plan (tuner.search.front_mutation), on a real Optuna study with given objective
+values and constraints: a trial drawn from the feasible front differs from its parent in 1 to 3 choices and is
+never a candidate already tried; while fp32 alone is feasible, every trial is the base sampler's."""
+
+import optuna
+import pytest
+
+from tuner.search.front_mutation import FrontMutation, feasible_front
+from tuner.search.samplers import METRIC_CONSTRAINT, make_sampler
+
+DISTS = {f"layer{i}": optuna.distributions.CategoricalDistribution(["fp32", "int8", "int4"]) for i in range(12)}
+
+
+class Marker(optuna.samplers.BaseSampler):
+    """A base sampler whose draws are recognisable: every choice 'int4'."""
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return "int4"
+
+
+def told(study, params, metric, latency, drop):
+    study.enqueue_trial(params)
+    trial = study.ask(fixed_distributions=DISTS)
+    trial.set_constraint(METRIC_CONSTRAINT, drop)
+    study.tell(trial, [metric, latency])
+
+
+def fp32_and(study, *mixes):
+    told(study, {name: "fp32" for name in DISTS}, 1.0, 10.0, -0.01)
+    for params, metric, latency, drop in mixes:
+        told(study, params, metric, latency, drop)
+
+
+def test_a_trial_from_the_front_changes_one_to_three_choices_of_a_feasible_non_fp32_parent():
+    sampler = FrontMutation(Marker(), seed=0, explore=0.0)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    repaired = {name: "fp32" if i < 2 else "int8" for i, name in enumerate(DISTS)}
+    fp32_and(study, (repaired, 0.995, 4.0, -0.005), ({name: "int8" for name in DISTS}, 0.9, 3.0, 0.08))
+    assert [t.values[1] for t in feasible_front(study.trials)] == [10.0, 4.0]  # uniform int8 misses
+    seen = {tuple(sorted(t.params.items())) for t in study.trials}
+    for _ in range(30):
+        trial = study.ask(fixed_distributions=DISTS)
+        changed = [name for name in DISTS if trial.params[name] != repaired[name]]
+        assert 1 <= len(changed) <= 3  # the parent is the repaired mix, never fp32 (the slowest)
+        key = tuple(sorted(trial.params.items()))
+        assert key not in seen
+        seen.add(key)
+        trial.set_constraint(METRIC_CONSTRAINT, 1.0)  # infeasible: the front stays, its neighbours run out
+        study.tell(trial, [0.5, 5.0])
+
+
+@pytest.mark.parametrize("explore", [0.0, 1.0])
+def test_the_base_sampler_draws_while_fp32_alone_is_feasible_and_its_share_after(explore):
+    sampler = FrontMutation(Marker(), seed=0, explore=explore)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    fp32_and(study, ({name: "int8" for name in DISTS}, 0.9, 3.0, 0.08))
+    assert set(study.ask(fixed_distributions=DISTS).params.values()) == {"int4"}
+    told(study, {name: "int8" if i else "fp32" for i, name in enumerate(DISTS)}, 0.99, 4.0, -0.001)
+    drawn = set(study.ask(fixed_distributions=DISTS).params.values())
+    assert (drawn == {"int4"}) == (explore == 1.0)
+
+
+def test_auto_is_tpe_drawing_near_the_front():
+    sampler = make_sampler("auto", seed=0)
+    assert isinstance(sampler, FrontMutation) and isinstance(sampler.base, optuna.samplers.TPESampler)

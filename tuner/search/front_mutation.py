@@ -1,0 +1,107 @@
+"""The default sampler after the plan: most trials are a feasible front trial with a few of its choices changed,
+the others are TPE's.
+
+Per-layer spaces are wide (72 layers of a 110M encoder, five kinds each) and the feasible region narrow (a role of
+layers kept fp32 in every block, say). TPE, even multivariate, keeps each choice of a good trial with a probability
+near 0.6 when it samples around it, so a new candidate differs from every good one in dozens of layers, and on
+such a model nearly every sampled trial misses the constraint (all-mpnet-base-v2: 13 of 13). A front trial with
+one to three choices changed stays near what is known to be feasible, and moves along the front: a layer to a
+faster kind where the margin allows it, or to a safer one. A share of trials (``explore``) stays TPE's, which
+also draws every trial until a feasible one other than fp32 exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+
+EXPLORE = 0.25  # the share of trials drawn by the base sampler once there are parents
+MAX_CHANGES = 3
+
+
+def feasible_front(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The completed trials within every constraint that no other such trial dominates (objectives: maximize the
+    metric, minimize latency)."""
+    feasible = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None
+                and all(v <= 0 for v in t.constraints.values())]
+
+    def dominated(t: FrozenTrial) -> bool:
+        return any(o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values
+                   for o in feasible)
+
+    return [t for t in feasible if not dominated(t)]
+
+
+class FrontMutation(BaseSampler):
+    """``base`` draws a share ``explore`` of the trials (and all of them while no feasible trial but fp32 is
+    known); every other trial copies a random feasible front trial (the slowest, fp32, aside) with 1 to
+    ``max_changes`` of its categorical choices changed to another value, never a candidate already tried."""
+
+    def __init__(self, base: BaseSampler, seed: int | None = None, explore: float = EXPLORE,
+                 max_changes: int = MAX_CHANGES):
+        self.base, self.explore, self.max_changes = base, explore, max_changes
+        self._rng = np.random.RandomState(seed)
+        self._parents: dict[int, FrozenTrial] = {}  # trial number -> the front trial it is drawn from
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
+        self._rng.seed()
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.base.before_trial(study, trial)
+        if "fixed_params" in trial.system_attrs:  # a queued trial (reference, plan point): its params are given
+            return
+        front = feasible_front(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        if len(front) < 2 or self._rng.rand() < self.explore:
+            return  # fp32 alone (or nothing) is known feasible: nothing to move along yet
+        # not from the slowest (fp32, as a rule): its neighbours are about as slow and as accurate
+        parents = sorted(front, key=lambda t: t.values[1])[:-1]
+        self._parents[trial.number] = parents[self._rng.randint(len(parents))]
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        parent = self._parents.get(trial.number)
+        if parent is None:
+            return self.base.infer_relative_search_space(study, trial)
+        return dict(parent.distributions)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        parent = self._parents.get(trial.number)
+        if parent is None:
+            return self.base.sample_relative(study, trial, search_space)
+        tried = {_key(t.params) for t in study.get_trials(deepcopy=False)}
+        changeable = sorted(name for name, d in search_space.items()
+                            if isinstance(d, CategoricalDistribution) and len(d.choices) > 1)
+        params = dict(parent.params)
+        for _ in range(20):  # a few draws until one is new
+            params = dict(parent.params)
+            count = min(len(changeable), 1 + self._rng.randint(self.max_changes))
+            for name in self._rng.choice(changeable, size=count, replace=False) if changeable else []:
+                others = [c for c in search_space[name].choices if c != params[name]]
+                params[name] = others[self._rng.randint(len(others))]
+            if _key(params) not in tried:
+                break
+        return {name: params[name] for name in search_space if name in params}
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        parent = self._parents.get(trial.number)
+        if parent is not None and param_name in parent.params and \
+                param_distribution._contains(param_distribution.to_internal_repr(parent.params[param_name])):
+            return parent.params[param_name]
+        return self.base.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self._parents.pop(trial.number, None)
+        self.base.after_trial(study, trial, state, values)
+
+
+def _key(params: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
