@@ -30,7 +30,8 @@ class StudyLocked(StudyError):
     """Another live driver holds the study; the message names it and the ways to add capacity."""
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -113,7 +114,7 @@ class DriverLock:
     def _stale(self, holder: dict) -> str | None:
         """Why the holder is gone, or None if it may be alive."""
         if holder.get("host") == self._mine["host"] and isinstance(holder.get("pid"), int) \
-                and not _alive(holder["pid"]):
+                and not pid_alive(holder["pid"]):
             return "its process has exited"
         if holder["age_s"] > self.stale_s:
             return f"no heartbeat for {holder['age_s']:.0f} s"

@@ -19,6 +19,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from tuner.core.driver_lock import pid_alive
 from tuner.core.errors import ClusterError
 from tuner.core.paths import MODEL
 from tuner.experiment import EvalSettings
@@ -35,23 +36,13 @@ def _node() -> dict[str, str]:
 CLEANUP_TIMEOUT_S = 10.0
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_orphans(scratch_dir: Path) -> list[Path]:
     """Remove the folders that workers of this machine killed mid-build left in ``scratch_dir``: their own
     (``worker-<pid>-*``) and their unfinished exports (``_exports/.<key>.<pid>.*``), when that pid is gone."""
     removed = []
     for folder in [*scratch_dir.glob("worker-*-*"), *(scratch_dir / "_exports").glob(".*.*.*")]:
         parts = folder.name.split("-")[1] if folder.name.startswith("worker-") else folder.name.split(".")[2]
-        if parts.isdigit() and not _pid_alive(int(parts)):
+        if parts.isdigit() and not pid_alive(int(parts)):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
