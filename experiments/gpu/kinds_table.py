@@ -144,6 +144,8 @@ def run_model(name: str, args, device: torch.device, out) -> None:
         with matmul_precision(precision):
             fn, how, started = None, None, time.perf_counter()
             try:
+                if args.artifact == "compile":
+                    raise RuntimeError("--artifact compile: torch.compile, no package")
                 with tempfile.TemporaryDirectory() as folder:
                     path = package(candidate, batch_of(inputs, 2), Path(folder) / "model.pt2", args.mode)
                     row["package_mb"] = path.stat().st_size / 2**20
@@ -191,6 +193,8 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--artifact", choices=["package", "compile"], default="package",
+                        help="package: AOTInductor .pt2 (torch.compile where export fails); compile: torch.compile")
     parser.add_argument("--tiny", action="store_true", help="small configurations of both models (a smoke run)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
