@@ -115,6 +115,9 @@ def run_model(name: str, args, device: torch.device, out) -> None:
                              else bert_base(args.n_eval, args.tiny, args.seq_len))
     model = model.to(device)
     inputs = tuple(x.to(device) for x in inputs)
+    if args.channels_last:  # convolutions in NHWC, as tensor cores want them
+        model = model.to(memory_format=torch.channels_last)
+        inputs = tuple(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in inputs)
     reference = outputs(model, inputs, 16)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     emit({"model": name, "device": gpu, "torch": torch.__version__, "inputs": source,
@@ -195,6 +198,7 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--artifact", choices=["package", "compile"], default="package",
                         help="package: AOTInductor .pt2 (torch.compile where export fails); compile: torch.compile")
+    parser.add_argument("--channels-last", action="store_true", help="4-d inputs and the model in channels_last")
     parser.add_argument("--tiny", action="store_true", help="small configurations of both models (a smoke run)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
