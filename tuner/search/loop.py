@@ -80,6 +80,12 @@ def requeue(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> None:
     study.enqueue_trial(trial.params, user_attrs=TrialMeta.of(trial).queued_attrs())
 
 
+def is_feasible(trial: FrozenTrial, max_drop: float | None) -> bool:
+    """Complete and within the metric-drop constraint (any complete trial, without one)."""
+    drop = TrialMeta.of(trial).metric_drop
+    return trial.state == TrialState.COMPLETE and drop is not None and (max_drop is None or drop <= max_drop)
+
+
 def failed_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Candidates that failed (a reason recorded), not those a stop interrupted."""
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED, TrialState.FAIL))

@@ -33,6 +33,7 @@ from tuner.core.candidate import Candidate
 from tuner.core.precision import FP32
 from tuner.core.records import StudyMeta, TrialMeta
 from tuner.search.latency_check import fit_from_references
+from tuner.search.loop import is_feasible
 from tuner.search.repair import (
     NarrowSearch,
     PlanPoint,
@@ -65,12 +66,11 @@ class Reference:
 
 def measured_references(study: optuna.Study, max_drop: float | None) -> list[Reference]:
     """The completed reference trials (fp32 included), fastest first."""
-    limit = math.inf if max_drop is None else max_drop
     out = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         meta = TrialMeta.of(trial)
         if meta.reference and meta.metric_drop is not None:
-            out.append(Reference(meta.reference_kind, meta.metric_drop, trial.values[1], meta.metric_drop <= limit))
+            out.append(Reference(meta.reference_kind, meta.metric_drop, trial.values[1], is_feasible(trial, max_drop)))
     return sorted(out, key=lambda r: r.latency_ms)
 
 
@@ -168,8 +168,7 @@ class PlanQueue:
         point = self.waiting.pop(meta.plan, None)
         room = finished.budget - finished.done - finished.in_flight
         if point is not None and self.search is not None:
-            feasible = (finished.trial.state == TrialState.COMPLETE and meta.metric_drop is not None
-                        and meta.metric_drop <= self.max_drop)
+            feasible = is_feasible(finished.trial, self.max_drop)
             self.search.measured(point, feasible)
             drop = "did not complete" if meta.metric_drop is None else f"drop {meta.metric_drop:.4f}"
             self.log(f"plan: {point.label}: {drop}, {'feasible' if feasible else 'infeasible'}")

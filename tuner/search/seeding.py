@@ -23,13 +23,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from optuna.trial import TrialState
-
 from tuner.core.candidate import Candidate
 from tuner.core.precision import FP32
 from tuner.core.records import StudyMeta, TrialMeta
 from tuner.search.latency_check import fit_from_references
 from tuner.search.latency_model import LatencyModel
+from tuner.search.loop import is_feasible
 from tuner.search.sensitivity import (
     PRUNE,
     SensitivityRow,
@@ -162,7 +161,7 @@ class PathCheck:
             return
         self.waiting -= 1
         drop = TrialMeta.of(finished.trial).metric_drop
-        if finished.trial.state == TrialState.COMPLETE and drop is not None and drop <= self.max_drop:
+        if is_feasible(finished.trial, self.max_drop):
             self.feasible_step = max(self.feasible_step, step)
         elif self.path[step].predicted_drop <= self.max_drop and (self.infeasible_step is None
                                                                   or step < self.infeasible_step):

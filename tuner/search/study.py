@@ -46,6 +46,7 @@ from tuner.search.loop import (
     StudyLoop,
     TimingStats,
     failed_trials,
+    is_feasible,
     n_finished,
 )
 from tuner.search.recording import (
@@ -292,6 +293,5 @@ def _stages(study: optuna.Study) -> dict[str, tuple[int, int]]:
         meta = TrialMeta.of(trial)
         counts = out.setdefault(meta.origin, [0, 0])
         counts[0] += 1
-        counts[1] += (trial.state == TrialState.COMPLETE and meta.metric_drop is not None
-                      and (limit is None or meta.metric_drop <= limit))
+        counts[1] += is_feasible(trial, limit)
     return {stage: (n, feasible) for stage, (n, feasible) in out.items()}
