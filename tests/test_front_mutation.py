@@ -69,3 +69,29 @@ def test_the_base_sampler_draws_while_fp32_alone_is_feasible_and_its_share_after
 def test_auto_is_tpe_drawing_near_the_front():
     sampler = make_sampler("auto", seed=0)
     assert isinstance(sampler, FrontMutation) and isinstance(sampler.base, optuna.samplers.TPESampler)
+
+
+def test_a_pruning_ratio_moves_on_its_grid_and_a_change_with_no_effect_is_not_a_new_candidate():
+    ratio = optuna.distributions.FloatDistribution(0.0, 0.5, step=0.25)
+    dists = {"layer0": DISTS["layer0"], "ratio": ratio}
+
+    def canonical(params):  # the ratio counts only where layer0 is quantized (as a switch would)
+        return (params["layer0"], params["ratio"] if params["layer0"] != "fp32" else None)
+
+    sampler = FrontMutation(Marker(), seed=0, explore=0.0, max_changes=1, canonical=canonical)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    for params, values in (({"layer0": "fp32", "ratio": 0.0}, [1.0, 10.0]), ({"layer0": "int8", "ratio": 0.25},
+                                                                             [0.99, 4.0])):
+        study.enqueue_trial(params)
+        trial = study.ask(fixed_distributions=dists)
+        trial.set_constraint(METRIC_CONSTRAINT, -0.01)
+        study.tell(trial, values)
+    drawn = set()
+    for _ in range(3):
+        trial = study.ask(fixed_distributions=dists)
+        drawn.add((trial.params["layer0"], trial.params["ratio"]))
+        trial.set_constraint(METRIC_CONSTRAINT, 1.0)
+        study.tell(trial, [0.5, 5.0])
+    # one change each from (int8, 0.25): the ratio to 0.0 or 0.5, the kind to int4; not fp32 (with any ratio,
+    # the fp32 trial again)
+    assert drawn == {("int8", 0.0), ("int8", 0.5), ("int4", 0.25)}

@@ -5,19 +5,25 @@ Per-layer spaces are wide (72 layers of a 110M encoder, five kinds each) and the
 layers kept fp32 in every block, say). TPE, even multivariate, keeps each choice of a good trial with a probability
 near 0.6 when it samples around it, so a new candidate differs from every good one in dozens of layers, and on
 such a model nearly every sampled trial misses the constraint (all-mpnet-base-v2: 13 of 13). A front trial with
-one to three choices changed stays near what is known to be feasible, and moves along the front: a layer to a
-faster kind where the margin allows it, or to a safer one. A share of trials (``explore``) stays TPE's, which
+one to three choices changed (a layer's kind, a group's pruning ratio by a step of its range, the pruning switch)
+stays near what is known to be feasible, and moves along the front: a layer to a faster kind where the margin
+allows it, a group pruned further, or back to a safer choice. A share of trials (``explore``) stays TPE's, which
 also draws every trial until a feasible one other than fp32 exists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
@@ -44,8 +50,11 @@ class FrontMutation(BaseSampler):
     ``max_changes`` of its categorical choices changed to another value, never a candidate already tried."""
 
     def __init__(self, base: BaseSampler, seed: int | None = None, explore: float = EXPLORE,
-                 max_changes: int = MAX_CHANGES):
+                 max_changes: int = MAX_CHANGES, canonical: Callable[[dict[str, Any]], Hashable] | None = None):
+        """``canonical``: the candidate that parameters stand for (the search space's decode), so that a change
+        with no effect (a pruning ratio of a group left unpruned) is not taken for a new candidate."""
         self.base, self.explore, self.max_changes = base, explore, max_changes
+        self.canonical = canonical or _key
         self._rng = np.random.RandomState(seed)
         self._parents: dict[int, FrozenTrial] = {}  # trial number -> the front trial it is drawn from
 
@@ -75,17 +84,17 @@ class FrontMutation(BaseSampler):
         parent = self._parents.get(trial.number)
         if parent is None:
             return self.base.sample_relative(study, trial, search_space)
-        tried = {_key(t.params) for t in study.get_trials(deepcopy=False)}
-        changeable = sorted(name for name, d in search_space.items()
-                            if isinstance(d, CategoricalDistribution) and len(d.choices) > 1)
+        tried = {self.canonical(t.params) for t in study.get_trials(deepcopy=False) if t.params}
+        changeable = sorted(name for name, d in search_space.items() if name in parent.params
+                            and len(_values(d)) > 1)
         params = dict(parent.params)
-        for _ in range(20):  # a few draws until one is new
+        for _ in range(50):  # a few draws until one is a new candidate
             params = dict(parent.params)
             count = min(len(changeable), 1 + self._rng.randint(self.max_changes))
             for name in self._rng.choice(changeable, size=count, replace=False) if changeable else []:
-                others = [c for c in search_space[name].choices if c != params[name]]
+                others = [v for v in _values(search_space[name]) if v != params[name]]
                 params[name] = others[self._rng.randint(len(others))]
-            if _key(params) not in tried:
+            if self.canonical(params) not in tried:
                 break
         return {name: params[name] for name in search_space if name in params}
 
@@ -101,6 +110,17 @@ class FrontMutation(BaseSampler):
                     values: Sequence[float] | None) -> None:
         self._parents.pop(trial.number, None)
         self.base.after_trial(study, trial, state, values)
+
+
+def _values(distribution: BaseDistribution) -> list:
+    """The values a changed choice may take: a category, or a point of a stepped range (pruning ratios)."""
+    if isinstance(distribution, CategoricalDistribution):
+        return list(distribution.choices)
+    step = getattr(distribution, "step", None)
+    if isinstance(distribution, (FloatDistribution, IntDistribution)) and step and not distribution.log:
+        count = int(round((distribution.high - distribution.low) / step)) + 1
+        return [type(distribution.low)(round(distribution.low + i * step, 10)) for i in range(count)]
+    return []
 
 
 def _key(params: dict[str, Any]) -> tuple:

@@ -134,19 +134,20 @@ def resolve_sampler(kind: str) -> str:
     return AUTO_SAMPLER if kind == "auto" else kind
 
 
-def make_sampler(kind: str, seed: int | None) -> optuna.samplers.BaseSampler:
+def make_sampler(kind: str, seed: int | None, canonical=None) -> optuna.samplers.BaseSampler:
     """Samplers read the metric-drop constraint that the loop sets on each trial (`Trial.set_constraint`). TPE
     reads failed and screened-out trials (PRUNED, constraint violated) as infeasible; GP reads COMPLETE trials
     only and is shown those as infeasible COMPLETE ones (`tuner.search.samplers`). NSGA-II never makes a parent of
     a trial that did not complete, which is how a genetic algorithm discards an infeasible child; shown the
-    failures as well it failed no less often (12 seeded runs of tests/test_infeasible.py's problem)."""
+    failures as well it failed no less often (12 seeded runs of tests/test_infeasible.py's problem).
+    ``canonical``: what a set of parameters stands for (the space's candidate), for `local`."""
     kind = resolve_sampler(kind)
     if kind == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
     if kind == "local":  # TPE, most trials near the feasible front once one is known
         from tuner.search.front_mutation import FrontMutation
 
-        return FrontMutation(make_sampler("tpe", seed), seed)
+        return FrontMutation(make_sampler("tpe", seed), seed, canonical=canonical)
     if kind == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
     if kind == "random":

@@ -131,7 +131,8 @@ def open_experiment_study(experiment: Experiment, space: SearchSpace, metric_nam
     # A resumed study gets a sampler seeded past the trials it has, or it would replay the first run's draws.
     n_before = len(open_study(run_dir, experiment.name, optuna.samplers.RandomSampler(), directions, log).trials)
     seed = None if experiment.seed is None else experiment.seed + n_before
-    study = open_study(run_dir, experiment.name, make_sampler(experiment.sampler, seed), directions, log)
+    sampler = make_sampler(experiment.sampler, seed, canonical=lambda params: _candidate_or_none(space, params))
+    study = open_study(run_dir, experiment.name, sampler, directions, log)
     meta = StudyMeta.load(study)
     signature = space_signature(space)
     # a study without trials has sampled nothing yet: it takes the space it is given
@@ -147,6 +148,14 @@ def open_experiment_study(experiment: Experiment, space: SearchSpace, metric_nam
                    meta.experiment_file)
     meta.save(study)
     return study, meta
+
+
+def _candidate_or_none(space: SearchSpace, params: dict):
+    """The candidate ``params`` stand for; None for parameters of another space."""
+    try:
+        return space.decode(params)
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 def space_signature(space: SearchSpace) -> str:
