@@ -261,12 +261,3 @@ def cuda_graphed(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor]
         return out
 
     return replay
-
-
-def apply_or_reason(build: Callable[[], nn.Module]) -> tuple[nn.Module | None, str | None]:
-    """Run ``build``; a refusal comes back as its reason instead of an exception (for tables of kinds)."""
-    try:
-        return build(), None
-    except KindRefused as exc:
-        return None, str(exc)
-

@@ -33,15 +33,16 @@ MAX_CHANGES = 3
 
 def feasible_front(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """The completed trials within every constraint that no other such trial dominates (objectives: maximize the
-    metric, minimize latency)."""
+    metric, minimize latency), fastest first: one sweep from the most accurate down, keeping each trial faster
+    than every one above it."""
     feasible = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None
                 and all(v <= 0 for v in t.constraints.values())]
-
-    def dominated(t: FrozenTrial) -> bool:
-        return any(o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values
-                   for o in feasible)
-
-    return [t for t in feasible if not dominated(t)]
+    front, fastest = [], float("inf")
+    for trial in sorted(feasible, key=lambda t: (-t.values[0], t.values[1])):
+        if trial.values[1] < fastest:
+            front.append(trial)
+            fastest = trial.values[1]
+    return front[::-1]
 
 
 class FrontMutation(BaseSampler):
@@ -57,6 +58,7 @@ class FrontMutation(BaseSampler):
         self.canonical = canonical or _key
         self._rng = np.random.RandomState(seed)
         self._parents: dict[int, FrozenTrial] = {}  # trial number -> the front trial it is drawn from
+        self._seen: dict[int, Hashable] = {}  # finished trial number -> its candidate (decoded once)
 
     def reseed_rng(self) -> None:
         self.base.reseed_rng()
@@ -70,7 +72,7 @@ class FrontMutation(BaseSampler):
         if len(front) < 2 or self._rng.rand() < self.explore:
             return  # fp32 alone (or nothing) is known feasible: nothing to move along yet
         # not from the slowest (fp32, as a rule): its neighbours are about as slow and as accurate
-        parents = sorted(front, key=lambda t: t.values[1])[:-1]
+        parents = front[:-1]
         self._parents[trial.number] = parents[self._rng.randint(len(parents))]
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
@@ -84,7 +86,11 @@ class FrontMutation(BaseSampler):
         parent = self._parents.get(trial.number)
         if parent is None:
             return self.base.sample_relative(study, trial, search_space)
-        tried = {self.canonical(t.params) for t in study.get_trials(deepcopy=False) if t.params}
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+            if t.number not in self._seen:
+                self._seen[t.number] = self.canonical(t.params)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+        tried = set(self._seen.values()) | {self.canonical(t.params) for t in running if t.params}
         changeable = sorted(name for name, d in search_space.items() if name in parent.params
                             and len(_values(d)) > 1)
         params = dict(parent.params)
