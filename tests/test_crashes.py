@@ -50,11 +50,16 @@ def test_a_torn_last_record_is_reported_cut_off_and_the_study_goes_on(tmp_path, 
     assert len(err) == 1 and "was cut off mid-write and is ignored" in err[0]
     assert journal.read_bytes() == whole[:-40]
 
-    # a driver cuts the fragment off (kept beside the journal), goes on, and finishes the budget
+    # a driver cuts the fragment off (kept beside the journal), goes on, and finishes the budget; Optuna's lock
+    # on the journal, left by the killed driver as Optuna makes it (a link to the journal's relative path), is
+    # released instead of waited on
+    os.symlink("runs/torn/optuna.journal", journal.parent / "optuna.journal.lock")
     lines = []
     tuner.run(path, trials=5, output_dir=tmp_path / "runs", tracking_uri=store, in_process=True, progress=False,
               log=lines.append)
     assert any("cut off mid-write and is moved to optuna.journal.torn" in line for line in lines)
+    assert any("released the lock a stopped driver held on it" in line for line in lines)
+    assert not (journal.parent / "optuna.journal.lock").is_symlink()
     assert (journal.parent / "optuna.journal.torn").read_bytes() == whole[len(kept):-40] + b"\n"
     assert journal.read_bytes().startswith(kept)  # nothing before the torn record was rewritten
     study = load_finished_study("torn", tmp_path / "runs")

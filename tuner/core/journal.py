@@ -70,3 +70,16 @@ def check_journal(journal: Path, repair: bool) -> TornTail | None:
             f.flush()
             os.fsync(f.fileno())
     return TornTail(journal, len(fragment), len(lines) + 1, kept)
+
+
+def release_stale_lock(journal: Path) -> bool:
+    """Remove Optuna's lock on ``journal`` (``optuna.journal.lock``) left by a driver killed while it appended a
+    record. Only the driver holding the study (:mod:`tuner.core.driver_lock`) may call this: no other process
+    writes the journal, so the lock is stale. (Optuna would wait forever on it where the journal's path is
+    relative: the lock is a symbolic link to that path, dangling from the lock's folder, so its grace period,
+    read from the target's modification time, never runs.) Returns whether there was one."""
+    lock = journal.with_name(journal.name + ".lock")
+    if not (lock.is_symlink() or lock.exists()):
+        return False
+    lock.unlink(missing_ok=True)
+    return True

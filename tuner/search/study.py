@@ -23,6 +23,7 @@ from tuner.core.errors import (
     ClusterError,
     StudyError,
 )
+from tuner.core.journal import release_stale_lock
 from tuner.core.records import StudyMeta, TrialMeta
 from tuner.core.stop import StopRequest
 from tuner.executors.base import Executor
@@ -126,6 +127,8 @@ def run_study(experiment: Experiment, trials: int | None = None, workers: int | 
     (:mod:`tuner.core.driver_lock`): a second is refused before any work.
     """
     with DriverLock(experiment.run_dir, experiment.name, log):
+        if release_stale_lock(experiment.paths.journal):
+            log(f"{experiment.paths.journal}: released the lock a stopped driver held on it")
         return _run_study(experiment, trials, workers, address, tracking_uri, progress, log, executor)
 
 
