@@ -101,7 +101,8 @@ class Evaluator:
             export_dir, _ = self._pruned_export(Candidate(), {})
             session = load_artifact(export_dir / "fp32.onnx", self.settings.threads)
             evaluation = self.task.evaluation
-            self._reference_outputs = session_outputs(session, evaluation.inputs, evaluation.batch_size)
+            self._reference_outputs = session_outputs(session, evaluation.inputs, evaluation.batch_size,
+                                                      evaluation.reduce)
         return self._reference_outputs
 
     def _build_and_score(self, candidate: Candidate | dict, fidelity: Fidelity = FULL) -> TrialResult:
@@ -272,7 +273,7 @@ class Evaluator:
             task = self.task
             model, stats = self._pruned_model(candidate, timings)
             with _timed(timings, "export"), torch.no_grad():
-                export_onnx(model, task.example_inputs, tmp / "fp32.onnx", self.settings.exporter)
+                export_onnx(model, task.example_inputs, tmp / "fp32.onnx", self.settings.exporter, task.dynamic_axes)
                 nodes = map_layers(onnx.load(str(tmp / "fp32.onnx")), layer_weights(model, self.layers),
                                    allow_missing=True)
             (tmp / "layers.json").write_text(json.dumps({k: [v.name, v.op_type, v.weight] for k, v in nodes.items()}))

@@ -23,6 +23,9 @@ class Evaluation:
     ``inputs`` holds one array per model input (first axis: samples). ``metric`` receives the
     session's first output for all samples, concatenated along the first axis, and returns a float.
     ``extra_metrics`` are computed on the same outputs and recorded beside it (not optimized).
+    ``reduce``, if given, is applied to each batch's first output with that batch's inputs, and what it returns is
+    concatenated instead: a language model's logits (batch x tokens x vocabulary) become each token's
+    log-probability and top choice, so that scoring never holds every sample's logits at once.
     """
 
     inputs: tuple[np.ndarray, ...]
@@ -31,6 +34,7 @@ class Evaluation:
     direction: Literal["maximize", "minimize"] = "maximize"
     batch_size: int = 64
     extra_metrics: Mapping[str, Callable[[np.ndarray], float]] = field(default_factory=dict)
+    reduce: Callable[[np.ndarray, tuple[np.ndarray, ...]], np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if self.direction not in ("maximize", "minimize"):
@@ -52,6 +56,9 @@ class Task:
     output_layers: module names whose outputs are the model's outputs; pruning never shrinks them.
         Default: the last Conv/Linear module.
     finetune: optional; with recovery ``task``, called on each pruned copy to fine-tune it in place.
+    dynamic_axes: optional; per example input, its axes other than the batch axis (0) that vary at run time,
+        named (``{1: "sequence"}``; inputs that share a name share the size). A decoder with a KV cache is
+        exported with its token and cache lengths dynamic, so one artifact serves prefill and decode.
     """
 
     model: torch.nn.Module
@@ -60,12 +67,18 @@ class Task:
     evaluation: Evaluation
     output_layers: tuple[str, ...] = field(default=())
     finetune: Callable[[torch.nn.Module], Any] | None = None  # recovery "task": fine-tunes a pruned model in place
+    dynamic_axes: tuple[Mapping[int, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.example_inputs, tuple) or not all(
             isinstance(t, torch.Tensor) for t in self.example_inputs
         ):
             raise TypeError("`example_inputs` must be a tuple of torch.Tensor.")
+        if self.dynamic_axes and (len(self.dynamic_axes) != len(self.example_inputs) or any(
+                not isinstance(axis, int) or not 0 < axis < t.dim() or not isinstance(name, str) or name == "batch"
+                for axes, t in zip(self.dynamic_axes, self.example_inputs) for axis, name in axes.items())):
+            raise ValueError("`dynamic_axes` must hold one mapping per example input, from an axis other than 0 "
+                             f"(the batch axis) to a name other than 'batch', but got {self.dynamic_axes!r}.")
         if len(self.calibration_inputs) == 0:
             raise ValueError("`calibration_inputs` must hold at least one batch.")
         if not self.output_layers:

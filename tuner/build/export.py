@@ -31,32 +31,50 @@ _LSTM_GATES = (0, 3, 1, 2)
 
 
 def export_onnx(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], path: str | Path,
-                exporter: str = "dynamo") -> None:
+                exporter: str = "dynamo", dynamic_axes: tuple[Mapping[int, str], ...] = ()) -> None:
     """Export with a dynamic batch axis (whatever the example batch), weights inside the file.
 
+    ``dynamic_axes`` (`Task.dynamic_axes`): per input, further axes that stay dynamic, by name.
     ``exporter``: ``dynamo`` (torch.export) or ``torchscript`` (the tracer: it records the branch the example
     takes through data-dependent control flow). A failure raises ExportError naming the model, the exporter,
     the line of the model's code it stopped at, and what to try.
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, but got {exporter!r}.")
-    # torch.export specializes dimensions of size 1: an example batch of 1 would fix the batch axis at 1.
-    inputs = tuple(torch.cat([t, t]) if t.dim() and t.shape[0] == 1 else t for t in example_inputs)
+    axes = tuple({0: "batch", **extra} for extra in dynamic_axes) or tuple({0: "batch"} for _ in example_inputs)
+    # torch.export specializes dimensions of size 1: an example batch (or a dynamic length) of 1 would fix it at 1.
+    inputs = tuple(_doubled(t, [a for a in named if a < t.dim()]) for t, named in zip(example_inputs, axes))
     try:
         with warnings.catch_warnings(), _quiet_fds():
             warnings.simplefilter("ignore")
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
             if exporter == "dynamo":
-                _export_dynamo(model.eval(), inputs, path)
+                _export_dynamo(model.eval(), inputs, path, axes)
             else:
-                _export_torchscript(model.eval(), inputs, path)
+                _export_torchscript(model.eval(), inputs, path, axes)
     except Exception as exc:
         raise ExportError(_failure_message(model, exporter, exc)) from exc
 
 
-def _export_dynamo(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: str | Path) -> None:
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    dynamic_shapes = tuple({0: batch} for _ in inputs)
+def _doubled(tensor: torch.Tensor, axes: list[int]) -> torch.Tensor:
+    for axis in axes:
+        if tensor.shape[axis] == 1:
+            tensor = torch.cat([tensor, tensor], dim=axis)
+    return tensor
+
+
+def _export_dynamo(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: str | Path,
+                   axes: tuple[Mapping[int, str], ...]) -> None:
+    # a length may be 0 at run time (an empty KV cache); the batch may not
+    dims = {name: torch.export.Dim(name, min=1 if name == "batch" else 0, max=4096 if name == "batch" else 65536)
+            for named in axes for name in named.values()}
+    per_input = [{axis: dims[name] for axis, name in named.items() if axis < t.dim()} for t, named in zip(inputs, axes)]
+    params = inspect.signature(model.forward).parameters.values()
+    fixed = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+    if any(p.kind == p.VAR_POSITIONAL for p in params):  # forward(x, *cache): torch.export wants the rest as one
+        dynamic_shapes = (*per_input[:fixed], tuple(per_input[fixed:]))
+    else:
+        dynamic_shapes = tuple(per_input)
     with _torchlib_registry_built_once():
         program = torch.onnx.export(model, inputs, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False)
     program.save(str(path), external_data=False)
@@ -95,7 +113,8 @@ def _torchlib_registry_built_once():
         cls.from_torchlib = original
 
 
-def _export_torchscript(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: str | Path) -> None:
+def _export_torchscript(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: str | Path,
+                        axes: tuple[Mapping[int, str], ...]) -> None:
     params = [p for p in inspect.signature(model.forward).parameters.values()
               if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     names = [p.name for p in params[:len(inputs)]] + [f"input_{i}" for i in range(len(params), len(inputs))]
@@ -106,7 +125,8 @@ def _export_torchscript(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]
     # No constant folding: it would fold BatchNorm into Conv weights under new names (ORT fuses them itself).
     buffer = io.BytesIO()
     torch.onnx.export(model, inputs, buffer, dynamo=False, input_names=names, output_names=out_names,
-                      dynamic_axes={name: {0: "batch"} for name in names + out_names}, opset_version=18,
+                      dynamic_axes={**{name: dict(named) for name, named in zip(names, axes)},
+                                    **{name: {0: "batch"} for name in out_names}}, opset_version=18,
                       do_constant_folding=False)
     exported = onnx.load_model_from_string(buffer.getvalue())
     fold_weight_transposes(exported.graph)

@@ -32,7 +32,7 @@ def untuned_layers(model) -> list[tuple[str, str]]:
             and any(True for _ in m.parameters(recurse=False))]
 
 
-def layer_op_types(model, example_inputs, exporter: str = "dynamo") -> dict[str, str]:
+def layer_op_types(model, example_inputs, exporter: str = "dynamo", dynamic_axes=()) -> dict[str, str]:
     """Export ``model`` once and return the ONNX op type each quantizable layer became.
 
     Layers the exporter dropped (their output is never used) are left out: there is nothing to tune.
@@ -45,6 +45,6 @@ def layer_op_types(model, example_inputs, exporter: str = "dynamo") -> dict[str,
 
     layers = quantizable_layers(model)
     with tempfile.TemporaryDirectory() as tmp:
-        export_onnx(model, example_inputs, f"{tmp}/model.onnx", exporter)
+        export_onnx(model, example_inputs, f"{tmp}/model.onnx", exporter, dynamic_axes)
         nodes = map_layers(onnx.load(f"{tmp}/model.onnx"), layer_weights(model, layers), allow_missing=True)
     return {layer: nodes[layer].op_type for layer in layers if layer in nodes}

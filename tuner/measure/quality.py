@@ -11,15 +11,24 @@ from tuner.core.errors import UserCodeError, where
 from tuner.task import Evaluation
 
 
-def session_outputs(session: ort.InferenceSession, inputs: tuple[np.ndarray, ...], batch_size: int) -> np.ndarray:
-    """The session's first output for all samples, run in fixed-size batches (deterministic order)."""
+def session_outputs(session: ort.InferenceSession, inputs: tuple[np.ndarray, ...], batch_size: int,
+                    reduce=None) -> np.ndarray:
+    """The session's first output for all samples, run in fixed-size batches (deterministic order); with
+    ``reduce`` (`Evaluation.reduce`), what it makes of each batch's output and inputs."""
     names = [i.name for i in session.get_inputs()]
     if len(names) != len(inputs):
         raise ValueError(f"the model takes {len(names)} inputs {names}, but the evaluation gives {len(inputs)}.")
     outputs = []
     for start in range(0, len(inputs[0]), batch_size):
         feeds = {name: array[start : start + batch_size] for name, array in zip(names, inputs)}
-        outputs.append(session.run(None, feeds)[0])
+        output = session.run(None, feeds)[0]
+        if reduce is not None:
+            try:
+                output = np.asarray(reduce(output, tuple(feeds.values())))
+            except Exception as exc:  # the task's code
+                raise UserCodeError(f"the task's evaluation reduce raised{where(exc)}: {type(exc).__name__}: "
+                                    f"{exc}") from exc
+        outputs.append(output)
     return np.concatenate(outputs, axis=0)
 
 
@@ -51,7 +60,7 @@ def score(session: ort.InferenceSession, evaluation: Evaluation) -> float:
 
 def score_all(session: ort.InferenceSession, evaluation: Evaluation) -> tuple[float, dict[str, float]]:
     """The task's metric and its extra metrics, all on one pass of outputs."""
-    outputs = session_outputs(session, evaluation.inputs, evaluation.batch_size)
+    outputs = session_outputs(session, evaluation.inputs, evaluation.batch_size, evaluation.reduce)
     value = _call(evaluation.metric, outputs, evaluation.metric_name)
     if not np.isfinite(value):
         raise ValueError(f"metric {evaluation.metric_name!r} returned {value}.")
@@ -81,7 +90,8 @@ def score_subset(session: ort.InferenceSession, evaluation: Evaluation, referenc
     correction: computed from the data, never assumed.
     """
     n_total, n = len(reference), len(indices)
-    outputs = session_outputs(session, tuple(a[indices] for a in evaluation.inputs), evaluation.batch_size)
+    outputs = session_outputs(session, tuple(a[indices] for a in evaluation.inputs), evaluation.batch_size,
+                              evaluation.reduce)
     base = _call(evaluation.metric, reference, evaluation.metric_name)
     mixed = reference.copy()
     mixed[indices] = outputs

@@ -60,7 +60,7 @@ def prepare(experiment: Experiment, log: Callable[[str], None] = print):
     log(f"task loaded in {time.perf_counter() - start:.1f} s: {type(task.model).__name__}, {params:,} "
         "parameters; exporting it once to read its layers ...")
     start = time.perf_counter()
-    layer_ops = layer_op_types(task.model, task.example_inputs, experiment.exporter)
+    layer_ops = layer_op_types(task.model, task.example_inputs, experiment.exporter, task.dynamic_axes)
     log(f"exported in {time.perf_counter() - start:.1f} s: {len(layer_ops)} layers to tune")
     unused = [name for name in quantizable_layers(task.model) if name not in layer_ops]
     if unused:

@@ -1,0 +1,100 @@
+"""Decoder LLMs: the KV-cache export against torch over decode steps, perplexity through the evaluation's reduce,
+the tied output head as a searchable layer, MLP units pruned (tiny Llama-style decoder built in the test)."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import tiny_llama
+import torch
+
+from tuner.build.export import export_onnx
+from tuner.build.layers import quantizable_layers
+from tuner.build.prune import prune
+from tuner.core.candidate import Candidate
+from tuner.evaluate import EvalSettings, Evaluator
+from tuner.measure.quality import score_all
+from tuner.measure.runtime import load_artifact
+from tuner.taskref import TaskRef
+from tuner.tasks.decoder import decode_and_prefill_ms, next_token_scores, perplexity
+
+pytestmark = pytest.mark.slow  # exports of a decoder with its cache, seconds each
+
+TESTS = str(Path(__file__).parent)
+HEAD = "lm.lm_head"
+
+
+@pytest.fixture(scope="module")
+def task():
+    return tiny_llama.make_task()
+
+
+@pytest.fixture(scope="module")
+def exported(task, tmp_path_factory):
+    path = tmp_path_factory.mktemp("decoder") / "model.onnx"
+    export_onnx(task.model, task.example_inputs, path, dynamic_axes=task.dynamic_axes)
+    return load_artifact(path, 1)
+
+
+def test_the_export_carries_the_cache_through_prefill_and_decode_steps_as_torch_does(task, exported):
+    ids = task.evaluation.inputs[0][:3, :12]
+    names = [i.name for i in exported.get_inputs()]
+    assert len(names) == 1 + 2 * task.model.layers
+    with torch.no_grad():
+        expected = task.model.lm(torch.from_numpy(ids)).logits.numpy()  # the whole sequence at once, no cache
+    empty = [t.numpy() for t in task.model.empty_cache(3)]
+    outputs = exported.run(None, dict(zip(names, [ids[:, :8], *empty])))  # prefill 8 tokens
+    np.testing.assert_allclose(outputs[0], expected[:, :8], atol=1e-4)
+    cache = outputs[1:]
+    for step in range(8, 12):  # then one token at a time, each with the cache the step before returned
+        outputs = exported.run(None, dict(zip(names, [ids[:, step:step + 1], *cache])))
+        np.testing.assert_allclose(outputs[0][:, 0], expected[:, step], atol=1e-4)
+        cache = outputs[1:]
+        assert cache[0].shape == (3, task.model.kv_heads, step + 1, task.model.head_dim)
+
+
+def test_perplexity_of_the_artifact_is_torch_perplexity_and_agreement_is_one(task, exported):
+    value, extra = score_all(exported, task.evaluation)
+    ids = task.evaluation.inputs[0]
+    with torch.no_grad():
+        logits = task.model.lm(torch.from_numpy(ids)).logits
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                            torch.from_numpy(ids[:, 1:]).reshape(-1))
+    assert value == pytest.approx(float(torch.exp(nll)), rel=1e-4)
+    assert extra["next_token_agreement"] == 1.0
+    scores = next_token_scores(logits.numpy(), (ids,))
+    assert scores.shape == (len(ids), ids.shape[1] - 1, 2) and perplexity(scores) == pytest.approx(value, rel=1e-4)
+
+
+def test_decode_and_prefill_are_timed_on_the_artifact(task, exported):
+    timing = decode_and_prefill_ms(exported, task.evaluation.inputs[0][:1, :8], repeats=3, warmup=1)
+    assert timing.prefill_ms > 0 and timing.decode_ms > 0
+    assert "tokens/s" in timing.summary(8)
+
+
+def test_the_tied_head_is_its_own_layer_and_is_built_in_4_bits(task, tmp_path):
+    layers = quantizable_layers(task.model)
+    assert HEAD in layers
+    assert task.model.lm.lm_head.weight.data_ptr() != task.model.lm.get_input_embeddings().weight.data_ptr()
+    evaluator = Evaluator(TaskRef("tiny_llama.py:make_task", {}, TESTS), EvalSettings(repeats=2, warmup=1), tmp_path)
+    result = evaluator.evaluate(Candidate(precision=((HEAD, "int4-b32"),)))
+    assert result.state == "COMPLETE", result.error
+    graph = onnx.load(str(Path(result.artifact_dir) / "model.onnx")).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 1  # the head, and nothing else
+    vocab = task.model.lm.config.vocab_size
+    assert any(a.name == "N" and a.i == vocab for a in nbits[0].attribute)
+
+
+def test_mlp_units_are_pruned_and_attention_keeps_its_width(task):
+    from tuner.build.prune import pruning_groups
+
+    groups = pruning_groups(task.model, task.example_inputs, task.output_layers)
+    assert groups and all("mlp" in g.name and "self_attn" not in g.name for g in groups)
+    first = next(g for g in groups if "layers.0.mlp.up_proj" in g.name)
+    pruned = prune(task.model, task.example_inputs, {first.name: 0.5}, task.output_layers)
+    assert pruned.lm.model.layers[0].mlp.up_proj.out_features < task.model.lm.model.layers[0].mlp.up_proj.out_features
+    with torch.no_grad():
+        logits, *cache = pruned(*task.example_inputs)
+    assert logits.shape[-1] == tiny_llama.VOCAB and len(cache) == 2 * task.model.layers
