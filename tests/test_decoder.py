@@ -73,18 +73,19 @@ def test_decode_and_prefill_are_timed_on_the_artifact(task, exported):
     assert "tokens/s" in timing.summary(8)
 
 
-def test_the_tied_head_is_its_own_layer_and_is_built_in_4_bits(task, tmp_path):
+def test_the_tied_head_is_its_own_layer_and_is_built_in_4_bits_beside_8_bit_weights(task, tmp_path):
     layers = quantizable_layers(task.model)
     assert HEAD in layers
     assert task.model.lm.lm_head.weight.data_ptr() != task.model.lm.get_input_embeddings().weight.data_ptr()
     evaluator = Evaluator(TaskRef("tiny_llama.py:make_task", {}, TESTS), EvalSettings(repeats=2, warmup=1), tmp_path)
-    result = evaluator.evaluate(Candidate(precision=((HEAD, "int4-b32"),)))
+    down = "lm.model.layers.0.mlp.down_proj"
+    result = evaluator.evaluate(Candidate(precision=((HEAD, "int4-b32"), (down, "int8-weight-b32"))))
     assert result.state == "COMPLETE", result.error
     graph = onnx.load(str(Path(result.artifact_dir) / "model.onnx")).graph
-    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
-    assert len(nbits) == 1  # the head, and nothing else
-    vocab = task.model.lm.config.vocab_size
-    assert any(a.name == "N" and a.i == vocab for a in nbits[0].attribute)
+    nbits = {next(a.i for a in n.attribute if a.name == "N"): next(a.i for a in n.attribute if a.name == "bits")
+             for n in graph.node if n.op_type == "MatMulNBits"}
+    config = task.model.lm.config
+    assert nbits == {config.vocab_size: 4, config.hidden_size: 8}  # the head in 4 bits, down_proj in 8, no other
 
 
 def test_mlp_units_are_pruned_and_attention_keeps_its_width(task):
@@ -98,3 +99,4 @@ def test_mlp_units_are_pruned_and_attention_keeps_its_width(task):
     with torch.no_grad():
         logits, *cache = pruned(*task.example_inputs)
     assert logits.shape[-1] == tiny_llama.VOCAB and len(cache) == 2 * task.model.layers
+

@@ -1,7 +1,7 @@
 """Which ORT kernel each layer really runs, read from the graph ORT optimized, and whether that matches the ask.
 
 A layer is found in the optimized graph through its weight initializer: quantizers derive their names
-from it (``<w>_quantized`` for int8, ``<w>_Q4`` for MatMulNBits), and float ops read ``<w>`` itself.
+from it (``<w>_quantized`` for int8, ``<w>_Q4`` or ``<w>_Q8`` for MatMulNBits), and float ops read ``<w>`` itself.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import onnx
 from tuner.core.precision import FP32, KINDS, kind_of
 
 _COMPUTE = set().union(*(k.kernels for k in KINDS.values()))
-_SUFFIXES = ("_quantized", "_Q4")
+_SUFFIXES = ("_quantized", "_Q4", "_Q8")
 
 
 def layer_kernels(optimized: onnx.ModelProto, weight_names: Mapping[str, str]) -> dict[str, str | None]:

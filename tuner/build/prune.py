@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import gc
 import math
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -62,7 +63,10 @@ def compact_names(names: Sequence[str]) -> str:
     (``a.{0..3}.b``, ``a.{q,k,v}``); names that no such pattern covers exactly are listed."""
     names = list(dict.fromkeys(names))
     split = [name.split(".") for name in names]
-    if len(names) < 3 or len({len(parts) for parts in split}) != 1:
+    depths = list(dict.fromkeys(len(parts) for parts in split))
+    if len(depths) > 1:  # names of different depths: each depth on its own (`a.{0..29}.norm, a.norm`)
+        return ", ".join(compact_names([n for n, parts in zip(names, split) if len(parts) == d]) for d in depths)
+    if len(names) < 3:
         return ", ".join(names)
     columns = [list(dict.fromkeys(column)) for column in zip(*split)]
     if math.prod(len(column) for column in columns) != len(names):  # not a full grid: braces would claim more
@@ -231,32 +235,76 @@ def _prune_heads(model: nn.Module, graph: tp.DependencyGraph, group: PruningGrou
         block.module.all_head_size = (heads - drop) * head_dim
 
 
+def pruning_role(group: str) -> str:
+    """A group's name with each member's block number replaced (``layers.{}.mlp.up_proj``): the groups of one role
+    in every block run the same code, so they break alike."""
+    return "+".join(_BLOCK_NUMBER.sub("{}", member, count=1) for member in group.split("+"))
+
+
+_BLOCK_NUMBER = re.compile(r"(?<=\.)\d+(?=\.|$)")
+
+
 def broken_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], ratios: Mapping[str, float],
                   output_layers: Sequence[str], round_to: int = 8) -> dict[str, str]:
-    """Prune each group alone at its ratio and run the pruned model on the example: the groups whose pruning
-    breaks the model (a reshape to a hard-coded width, say), each with the layer that raised and why.
+    """The groups whose pruning at their ratio breaks the model (a reshape to a hard-coded width, say), each with
+    the layer that raised and why.
 
     torch-pruning follows the traced graph; code that bakes a channel count into a constant is invisible to
-    it, and the model only fails when run.
+    it, and the model only fails when run. Checked in a few pruned copies, not one per group (each copy traces
+    the whole model: minutes per group on a 30-block LLM): every group at once; where that breaks, each role (the
+    same layers in every block) at once; where a role breaks, its first group alone: if that breaks too, the whole
+    role is left out with its reason, otherwise its groups are checked one by one.
     """
-    if len(ratios) > 1 and _runs_pruned(model, example_inputs, ratios, output_layers, round_to):
+    if not ratios or _runs_pruned(model, example_inputs, ratios, output_layers, round_to):
         return {}  # the usual case: every group at once works, so one pruned copy answers for all of them
+    roles: dict[str, list[str]] = {}
+    for name in ratios:
+        roles.setdefault(pruning_role(name), []).append(name)
     broken = {}
-    for name, ratio in ratios.items():
-        try:
-            pruned = prune(model, example_inputs, {name: ratio}, output_layers, round_to)
-        except Exception as exc:
-            broken[name] = f"pruning it raised {type(exc).__name__}: {exc}"
+    for names in roles.values():
+        if len(roles) > 1 and len(names) > 1 and _runs_pruned(
+                model, example_inputs, {n: ratios[n] for n in names}, output_layers, round_to):
             continue
-        layer, exc = _run_and_catch(pruned, example_inputs)
-        if exc is not None:
-            at = f"layer {layer!r}" if layer else f"{type(model).__name__}.forward"
-            broken[name] = f"{at} then raised{where(exc)}: {type(exc).__name__}: {exc}"
-        # torch-pruning's dependency graph holds the pruned copy in reference cycles: free each copy now, or
-        # a model's worth of memory piles up per group (6.2 GB peak for ResNet-50's 37 groups)
-        del pruned
-        gc.collect()
+        first = _breaks(model, example_inputs, names[0], ratios[names[0]], output_layers, round_to)
+        if first is not None:
+            broken.update(dict.fromkeys(names, first))
+            continue
+        for name in names[1:]:
+            why = _breaks(model, example_inputs, name, ratios[name], output_layers, round_to)
+            if why is not None:
+                broken[name] = why
     return broken
+
+
+def _breaks(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], name: str, ratio: float,
+            output_layers: Sequence[str], round_to: int) -> str | None:
+    """Why pruning group ``name`` alone by ``ratio`` breaks the model, or None where it runs."""
+    try:
+        pruned = prune(model, example_inputs, {name: ratio}, output_layers, round_to)
+    except Exception as exc:
+        return f"pruning it raised {type(exc).__name__}: {exc}"
+    layer, exc = _run_and_catch(pruned, example_inputs)
+    # torch-pruning's dependency graph holds the pruned copy in reference cycles: free each copy now, or
+    # a model's worth of memory piles up per group (6.2 GB peak for ResNet-50's 37 groups)
+    del pruned
+    gc.collect()
+    if exc is None:
+        return None
+    at = f"layer {layer!r}" if layer else f"{type(model).__name__}.forward"
+    return f"{at} then raised{where(exc)}: {type(exc).__name__}: {exc}"
+
+
+def broken_warnings(broken: Mapping[str, str], ratios: Mapping[str, float]) -> list[str]:
+    """One line per role left out (and per reason): its groups' layers in a few words, how much, and why."""
+    by_role: dict[tuple[str, str, float], list[str]] = {}
+    for name, why in broken.items():
+        by_role.setdefault((pruning_role(name), why, ratios[name]), []).append(name)
+    lines = []
+    for (_, why, ratio), names in by_role.items():
+        members = compact_names([m for name in names for m in name.split("+")])
+        what = f"{len(names)} pruning groups" if len(names) > 1 else "pruning group"
+        lines.append(f"warning: {what} {members} {'are' if len(names) > 1 else 'is'} left out of the search: pruned by {ratio:g}, {why}")
+    return lines
 
 
 def _runs_pruned(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], ratios: Mapping[str, float],

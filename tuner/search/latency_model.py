@@ -4,7 +4,7 @@ Each reference artifact (fp32, every uniform precision) is run with ORT's profil
 ORT really executes (after its fusions: QLinearConv, NCHWc convs, DynamicQuantizeMatMul, ...) gets its median
 kernel time, and is attributed to a layer:
 
-* a compute node belongs to the layer whose weight it reads (``<w>``, ``<w>_quantized``, ``<w>_Q4``), or, when
+* a compute node belongs to the layer whose weight it reads (``<w>``, ``<w>_quantized``, ``<w>_Q4``, ``<w>_Q8``), or, when
   ORT rewrote the weight (NCHWc reorders float convs), to the layer whose node or output it is named after;
 * glue that exists for one layer's precision or layout belongs to it: a quantize/reorder-in node to the layer it
   feeds, a dequantize/reorder-out node to the layer that produced its input (shared glue is split evenly);
@@ -36,7 +36,7 @@ from tuner.core.precision import FP32
 # Nodes that exist for a layer's precision or layout: attributed to the layer they feed, or came from.
 _FEEDS_LAYER = {"QuantizeLinear", "DynamicQuantizeLinear", "ReorderInput", "Transpose", "Cast"}
 _FROM_LAYER = {"DequantizeLinear", "ReorderOutput"}
-_WEIGHT_SUFFIXES = ("_quantized", "_Q4", "_DequantizeLinear_Output", "_DequantizeLinear")
+_WEIGHT_SUFFIXES = ("_quantized", "_Q4", "_Q8", "_DequantizeLinear_Output", "_DequantizeLinear")
 _ACTIVATIONS = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "LeakyRelu", "Gelu", "FastGelu", "Tanh"}
 _NAME_SUFFIX = re.compile(r"(_nchwc|_token_\d+|_quant|_fused)+$")
 

@@ -48,7 +48,12 @@ def resolve_seeds(seeds: int | str) -> int | str:
 
 def prepare(experiment: Experiment, log: Callable[[str], None] = print):
     """Load the task and resolve the space in the driver: every config error surfaces before any trial."""
-    from tuner.build.prune import broken_groups, compact_names, pruning_groups
+    from tuner.build.prune import (
+        broken_groups,
+        broken_warnings,
+        compact_names,
+        pruning_groups,
+    )
     from tuner.task import check_forward
 
     # cheap checks first: the task may train a model
@@ -67,8 +72,11 @@ def prepare(experiment: Experiment, log: Callable[[str], None] = print):
         log(f"not in the exported graph (output unused), not tuned: {', '.join(unused)}")
     untuned = untuned_layers(task.model)
     if untuned:
+        kinds: dict[str, list[str]] = {}
+        for name, kind in untuned:
+            kinds.setdefault(kind, []).append(name)
         log("kept fp32, not searched (tuner searches Conv2d, Linear and single-layer LSTM layers): "
-            + ", ".join(f"{name} ({kind})" for name, kind in untuned))
+            + ", ".join(f"{compact_names(names)} ({kind})" for kind, names in kinds.items()))
     groups = []
     if space_file is None or any(rule.prune is not None for rule in space_file.rules):
         try:
@@ -93,9 +101,8 @@ def prepare(experiment: Experiment, log: Callable[[str], None] = print):
     if largest:
         log(f"{len(largest)} pruning groups checked in {time.perf_counter() - start:.1f} s (pruned at their largest "
             "ratios and run)")
-    for name, why in broken.items():
-        log(f"warning: pruning group {compact_names(name.split('+'))} is left out of the search: pruned by "
-            f"{largest[name]:g}, {why}")
+    for line in broken_warnings(broken, largest):
+        log(line)
     if broken:
         space = SearchSpace(space_file, layer_ops, [g for g in groups if g.name not in broken], experiment.round_to,
                             left_out=set(broken), ordered_precision=ordered)
