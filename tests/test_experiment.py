@@ -155,3 +155,13 @@ def test_ctrl_c_during_run_says_the_study_is_saved_and_how_to_continue(tmp_path,
     assert main(["run", str(tmp_path / "exp.yaml"), "--no-progress"]) == 130
     err = capsys.readouterr().err
     assert "interrupted: study 'stopped' is saved" in err and "tuner resume stopped" in err
+
+
+def test_pick_bounds_a_metric_minimized_with_a_max_flag():
+    from tuner.cli import _parse_min_metric, metric_flag
+
+    assert metric_flag("perplexity", maximize=False) == "--max-perplexity"
+    assert _parse_min_metric(["--max-perplexity", "25.4"], "perplexity", maximize=False) == 25.4
+    assert _parse_min_metric(["--min-accuracy=0.97"], "accuracy") == 0.97
+    with pytest.raises(SystemExit, match="this study's metric is 'perplexity'"):
+        _parse_min_metric(["--min-perplexity", "25"], "perplexity", maximize=False)

@@ -95,3 +95,15 @@ def test_a_pruning_ratio_moves_on_its_grid_and_a_change_with_no_effect_is_not_a_
     # one change each from (int8, 0.25): the ratio to 0.0 or 0.5, the kind to int4; not fp32 (with any ratio,
     # the fp32 trial again)
     assert drawn == {("int8", 0.0), ("int8", 0.5), ("int4", 0.25)}
+
+
+def test_a_metric_minimized_keeps_its_front_and_its_parents():
+    # perplexity: lower is better; the mix at 10.1 is feasible (+0.1), uniform int8 at 15 is not
+    sampler = FrontMutation(Marker(), seed=0, explore=0.0)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    mix = {name: "fp32" if i < 2 else "int8" for i, name in enumerate(DISTS)}
+    fp32_and(study, (mix, 10.1, 4.0, -0.4), ({name: "int8" for name in DISTS}, 15.0, 3.0, 4.5))
+    assert [t.values for t in feasible_front(study.trials, maximize=False)] == [[10.1, 4.0], [1.0, 10.0]]
+    assert [t.values[1] for t in feasible_front(study.trials, maximize=True)] == [4.0]  # read the other way round
+    trial = study.ask(fixed_distributions=DISTS)
+    assert 1 <= sum(trial.params[name] != mix[name] for name in DISTS) <= 3

@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\nrun directory: {result.run_dir}\nMLflow: {result.tracking_uri} (experiment {result.name!r}). Browse "
           f"with `{ui}`: 'Model training' (top left), experiment {result.name!r}, run {result.name!r}: its "
           f"description is the front, linked to each model's run.\npick with: tuner pick {result.name} "
-          f"--min-{metric} X")
+          f"{metric_flag(metric, result.maximize)} X")
     return 0
 
 
@@ -143,13 +143,14 @@ def _pick(args: argparse.Namespace, extra: list[str]) -> int:
 
     table = api.front(args.study, args.output_dir)
     metric = table.metric_name
-    min_metric = _parse_min_metric(extra, metric)
+    min_metric = _parse_min_metric(extra, metric, table.maximize)
     constraints = dict(min_metric=min_metric, max_latency_ms=args.max_latency_ms, max_size_mb=args.max_size_mb,
                        knee=args.knee)
     if min_metric is None and args.max_latency_ms is None and args.max_size_mb is None and not args.knee:
         print(f"study {args.study!r}: Pareto front ({len(table.rows)} models)")
         print(format_table(table.rows, metric))
-        print(f"\npick one with a constraint: --min-{metric} X, --max-latency-ms Y, --max-size-mb Z (combinable), "
+        print(f"\npick one with a constraint: {metric_flag(metric, table.maximize)} X, --max-latency-ms Y, "
+              "--max-size-mb Z (combinable), "
               "or --knee")
         return 0
     if args.alias and not args.register:
@@ -189,13 +190,20 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if exact else 1
 
 
-def _parse_min_metric(extra: list[str], metric: str) -> float | None:
-    """``--min-<metric> X``: the flag is named after the study's metric (``--min-accuracy`` for digits)."""
+def metric_flag(metric: str, maximize: bool) -> str:
+    """The pick flag that bounds the study's metric: ``--min-accuracy``, or ``--max-perplexity`` where lower is
+    better."""
+    return f"--{'min' if maximize else 'max'}-{metric}"
+
+
+def _parse_min_metric(extra: list[str], metric: str, maximize: bool = True) -> float | None:
+    """``--min-<metric> X`` (``--max-<metric> X`` for a metric minimized): the flag is named after the study's
+    metric (``--min-accuracy`` for digits, ``--max-perplexity`` for a language model)."""
     value = None
     it = iter(extra)
     for token in it:
         flag, _, inline = token.partition("=")
-        if flag in (f"--min-{metric}", "--min-metric", "--min-accuracy"):
+        if flag in (metric_flag(metric, maximize), metric_flag("metric", maximize)) or (maximize and flag == "--min-accuracy"):
             value = float(inline or next(it))
         else:
             raise SystemExit(f"error: unrecognized argument {token!r} (this study's metric is {metric!r})")
@@ -239,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--alias", help="with --register: set this alias on the new version (e.g. champion)")
     pick.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own, ./mlflow.db)")
     pick.add_argument("--output-dir", default="tuner-runs")
-    pick.epilog = ("constraints: --min-<metric> X (e.g. --min-accuracy 0.97), --max-latency-ms Y, --max-size-mb Z, "
+    pick.epilog = ("constraints: --min-<metric> X (e.g. --min-accuracy 0.97; --max-<metric> X where lower is "
+                   "better, e.g. --max-perplexity 25), --max-latency-ms Y, --max-size-mb Z, "
                    "or --knee; with none, the front is listed")
     ver = sub.add_parser("verify", help="rebuild or reload trials' artifacts in a fresh process, re-score and "
                          "re-time them, report differences (exit 1 if a metric or file hash differs)")

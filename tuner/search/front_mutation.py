@@ -25,20 +25,22 @@ from optuna.distributions import (
     IntDistribution,
 )
 from optuna.samplers import BaseSampler
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 EXPLORE = 0.25  # the share of trials drawn by the base sampler once there are parents
 MAX_CHANGES = 3
 
 
-def feasible_front(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """The completed trials within every constraint that no other such trial dominates (objectives: maximize the
-    metric, minimize latency), fastest first: one sweep from the most accurate down, keeping each trial faster
-    than every one above it."""
+def feasible_front(trials: Sequence[FrozenTrial], maximize: bool = True) -> list[FrozenTrial]:
+    """The completed trials within every constraint that no other such trial dominates (objectives: the metric,
+    maximized or minimized (perplexity); latency, minimized), fastest first: one sweep from the most accurate down,
+    keeping each trial faster than every one above it."""
     feasible = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None
                 and all(v <= 0 for v in t.constraints.values())]
     front, fastest = [], float("inf")
-    for trial in sorted(feasible, key=lambda t: (-t.values[0], t.values[1])):
+    sign = -1 if maximize else 1
+    for trial in sorted(feasible, key=lambda t: (sign * t.values[0], t.values[1])):
         if trial.values[1] < fastest:
             front.append(trial)
             fastest = trial.values[1]
@@ -68,7 +70,8 @@ class FrontMutation(BaseSampler):
         self.base.before_trial(study, trial)
         if "fixed_params" in trial.system_attrs:  # a queued trial (reference, plan point): its params are given
             return
-        front = feasible_front(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        front = feasible_front(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                               study.directions[0] == StudyDirection.MAXIMIZE)
         if len(front) < 2 or self._rng.rand() < self.explore:
             return  # fp32 alone (or nothing) is known feasible: nothing to move along yet
         # not from the slowest (fp32, as a rule): its neighbours are about as slow and as accurate

@@ -91,6 +91,7 @@ class StudyResult:
     n_screened: int = 0  # stopped after the subset (PRUNED): clearly infeasible, never timed
     n_screened_before_build: int = 0  # of those, scored as their pruned fp32 model, never exported or quantized
     stages: dict[str, tuple[int, int]] = field(default_factory=dict)  # stage -> (finished trials, feasible ones)
+    maximize: bool = True  # the metric's direction
 
     def stages_line(self) -> str:
         return "trials by stage: " + ", ".join(f"{stage} {n} ({feasible} feasible)"
@@ -285,7 +286,8 @@ def _result(run: _Run, front: list, references: list, wall_s: float, timings: Ti
                        checks["latency_check"], failure_reasons(study), disk,
                        {**timings.peak_rss_mb, "driver": peak_rss_mb()}, checks["latency_model"],
                        states.count(TrialState.PRUNED) - n_failed,
-                       sum(1 for t in trials if TrialMeta.of(t).screened_before_build), _stages(study))
+                       sum(1 for t in trials if TrialMeta.of(t).screened_before_build), _stages(study),
+                       meta.maximize)
 
 
 def _stages(study: optuna.Study) -> dict[str, tuple[int, int]]:
