@@ -51,7 +51,6 @@ def prepare(experiment: Experiment, log: Callable[[str], None] = print):
     from tuner.build.prune import (
         broken_groups,
         broken_warnings,
-        compact_names,
         pruning_groups,
     )
     from tuner.task import check_forward
@@ -72,11 +71,7 @@ def prepare(experiment: Experiment, log: Callable[[str], None] = print):
         log(f"not in the exported graph (output unused), not tuned: {', '.join(unused)}")
     untuned = untuned_layers(task.model)
     if untuned:
-        kinds: dict[str, list[str]] = {}
-        for name, kind in untuned:
-            kinds.setdefault(kind, []).append(name)
-        log("kept fp32, not searched (tuner searches Conv2d, Linear and single-layer LSTM layers): "
-            + ", ".join(f"{compact_names(names)} ({kind})" for kind, names in kinds.items()))
+        log(untuned_line(untuned))
     groups = []
     if space_file is None or any(rule.prune is not None for rule in space_file.rules):
         try:
@@ -109,6 +104,17 @@ def prepare(experiment: Experiment, log: Callable[[str], None] = print):
     check_finetune_hook(task, space, experiment)
     release_memory()  # the exports and pruned copies above are garbage now; keep the driver small
     return task, space
+
+
+def untuned_line(untuned: list[tuple[str, str]]) -> str:
+    """The layers kept fp32, by type, their names compacted (30 blocks' norms in a few words)."""
+    from tuner.build.prune import compact_names
+
+    kinds: dict[str, list[str]] = {}
+    for name, kind in untuned:
+        kinds.setdefault(kind, []).append(name)
+    return ("kept fp32, not searched (tuner searches Conv2d, Linear and single-layer LSTM layers): "
+            + ", ".join(f"{compact_names(names)} ({kind})" for kind, names in kinds.items()))
 
 
 def check_finetune_hook(task, space: SearchSpace, experiment: Experiment) -> None:
