@@ -14,10 +14,11 @@ from tuner.build.layers import quantizable_layers
 from tuner.build.prune import prune
 from tuner.core.candidate import Candidate
 from tuner.evaluate import EvalSettings, Evaluator
+from tuner.measure.generation import GenerationLatency, decode_and_prefill_ms
 from tuner.measure.quality import score_all
 from tuner.measure.runtime import load_artifact
 from tuner.taskref import TaskRef
-from tuner.tasks.decoder import decode_and_prefill_ms, next_token_scores, perplexity
+from tuner.tasks.decoder import next_token_scores, perplexity
 
 pytestmark = pytest.mark.slow  # exports of a decoder with its cache, seconds each
 
@@ -67,10 +68,11 @@ def test_perplexity_of_the_artifact_is_torch_perplexity_and_agreement_is_one(tas
     assert scores.shape == (len(ids), ids.shape[1] - 1, 2) and perplexity(scores) == pytest.approx(value, rel=1e-4)
 
 
-def test_decode_and_prefill_are_timed_on_the_artifact(task, exported):
+def test_decode_and_prefill_run_on_the_artifact_and_read_as_tokens_per_second(task, exported):
     timing = decode_and_prefill_ms(exported, task.evaluation.inputs[0][:1, :8], repeats=3, warmup=1)
-    assert timing.prefill_ms > 0 and timing.decode_ms > 0
-    assert "tokens/s" in timing.summary(8)
+    assert isinstance(timing, GenerationLatency)
+    line = GenerationLatency(prefill_ms=200.0, decode_ms=25.0).summary(64)  # fixed numbers: the arithmetic only
+    assert "prefill 64 tokens 200.0 ms (320 tokens/s)" in line and "25.00 ms/token (40.0 tokens/s)" in line
 
 
 def test_the_tied_head_is_its_own_layer_and_is_built_in_4_bits_beside_8_bit_weights(task, tmp_path):

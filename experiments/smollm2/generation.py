@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from tuner import api
+from tuner.measure.generation import decode_and_prefill_ms
 from tuner.measure.runtime import load_artifact
-from tuner.tasks.decoder import decode_and_prefill_ms
 
 
 def main() -> int:

@@ -4,16 +4,13 @@ in, logits and the grown cache out), scored by perplexity on held-out text, time
 One exported artifact serves both phases of generation: prefill (the prompt's N tokens with an empty cache) and
 decode (one token with a cache of L tokens), as ONNX Runtime's own generate loop runs a decoder (past key/values
 as inputs, present key/values as outputs). The study's latency is the decode step at batch 1, what a chat user
-waits for per generated token; `decode_and_prefill_ms` times both phases of any artifact.
+waits for per generated token; `tuner.measure.generation` times both phases of any artifact.
 
 The metric is perplexity on the held-out text (minimized); next-token agreement with the fp32 model (the share of
 positions where the candidate's top token is fp32's) is recorded beside it.
 """
 
 from __future__ import annotations
-
-import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -133,39 +130,3 @@ def causal_lm_task(lm: nn.Module, windows: np.ndarray, n_eval: int, calibration_
     return Task(model=model, example_inputs=decode_step, calibration_inputs=calibration, evaluation=evaluation,
                 output_layers=kept,
                 dynamic_axes=({1: "sequence"},) + tuple({2: "past_sequence"} for _ in decode_step[1:]))
-
-
-@dataclass(frozen=True)
-class GenerationLatency:
-    """The two numbers a chat user waits for, on one artifact at batch 1."""
-
-    prefill_ms: float  # the whole prompt, empty cache: time to first token
-    decode_ms: float  # one token with the cache of a prompt
-
-    def summary(self, prompt_tokens: int) -> str:
-        return (f"prefill {prompt_tokens} tokens {self.prefill_ms:.1f} ms ({prompt_tokens / self.prefill_ms * 1e3:.0f} "
-                f"tokens/s), decode {self.decode_ms:.2f} ms/token ({1e3 / self.decode_ms:.1f} tokens/s)")
-
-
-def decode_and_prefill_ms(session, prompt: np.ndarray, repeats: int = 20, warmup: int = 3) -> GenerationLatency:
-    """Median prefill time of ``prompt`` (1 x N tokens) and median time of one decode step after it, with the
-    cache the prefill returned, on an ORT session of a :class:`CachedDecoder` export."""
-    names = [i.name for i in session.get_inputs()]
-    kv_shape = session.get_inputs()[1].shape  # batch, heads, past, head dim (symbolic or fixed)
-    empty = np.zeros((1, kv_shape[1], 0, kv_shape[3]), dtype=np.float32)
-    prefill_feeds = {names[0]: prompt, **{name: empty for name in names[1:]}}
-    outputs = session.run(None, prefill_feeds)
-    next_token = outputs[0][:, -1:].argmax(-1).astype(np.int64)
-    decode_feeds = {names[0]: next_token, **dict(zip(names[1:], outputs[1:]))}
-
-    def median_ms(feeds) -> float:
-        for _ in range(warmup):
-            session.run(None, feeds)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            session.run(None, feeds)
-            times.append(time.perf_counter() - start)
-        return float(np.median(times) * 1e3)
-
-    return GenerationLatency(prefill_ms=median_ms(prefill_feeds), decode_ms=median_ms(decode_feeds))

@@ -1,0 +1,37 @@
+"""Prefill and decode latency of a decoder exported with its KV cache (`tuner.tasks.decoder.CachedDecoder`), on
+one ORT session: time to the first token, then time per generated token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tuner.measure.latency import measure_latency
+
+
+@dataclass(frozen=True)
+class GenerationLatency:
+    """The two numbers a chat user waits for, on one artifact at batch 1."""
+
+    prefill_ms: float  # the whole prompt, empty cache: time to first token
+    decode_ms: float  # one token with the cache of a prompt
+
+    def summary(self, prompt_tokens: int) -> str:
+        return (f"prefill {prompt_tokens} tokens {self.prefill_ms:.1f} ms ({prompt_tokens / self.prefill_ms * 1e3:.0f} "
+                f"tokens/s), decode {self.decode_ms:.2f} ms/token ({1e3 / self.decode_ms:.1f} tokens/s)")
+
+
+def decode_and_prefill_ms(session, prompt: np.ndarray, repeats: int = 20, warmup: int = 3) -> GenerationLatency:
+    """Median prefill time of ``prompt`` (1 x N tokens) and median time of one decode step after it, with the
+    cache the prefill returned, on an ORT session of a :class:`CachedDecoder` export."""
+    names = [i.name for i in session.get_inputs()]
+    kv_shape = session.get_inputs()[1].shape  # batch, heads, past, head dim (symbolic or fixed)
+    empty = np.zeros((1, kv_shape[1], 0, kv_shape[3]), dtype=np.float32)
+    prefill_feeds = {names[0]: prompt, **{name: empty for name in names[1:]}}
+    outputs = session.run(None, prefill_feeds)
+    next_token = outputs[0][:, -1:].argmax(-1).astype(np.int64)
+    decode_feeds = {names[0]: next_token, **dict(zip(names[1:], outputs[1:]))}
+
+    return GenerationLatency(prefill_ms=measure_latency(session, prefill_feeds, warmup, repeats).median_ms,
+                             decode_ms=measure_latency(session, decode_feeds, warmup, repeats).median_ms)
