@@ -102,3 +102,31 @@ def test_mlp_units_are_pruned_and_attention_keeps_its_width(task):
         logits, *cache = pruned(*task.example_inputs)
     assert logits.shape[-1] == tiny_llama.VOCAB and len(cache) == 2 * task.model.layers
 
+
+
+def test_a_key_value_group_is_pruned_whole_and_the_model_still_runs_and_exports(task, tmp_path):
+    from tuner.build.prune import grouped_query_attentions, prune_kv_groups
+
+    attention = "lm.model.layers.1.self_attn"
+    assert set(grouped_query_attentions(task.model)) == {f"lm.model.layers.{i}.self_attn" for i in range(2)}
+    pruned = prune_kv_groups(task.model, {attention: 0.5})  # 2 key/value heads -> 1, with its 2 query heads
+    kept = pruned.lm.model.layers[1].self_attn
+    head_dim = task.model.head_dim
+    assert (kept.k_proj.out_features, kept.v_proj.out_features) == (head_dim, head_dim)
+    assert kept.q_proj.out_features == kept.o_proj.in_features == 2 * head_dim
+    assert pruned.layer_kv_heads() == [2, 1] and task.model.layer_kv_heads() == [2, 2]  # the original is untouched
+    with pytest.raises(ValueError, match="leaves none"):
+        prune_kv_groups(task.model, {attention: 1.0})
+    ids = torch.from_numpy(task.evaluation.inputs[0][:2, :10])
+    with torch.no_grad():
+        whole = pruned.lm(ids).logits
+        prefill = pruned(ids[:, :6], *pruned.empty_cache(2))
+        step = pruned(ids[:, 6:7], *prefill[1:])  # one decode step on the cache it returned
+    assert step[3].shape == (2, 1, 7, head_dim)  # the pruned layer caches one key/value head
+    torch.testing.assert_close(step[0][:, 0], whole[:, 6], atol=1e-4, rtol=1e-4)
+    path = tmp_path / "pruned.onnx"
+    export_onnx(pruned, (ids[:, :1], *pruned.empty_cache(1, 8, seed=0)), path, dynamic_axes=task.dynamic_axes)
+    session = load_artifact(path, 1)
+    names = [i.name for i in session.get_inputs()]
+    outputs = session.run(None, dict(zip(names, [ids[:, :6].numpy(), *(t.numpy() for t in pruned.empty_cache(2))])))
+    np.testing.assert_allclose(outputs[0], whole[:, :6].numpy(), atol=1e-4)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tuner.build.prune import grouped_query_attentions
 from tuner.task import Evaluation, Task
 
 # Linear layers that write to the residual stream (attention output, MLP down-projection) and the output head:
@@ -46,14 +47,19 @@ class CachedDecoder(nn.Module):
         self.kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
+    def layer_kv_heads(self) -> list[int]:
+        """Key/value heads of each layer as the model is now (fewer where whole key/value groups were pruned)."""
+        attentions = grouped_query_attentions(self.lm).values()
+        return [a.kv_heads for a in attentions] if attentions else [self.kv_heads] * self.layers
+
     def empty_cache(self, batch: int, length: int = 0, seed: int | None = None) -> tuple[torch.Tensor, ...]:
         """Key/values for ``length`` cached tokens (zeros, or seeded noise for timing: values do not change the
-        work), one tensor per layer and kind."""
-        shape = (batch, self.kv_heads, length, self.head_dim)
+        work), one tensor per layer and kind, shaped as this model's layers are."""
+        shapes = [(batch, heads, length, self.head_dim) for heads in self.layer_kv_heads() for _ in range(2)]
         if seed is None:
-            return tuple(torch.zeros(shape) for _ in range(2 * self.layers))
+            return tuple(torch.zeros(shape) for shape in shapes)
         generator = torch.Generator().manual_seed(seed)
-        return tuple(torch.randn(shape, generator=generator) for _ in range(2 * self.layers))
+        return tuple(torch.randn(shape, generator=generator) for shape in shapes)
 
     def forward(self, input_ids: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         from transformers.cache_utils import DynamicCache
