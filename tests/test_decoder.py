@@ -105,7 +105,7 @@ def test_mlp_units_are_pruned_and_attention_keeps_its_width(task):
 
 
 def test_a_key_value_group_is_pruned_whole_and_the_model_still_runs_and_exports(task, tmp_path):
-    from tuner.build.prune import grouped_query_attentions, prune_kv_groups
+    from tuner.build.kv_groups import grouped_query_attentions, prune_kv_groups
 
     attention = "lm.model.layers.1.self_attn"
     assert set(grouped_query_attentions(task.model)) == {f"lm.model.layers.{i}.self_attn" for i in range(2)}

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from tuner.build.prune import grouped_query_attentions
 from tuner.task import Evaluation, Task
 
 # Linear layers that write to the residual stream (attention output, MLP down-projection) and the output head:
@@ -49,8 +48,9 @@ class CachedDecoder(nn.Module):
 
     def layer_kv_heads(self) -> list[int]:
         """Key/value heads of each layer as the model is now (fewer where whole key/value groups were pruned)."""
-        attentions = grouped_query_attentions(self.lm).values()
-        return [a.kv_heads for a in attentions] if attentions else [self.kv_heads] * self.layers
+        heads = [m.k_proj.out_features // self.head_dim for m in self.lm.modules()
+                 if isinstance(getattr(m, "k_proj", None), nn.Linear) and hasattr(m, "num_key_value_groups")]
+        return heads or [self.kv_heads] * self.layers
 
     def empty_cache(self, batch: int, length: int = 0, seed: int | None = None) -> tuple[torch.Tensor, ...]:
         """Key/values for ``length`` cached tokens (zeros, or seeded noise for timing: values do not change the
