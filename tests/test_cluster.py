@@ -271,6 +271,7 @@ def test_ray_job_submit_runs_a_study_on_a_running_cluster_and_a_ray_client_conti
             assert head.poll() is None and time.monotonic() < deadline, head_log.read_text()[-3000:]
             time.sleep(0.5)
         uri = mlflow_uri
+        deadline = time.monotonic() + 180  # the agent's own wait, counted from the head's start
         while True:  # the head says it started before its job agent is up (on a loaded machine, seconds later)
             job = subprocess.run(
                 [ray_cli, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", f"--working-dir={job_dir}",
