@@ -8,6 +8,7 @@ constraint. Its tolerance is relative to fp32, so each absolute drop is passed a
 
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import onnx
@@ -45,6 +46,10 @@ def main(folder: Path) -> None:
                                    calibration_data_reader=Reader(prepared))
         except SystemExit:  # autotune calls exit(0) when no configuration meets the goal
             best = None
+        except Exception as exc:  # what happened, in its words
+            traceback.print_exc()
+            notes.append(f"drop {constraint['drop']}: {type(exc).__name__}: {exc}")
+            continue
         if best is None:
             notes.append(f"drop {constraint['drop']}: no configuration within the tolerable loss")
             continue
