@@ -12,22 +12,10 @@ import traceback
 from pathlib import Path
 
 import onnx
-from onnx_neural_compressor import data_reader
 from onnx_neural_compressor.quantization import config, tuning
 
 sys.path.insert(0, str(Path(__file__).parent))
 from peer_common import CalibrationReader, Prepared, record  # noqa: E402
-
-
-class Reader(data_reader.CalibrationDataReader):
-    def __init__(self, prepared: Prepared) -> None:
-        self.inner = CalibrationReader(prepared)
-
-    def get_next(self):
-        return self.inner.get_next()
-
-    def rewind(self):
-        self.inner.rewind()
 
 
 def main(folder: Path) -> None:
@@ -43,7 +31,7 @@ def main(folder: Path) -> None:
         tune = tuning.TuningConfig(config_set=config_set, tolerable_loss=tolerance)
         try:
             best = tuning.autotune(str(prepared.fp32_path), tune, eval_fn=prepared.score,
-                                   calibration_data_reader=Reader(prepared))
+                                   calibration_data_reader=CalibrationReader(prepared))
         except SystemExit:  # autotune calls exit(0) when no configuration meets the goal
             best = None
         except Exception as exc:  # what happened, in its words

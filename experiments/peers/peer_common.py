@@ -53,7 +53,8 @@ class Prepared:
 
 
 class CalibrationReader:
-    """onnxruntime.quantization's CalibrationDataReader protocol (get_next, rewind) over the calibration inputs."""
+    """The CalibrationDataReader protocol (get_next, rewind) over the calibration inputs. ONNX Runtime's and Neural
+    Compressor's reader classes both accept any class with `get_next` as a subclass (`__subclasshook__`)."""
 
     def __init__(self, prepared: Prepared, batch: int | None = None) -> None:
         self.batches = prepared.calibration_batches(batch)

@@ -12,7 +12,6 @@ import time
 import traceback
 from pathlib import Path
 
-from onnxruntime.quantization import CalibrationDataReader
 from quark.onnx import ModelQuantizer
 from quark.onnx.quantization.config import Config, get_default_config
 
@@ -22,17 +21,6 @@ from peer_common import CalibrationReader, Prepared, record  # noqa: E402
 # Quark's CPU-friendly defaults: QDQ with unsigned activations (U8S8_AAWS, the ORT CPU layout), symmetric int8
 # (A8W8), and dynamic uint8 weights; the NPU configurations (XINT8, power-of-two scales) are left out.
 CONFIGS = ("U8S8_AAWS", "A8W8", "UINT8_DYNAMIC_QUANT")
-
-
-class Reader(CalibrationDataReader):
-    def __init__(self, prepared: Prepared) -> None:
-        self.inner = CalibrationReader(prepared)
-
-    def get_next(self):
-        return self.inner.get_next()
-
-    def rewind(self):
-        self.inner.rewind()
 
 
 def main(folder: Path) -> None:
@@ -45,7 +33,7 @@ def main(folder: Path) -> None:
         path = out / f"{name}.onnx"
         try:
             ModelQuantizer(Config(global_quant_config=get_default_config(name))).quantize_model(
-                str(prepared.fp32_path), str(path), Reader(prepared))
+                str(prepared.fp32_path), str(path), CalibrationReader(prepared))
             scores[name] = prepared.score(path)
             models.append(path.name)
         except Exception as exc:
