@@ -90,6 +90,28 @@ def test_int8_layers_run_as_qlinear_and_fp32_layers_as_float(mixed_artifact, tmp
             assert f"{layer}.weight_quantized" in int8_weights, f"{layer} should run as QLinearConv/QGemm"
 
 
+def test_residual_adds_between_int8_layers_run_in_int8_and_those_fed_by_a_float_layer_stay_float(
+        mixed_artifact, small_task, tmp_path):
+    tmp, layers = mixed_artifact
+    fp32_graph = onnx.load(str(tmp / "fp32.onnx")).graph
+    adds = [n for n in fp32_graph.node if n.op_type == "Add"]
+    producer = {out: n for n in fp32_graph.node for out in n.output}
+    nodes = map_layers(onnx.load(str(tmp / "fp32.onnx")), layer_weights(small_task.model, layers))
+    float_convs = {nodes[name].name for name in FP32_LAYERS}
+    fed_by_float = [a for a in adds if any(producer[i].name in float_convs for i in a.input)]
+    assert len(adds) == 4 and len(fed_by_float) == 1  # layer2.conv2's residual Add
+    graph = optimized_graph(tmp / "model.onnx", "extended", tmp_path)
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QLinearAdd") == 3 and ops.count("Add") == 1
+
+    calibration = [[t.numpy() for t in batch] for batch in small_task.calibration_inputs]
+    apply_precisions(tmp / "fp32.onnx", tmp_path / "int8.onnx", {nodes[n].name: "int8" for n in layers}, calibration)
+    uniform = [n.op_type for n in optimized_graph(tmp_path / "int8.onnx", "extended", tmp_path).node]
+    assert uniform.count("QLinearAdd") == 4 and "Add" not in uniform and "Relu" not in uniform
+    # the input's QuantizeLinear, and the pooled features' (ReduceMean has no uint8 kernel) on their way to fc
+    assert uniform.count("QuantizeLinear") == uniform.count("DequantizeLinear") == 2
+
+
 def test_kernel_counts_at_level_all(mixed_artifact, tmp_path):
     tmp, layers = mixed_artifact
     graph = optimized_graph(tmp / "model.onnx", "all", tmp_path)

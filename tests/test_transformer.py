@@ -14,7 +14,7 @@ import torch
 from conftest import SMALL_TASK_ARGS
 from onnx import numpy_helper
 
-from tuner.build.export import WEIGHTED_OPS, export_onnx, layer_weights, map_layers
+from tuner.build.export import export_onnx, layer_weights, map_layers
 from tuner.build.fusion import session_optimizer_names
 from tuner.build.layers import layer_op_types, quantizable_layers
 from tuner.core.candidate import Candidate
@@ -333,9 +333,11 @@ def test_static_int8_built_in_memory_is_the_model_quantize_static_writes_cold_or
     from_ranges = quantize._BUILDERS["int8"](onnx.load(str(tmp_path / "fp32.onnx")), chosen, None, cached)
     assert quantize.QUANTIZED_WEIGHTS.hits == 2 * len(chosen)  # each weight's scales and int8 values reused
 
+    fp32_model = onnx.load(str(tmp_path / "fp32.onnx"))
     quantize_static(tmp_path / "fp32.onnx", tmp_path / "ort.onnx", quantize._BatchReader(inputs, calibration),
                     quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    per_channel=True, nodes_to_quantize=chosen, op_types_to_quantize=list(WEIGHTED_OPS))
+                    per_channel=True, nodes_to_quantize=chosen + quantize.activations_between(fp32_model, chosen),
+                    op_types_to_quantize=list(quantize.CALIBRATED_OPS))
     ort_model = onnx.load(str(tmp_path / "ort.onnx"))
     quantize.keep_float_inputs(ort_model, context.float_nodes())  # what the builder does after ORT's quantizer
     assert sum(n.op_type == "QuantizeLinear" for n in from_ranges.graph.node) > 0

@@ -14,7 +14,12 @@ from tuner.build.quantize.registry import (
            register_precision_builder,
 )
 from tuner.build.quantize.reuse import QUANTIZED_WEIGHTS, QuantizedWeights
-from tuner.build.quantize.static import keep_float_inputs, static_ranges
+from tuner.build.quantize.static import (
+           CALIBRATED_OPS,
+           activations_between,
+           keep_float_inputs,
+           static_ranges,
+)
 
-__all__ = ["_BUILDERS", "_BatchReader", "BuildContext", "PrecisionBuilder", "QUANTIZED_WEIGHTS", "QuantizedWeights", "apply_precisions",
+__all__ = ["_BUILDERS", "_BatchReader", "BuildContext", "CALIBRATED_OPS", "activations_between", "PrecisionBuilder", "QUANTIZED_WEIGHTS", "QuantizedWeights", "apply_precisions",
            "keep_float_inputs", "register_precision_builder", "static_ranges"]
