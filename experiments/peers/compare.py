@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from tuner.experiment import load_experiment
 from tuner.measure.latency import artifact_feeds, measure_latency
 from tuner.measure.quality import score_all

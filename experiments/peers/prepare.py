@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
 from tuner.build.export import export_onnx
 from tuner.experiment import load_experiment
 from tuner.measure.quality import session_outputs
