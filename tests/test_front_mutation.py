@@ -12,7 +12,7 @@ DISTS = {f"layer{i}": optuna.distributions.CategoricalDistribution(["fp32", "int
 
 
 class Marker(optuna.samplers.BaseSampler):
-    """A base sampler whose draws are recognisable: every choice 'int4'."""
+    """A base sampler whose draws are recognisable: every precision 'int4' (a switch: off)."""
 
     def infer_relative_search_space(self, study, trial):
         return {}
@@ -21,7 +21,7 @@ class Marker(optuna.samplers.BaseSampler):
         return {}
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        return "int4"
+        return "int4" if "int4" in param_distribution.choices else False
 
 
 def told(study, params, metric, latency, drop):
@@ -64,6 +64,27 @@ def test_the_base_sampler_draws_while_fp32_alone_is_feasible_and_its_share_after
     told(study, {name: "int8" if i else "fp32" for i, name in enumerate(DISTS)}, 0.99, 4.0, -0.001)
     drawn = set(study.ask(fixed_distributions=DISTS).params.values())
     assert (drawn == {"int4"}) == (explore == 1.0)
+
+
+def test_the_base_sampler_gets_a_larger_share_once_a_pruned_trial_is_on_the_feasible_front():
+    dists = {**DISTS, "pruned": optuna.distributions.CategoricalDistribution([False, True])}
+    sampler = FrontMutation(Marker(), seed=0, explore=0.0, explore_pruning=1.0)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    for pruned, metric, latency in ((False, 1.0, 10.0), (False, 0.995, 4.0)):
+        study.enqueue_trial({**{name: "int8" for name in DISTS}, "pruned": pruned})
+        trial = study.ask(fixed_distributions=dists)
+        trial.set_constraint(METRIC_CONSTRAINT, -0.001)
+        study.tell(trial, [metric, latency])
+    parents = feasible_front(study.trials)[:-1]
+    assert sampler.explore_share(parents) == 0.0
+    stepped = study.ask(fixed_distributions=dists).params
+    assert sum(stepped[name] != "int8" for name in DISTS) <= 3  # a step from the front, not the base's draw
+    study.enqueue_trial({**{name: "int8" for name in DISTS}, "pruned": True})
+    trial = study.ask(fixed_distributions=dists)
+    trial.set_constraint(METRIC_CONSTRAINT, -0.001)
+    study.tell(trial, [0.99, 2.0])  # pruned, feasible, fastest: on the front
+    assert sampler.explore_share(feasible_front(study.trials)[:-1]) == 1.0
+    assert set(study.ask(fixed_distributions=dists).params.values()) == {"int4", False}
 
 
 def test_auto_is_tpe_drawing_near_the_front():
