@@ -5,9 +5,14 @@ over two candidates per quantizer group (W8A8 int, W16A16 float): phase 1 ranks 
 walks the Pareto curve of metric against bit-operations until the allowed drop. The chosen mix is exported as
 ONNX QDQ (`to_onnx_qdq`), the form ONNX Runtime runs on a CPU. One AMP run per constraint.
 
+``--phase1-samples N``: phase 1 scores on the first N evaluation samples, as AIMET's documentation suggests for
+phase 1 (its ``eval_callback_for_phase1`` "can be a smaller dataset"); phase 2 on the whole set. Phase 1's results
+are kept in ``work/<model>/aimet/amp`` and a second run starts from them.
+
     experiments/peers/.venvs/aimet/bin/python experiments/peers/aimet_run.py experiments/peers/work/digits_cnn
 """
 
+import argparse
 import sys
 import time
 import traceback
@@ -31,7 +36,7 @@ def calibrate(session, batches) -> None:
         session.run(None, batch)
 
 
-def main(folder: Path) -> None:
+def main(folder: Path, phase1_samples: int | None = None) -> None:
     prepared = Prepared(folder)
     out = folder / "aimet"
     out.mkdir(exist_ok=True)
@@ -47,7 +52,8 @@ def main(folder: Path) -> None:
             sim = QuantizationSimModel(onnx.load(str(prepared.fp32_path)), param_type="int8", activation_type="int8",
                                        providers=["CPUExecutionProvider"], dummy_input=calibration[0])
             sim.compute_encodings(calibration)
-            choose_mixed_precision(sim, CANDIDATES, prepared.score_session, prepared.score_session,
+            choose_mixed_precision(sim, CANDIDATES, lambda s: prepared.score_session(s, phase1_samples),
+                                   prepared.score_session,
                                    allowed_accuracy_drop=drop, results_dir=str(out / "amp"), clean_start=False,
                                    forward_pass_callback=CallbackFunc(calibrate, calibration))
             path = out / f"drop{drop}.onnx"
@@ -56,8 +62,12 @@ def main(folder: Path) -> None:
         except Exception as exc:
             traceback.print_exc()
             notes.append(f"drop {drop}: {type(exc).__name__}: {str(exc)[:300]}")
-    record(out, "AIMET", prepared, started, "; ".join(notes) or "ok", models)
+    record(out, "AIMET", prepared, started, "; ".join(notes) or "ok", models, phase1_samples=phase1_samples)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--phase1-samples", type=int)
+    args = parser.parse_args()
+    main(args.folder, args.phase1_samples)

@@ -33,17 +33,18 @@ class Prepared:
         options.intra_op_num_threads = threads
         return self.score_session(ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"]))
 
-    def score_session(self, session: ort.InferenceSession) -> float:
-        """The task's metric of an open session on the whole evaluation set."""
-        self.evaluations += 1
+    def score_session(self, session: ort.InferenceSession, samples: int | None = None) -> float:
+        """The task's metric of an open session on the whole evaluation set (``samples``: on its first ones only,
+        which does not count as a full evaluation)."""
+        n = len(self.target) if samples is None else min(samples, len(self.target))
+        self.evaluations += n == len(self.target)
         step = self.meta["eval_batch"]
-        n = len(self.target)
-        outputs = np.concatenate([session.run(None, {k: v[i:i + step] for k, v in self.inputs.items()})[0]
+        outputs = np.concatenate([session.run(None, {k: v[i:min(i + step, n)] for k, v in self.inputs.items()})[0]
                                   for i in range(0, n, step)])
         if self.meta["kind"] == "accuracy":
-            return float((outputs.argmax(axis=1) == self.target).mean())
+            return float((outputs.argmax(axis=1) == self.target[:n]).mean())
         a = outputs / np.linalg.norm(outputs, axis=-1, keepdims=True)
-        b = self.target / np.linalg.norm(self.target, axis=-1, keepdims=True)
+        b = self.target[:n] / np.linalg.norm(self.target[:n], axis=-1, keepdims=True)
         return float((a * b).sum(axis=-1).mean())
 
     def calibration_batches(self, batch: int | None = None) -> list[dict[str, np.ndarray]]:
