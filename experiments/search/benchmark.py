@@ -45,6 +45,8 @@ STRATEGIES = {**{kind: {"sampler": kind, "seeding": {"seeds": 0}} for kind in ("
               "default": {"sampler": "auto", "seeding": {"seeds": "auto"}},
               # the default before the plan: the sampler right after the references
               "refs-then-tpe": {"sampler": "tpe", "seeding": {"seeds": 0}},
+              # the plan, then TPE alone (`sampler: tpe` in an experiment file, as the digits pruning example has it)
+              "plan-then-tpe": {"sampler": "tpe", "seeding": {"seeds": "auto"}},
               "seeded": {"sampler": "tpe", "seeding": {"seeds": 8}},
               "seeded-screened": {"sampler": "tpe", "seeding": {"seeds": 8}, "screening": {"samples": 128}}}
 
