@@ -47,6 +47,8 @@ STRATEGIES = {**{kind: {"sampler": kind, "seeding": {"seeds": 0}} for kind in ("
               "refs-then-tpe": {"sampler": "tpe", "seeding": {"seeds": 0}},
               # the plan, then TPE alone (`sampler: tpe` in an experiment file, as the digits pruning example has it)
               "plan-then-tpe": {"sampler": "tpe", "seeding": {"seeds": "auto"}},
+              # the default with every layer ranked on its own up to 64 searched layers (ResNet-50's 54)
+              "default-per-layer": {"sampler": "auto", "seeding": {"seeds": "auto", "max_groups": 64}},
               "seeded": {"sampler": "tpe", "seeding": {"seeds": 8}},
               "seeded-screened": {"sampler": "tpe", "seeding": {"seeds": 8}, "screening": {"samples": 128}}}
 
