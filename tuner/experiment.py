@@ -82,7 +82,7 @@ class SeedingConfig(BaseModel):
     # enough for the constraint is scored again on the whole set (`tuner.sensitivity.target_stderr`)
     samples: int | None = Field(32, ge=8)
     mode: Literal["one_in", "one_out"] = "one_in"
-    max_groups: int = Field(48, ge=1)  # more searched layers than this: one probe per block of layers
+    max_groups: int = Field(64, ge=1)  # more searched layers than this: one probe per block of layers
 
 
 class ScreeningConfig(BaseModel):

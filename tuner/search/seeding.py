@@ -55,7 +55,7 @@ def _drops(rows: Sequence[SensitivityRow]) -> dict[tuple[str, str, str], float]:
     return {(r.kind, r.group, r.choice): (float("inf") if r.drop is None else max(r.drop, 0.0)) for r in rows}
 
 
-def greedy_path(space: SearchSpace, model: LatencyModel, rows: Sequence[SensitivityRow], max_groups: int = 48,
+def greedy_path(space: SearchSpace, model: LatencyModel, rows: Sequence[SensitivityRow], max_groups: int = 64,
                 epsilon: float = 1e-4) -> list[Seed]:
     """The walk of the module docstring: one Seed per step, fp32 first."""
     drops = _drops(rows)

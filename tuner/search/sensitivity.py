@@ -73,7 +73,7 @@ class SensitivityRow:
         return cls(**{**data, "layers": tuple(data["layers"])})
 
 
-def layer_groups(space: SearchSpace, max_groups: int = 48) -> dict[str, tuple[str, ...]]:
+def layer_groups(space: SearchSpace, max_groups: int = 64) -> dict[str, tuple[str, ...]]:
     """Each searched layer alone; for a model with more than ``max_groups`` layers, the layers of each *role*
     together (the same name but for its first number, the block's: ``encoder.layer.{}.attention.self.query``;
     ``stages.{}.layers.0.layer.2.convolution``, the third convolution of each stage's first block): the few
@@ -95,7 +95,7 @@ def layer_groups(space: SearchSpace, max_groups: int = 48) -> dict[str, tuple[st
     return {name: tuple(members) for name, members in groups.items()}
 
 
-def probes(space: SearchSpace, mode: str = "one_in", max_groups: int = 48) -> list[Probe]:
+def probes(space: SearchSpace, mode: str = "one_in", max_groups: int = 64) -> list[Probe]:
     """The probes of ``space`` (see the module docstring), unpruned and unfused at the highest opt level."""
     if mode not in MODES:
         raise ValueError(f"sensitivity mode must be one of {MODES}, but got {mode!r}.")
