@@ -17,6 +17,7 @@ LAYERS = (
     ("experiment", "tasks"),
     ("build", "measure"),
     ("evaluate",),
+    ("evaluate_torch",),
     ("executors", "space", "results"),
     ("search",),
     ("api",),

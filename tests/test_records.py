@@ -92,11 +92,14 @@ def test_study_meta_saves_only_changes_and_reads_the_attribute_names_of_earlier_
 
 def test_every_precision_kind_has_a_builder_and_parses():
     from tuner.build.quantize import _BUILDERS
+    from tuner.build.torch_runtime import TORCH_KINDS
 
-    assert set(_BUILDERS) == set(KINDS)
+    torch_kinds = {name for name, kind in TORCH_KINDS.items() if not kind.uniform_only and name != "fp32"}
+    assert set(_BUILDERS) == set(KINDS) - torch_kinds  # the torch runtime's kinds: built by tuner.build.torch_runtime
+    assert all(set(KINDS[name].op_types).isdisjoint({"Conv", "Gemm", "MatMul"}) for name in torch_kinds)
     assert parse("int4-b32") == (KINDS["int4"], 32) and family("int4-b128") == "int4"
     assert parse("int8-dynamic-pc") == (KINDS["int8-dynamic-pc"], None)
-    for bad in ("int4", "int4-b7", "int8-b32", "fp16"):
+    for bad in ("int4", "int4-b7", "int8-b32", "fp12"):
         with pytest.raises(PrecisionError, match="cannot be built; choose from"):
             parse(bad)
 

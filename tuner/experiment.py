@@ -15,6 +15,8 @@ Example (``experiments/digits_cnn/experiment.yaml``)::
     latency: {threads: 1, batch_size: 1, warmup: 10, repeats: 50}   # + resource: <Ray resource> on a cluster
     exporter: dynamo              # dynamo | torchscript (traces the branch the example takes)
     keep_artifacts: front         # front | all: which trials' models the run directory keeps
+    runtime: onnxruntime          # onnxruntime (CPU) | torch: PyTorch's own runtime, on
+    torch: {device: cuda, artifact: package}   # ... this device; an AOTInductor .pt2, or the module saved whole
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuner.core.errors import ExperimentError
 from tuner.core.paths import RunPaths
-from tuner.core.vocab import EXPORTERS, KEEP_ARTIFACTS
+from tuner.core.vocab import EXPORTERS, KEEP_ARTIFACTS, RUNTIMES, TORCH_ARTIFACTS
 from tuner.core.yamlfile import read_mapping
 from tuner.taskref import TaskRef
 
@@ -45,6 +47,9 @@ class EvalSettings:
     distill_lr: float = 1e-4
     recovery_time_limit_s: float = 120.0
     exporter: str = "dynamo"
+    runtime: str = "onnxruntime"
+    device: str = "cpu"  # the torch runtime's device
+    torch_artifact: str = "package"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,6 +63,17 @@ class LatencyConfig(BaseModel):
     repeats: int = Field(50, ge=5)
     # A Ray resource that marks the machines to time on (the hardware you deploy to); builds run anywhere.
     resource: str | None = Field(None, min_length=1, max_length=100)
+
+
+class TorchConfig(BaseModel):
+    """PyTorch's runtime (``runtime: torch``): the device candidates are built and timed on, and what a candidate's
+    artifact is: ``package``, an AOTInductor package (``model.pt2``: ``torch.export`` then compiled ahead of time),
+    or ``module``, the rewritten module saved whole (``model.pt``), compiled in the candidate's mode when loaded
+    (for models or torch builds where AOTInductor fails)."""
+
+    model_config = ConfigDict(extra="forbid")
+    device: Literal["cpu", "cuda"] = "cpu"
+    artifact: Literal[TORCH_ARTIFACTS] = "package"
 
 
 class RecoveryConfig(BaseModel):
@@ -126,6 +142,9 @@ class Experiment(BaseModel):
     # Models kept in the run directory: those of the front and the references (any other is rebuilt by
     # `tuner verify`), or every trial's
     keep_artifacts: Literal[KEEP_ARTIFACTS] = "front"
+    # Where candidates are built and timed: ONNX Runtime on this CPU, or PyTorch's own runtime (`torch`)
+    runtime: Literal[RUNTIMES] = "onnxruntime"
+    torch: TorchConfig = TorchConfig()
 
     # Set by load_experiment: where the file lives, for resolving relative paths.
     source: str = Field("", exclude=True)
@@ -159,7 +178,8 @@ class Experiment(BaseModel):
         lat = self.latency
         rec = self.recovery
         return EvalSettings(lat.threads, lat.batch_size, lat.warmup, lat.repeats, self.round_to,
-                            rec.steps, rec.lr, rec.time_limit_s, self.exporter)
+                            rec.steps, rec.lr, rec.time_limit_s, self.exporter, self.runtime, self.torch.device,
+                            self.torch.artifact)
 
 
 def load_experiment(path: str | Path) -> Experiment:

@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-COMPILE_MODES = ("none", "default", "max-autotune")
+from tuner.core.vocab import COMPILE_MODES
+
 FP8_MAX = 448.0  # largest finite float8 e4m3fn value
 
 

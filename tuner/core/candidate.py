@@ -10,7 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuner.core.precision import FP32, KINDS, PrecisionError, check_precision, family
-from tuner.core.vocab import IMPORTANCE_METHODS, OPT_LEVELS, RECOVERY_METHODS
+from tuner.core.vocab import (
+    COMPILE_MODES,
+    IMPORTANCE_METHODS,
+    OPT_LEVELS,
+    RECOVERY_METHODS,
+)
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,9 @@ class Candidate:
     fusions: transformer fusions applied to the ONNX file before quantization.
     disabled_optimizers: ORT session graph transformers turned off when the artifact is run.
     recovery: what repairs a pruned model (:mod:`tuner.build.recovery`); ignored when nothing is pruned.
+    compile_mode, cuda_graphs, tf32: PyTorch's runtime only (``compile_mode`` None: an ONNX Runtime candidate):
+        how the model is compiled, whether calls replay a captured CUDA graph, and whether fp32 matmuls run on
+        TF32 tensor cores (a whole-model setting of the backend).
     """
 
     precision: tuple[tuple[str, str], ...] = ()
@@ -32,6 +40,9 @@ class Candidate:
     disabled_optimizers: tuple[str, ...] = ()
     recovery: str = "batchnorm"
     importance: str = "magnitude"
+    compile_mode: str | None = None
+    cuda_graphs: bool = False
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -56,6 +67,15 @@ class Candidate:
             raise ValueError(f"importance must be one of {sorted(IMPORTANCE_METHODS)}, but got {self.importance!r}.")
         if self.recovery not in RECOVERY_METHODS:
             raise ValueError(f"recovery must be one of {RECOVERY_METHODS}, but got {self.recovery!r}.")
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, but got {self.compile_mode!r}.")
+        if self.compile_mode is None and (self.cuda_graphs or self.tf32):
+            raise ValueError("cuda_graphs and tf32 are choices of the torch runtime: give a compile_mode too.")
+
+    @property
+    def on_torch(self) -> bool:
+        """Built and run by PyTorch's own runtime, not ONNX Runtime."""
+        return self.compile_mode is not None
 
     @property
     def quantized_layers(self) -> dict[str, str]:
@@ -66,16 +86,20 @@ class Candidate:
         return any(r > 0 for _, r in self.prune)
 
     def to_dict(self) -> dict[str, Any]:
+        torch_runtime = ({"compile_mode": self.compile_mode, "cuda_graphs": self.cuda_graphs, "tf32": self.tf32}
+                         if self.on_torch else {})  # absent on ONNX Runtime: its keys stay as they were
         return {"precision": dict(self.precision), "prune": dict(self.prune), "opt_level": self.opt_level,
                 "fusions": list(self.fusions), "disabled_optimizers": list(self.disabled_optimizers),
-                "recovery": self.recovery, "importance": self.importance}
+                "recovery": self.recovery, "importance": self.importance, **torch_runtime}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Candidate:
         return cls(precision=tuple(data.get("precision", {}).items()), prune=tuple(data.get("prune", {}).items()),
                    opt_level=data.get("opt_level", "all"), fusions=tuple(data.get("fusions", ())),
                    disabled_optimizers=tuple(data.get("disabled_optimizers", ())),
-                   recovery=data.get("recovery", "batchnorm"), importance=data.get("importance", "magnitude"))
+                   recovery=data.get("recovery", "batchnorm"), importance=data.get("importance", "magnitude"),
+                   compile_mode=data.get("compile_mode"), cuda_graphs=bool(data.get("cuda_graphs", False)),
+                   tf32=bool(data.get("tf32", False)))
 
     def key(self, task_fingerprint: str) -> str:
         """Stable artifact key: the same task and candidate always give the same key."""
@@ -101,6 +125,9 @@ class Candidate:
         pruned = [r for _, r in self.prune if r > 0]
         prune_txt = (f"pruned {len(pruned)} groups (max {max(pruned):.0%}, {self.recovery})" if pruned
                      else "unpruned")
+        if self.on_torch:
+            runtime = [f"compile={self.compile_mode}"] + ["cuda graphs"] * self.cuda_graphs + ["tf32"] * self.tf32
+            return "; ".join([prec, prune_txt, *runtime])
         parts = [prec, prune_txt, f"opt={self.opt_level}"]
         if self.fusions:
             parts.append("fused " + "+".join(self.fusions))

@@ -29,6 +29,10 @@ int8-weight-b<N>   8-bit weight-only, block size N (the same    MatMulNBits, 8 b
                    per-channel dynamic int8 cost +61%)
 =================  ===========================================  ====================  ======================
 
+On PyTorch's own runtime (``runtime: torch``, :mod:`tuner.build.torch_runtime`): ``bf16``, ``fp16`` (weights and
+compute in that float type) and ``fp8-e4m3`` (one scaled matmul, Linear only), offered on torch layer classes
+(``Linear``, ``Conv2d``, ...) on devices that run them fast; TF32 is a whole-model switch there, not a kind.
+
 Choices that ORT would run slower than fp32 on CPU are not offered: dynamic int8 on Conv becomes
 ConvInteger, and 4-bit QDQ on Conv/Gemm runs as float after DequantizeLinear (see FACTS in the docs).
 MatMulNBits rewrites MatMul only, so a Linear layer exported as Gemm (2-D input) cannot be 4-bit.
@@ -51,6 +55,9 @@ INT8_DYNAMIC_PER_CHANNEL_7BIT = "int8-dynamic-pc7"
 INT4 = "int4"
 INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
 INT8_WEIGHT = "int8-weight"
+# PyTorch's own runtime (``runtime: torch``): its layers are torch modules, named by class, not ONNX op types
+TORCH_LAYER_OPS = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+BF16, FP16, FP8_E4M3 = "bf16", "fp16", "fp8-e4m3"
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,7 @@ class PrecisionKind:
 
 
 KINDS: dict[str, PrecisionKind] = {k.name: k for k in (
-    PrecisionKind(FP32, "fp32", ("Conv", "Gemm", "MatMul", "LSTM"),
+    PrecisionKind(FP32, "fp32", ("Conv", "Gemm", "MatMul", "LSTM", *TORCH_LAYER_OPS),
                   frozenset({"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "LSTM"}),
                   "#4c6ef5", computes_in_float=True, build_order=99, fidelity_order=0, summary_order=6),
     PrecisionKind(INT4, "'int4-b<N>' (4-bit weight-only, MatMul only)", ("MatMul",), frozenset({"MatMulNBits"}),
@@ -115,6 +122,14 @@ KINDS: dict[str, PrecisionKind] = {k.name: k for k in (
     PrecisionKind(INT8_DYNAMIC_PER_CHANNEL_7BIT, f"{INT8_DYNAMIC_PER_CHANNEL_7BIT!r} (MatMul only, 7-bit weights)",
                   ("MatMul",), frozenset({"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger"}),
                   "#ae3ec9", computes_in_float=True, build_order=4, fidelity_order=2, summary_order=1),
+    # The torch runtime's kinds (tuner.build.torch_runtime builds them; `kernels` there: the module a layer
+    # becomes). They apply to torch layer classes only, so a study on ONNX Runtime never offers them.
+    PrecisionKind(BF16, f"{BF16!r} (torch runtime)", TORCH_LAYER_OPS, frozenset({"CastLayer", "EdgeCast"}),
+                  "#0ca678", computes_in_float=True, build_order=5, fidelity_order=2, summary_order=5),
+    PrecisionKind(FP16, f"{FP16!r} (torch runtime)", TORCH_LAYER_OPS, frozenset({"CastLayer", "EdgeCast"}),
+                  "#1098ad", computes_in_float=True, build_order=5, fidelity_order=1, summary_order=4),
+    PrecisionKind(FP8_E4M3, f"{FP8_E4M3!r} (torch runtime, Linear only)", ("Linear",), frozenset({"Fp8Linear"}),
+                  "#7048e8", computes_in_float=False, build_order=5, fidelity_order=3, summary_order=3),
 )}
 _PARAMETERIZED = re.compile(r"([a-z0-9-]+?)-b(\d+)")
 

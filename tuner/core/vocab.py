@@ -24,3 +24,11 @@ KEEP_ARTIFACTS = ("front", "all")
 # print read this list, so a new stage shows in them.
 TRIAL_STAGES = ("prune", "recover", "screen", "export", "fuse", "quantize", "verify_kernels", "accuracy", "latency",
                 "orchestration")
+
+# Where candidates are built and timed (`tuner.experiment`): ONNX Runtime on CPU, or PyTorch's own runtime.
+RUNTIMES = ("onnxruntime", "torch")
+
+# PyTorch runtime: how a candidate is compiled (`tuner.build.torch_runtime`; "none": eager), and what its artifact
+# is: an AOTInductor package (`model.pt2`), or the rewritten module saved whole (`model.pt`), compiled when loaded.
+COMPILE_MODES = ("none", "default", "max-autotune")
+TORCH_ARTIFACTS = ("package", "module")

@@ -22,12 +22,14 @@ def default_workers(latency_threads: int) -> int:
 
 def executor_factory(in_process: bool = False, workers: int | None = None, address: str | None = None
                      ) -> ExecutorFactory:
-    """In this process, one evaluation at a time; else Ray, locally with ``workers`` workers (default: one per
+    """In this process, one evaluation at a time (always, on PyTorch's runtime); else Ray, locally with ``workers`` workers (default: one per
     core less the latency meter's) or on the cluster at ``address``."""
     if in_process:
         return _in_process
 
     def ray(experiment: Experiment, uid: str, task: Any) -> Executor:
+        if experiment.runtime == "torch":  # one device, one meter: candidates are built and timed in this process
+            return _in_process(experiment, uid, task)
         from tuner.executors.ray_executor import (
             RayExecutor,  # Ray is imported only when a study really runs
         )

@@ -108,7 +108,7 @@ def front_note(name: str, meta: StudyMeta, front: list[FrontRow], references: li
 
     parts = [f"## Pareto front of study `{name}`: {len(front)} models", "",
              f"fp32 baseline: {metric} {meta.baseline_metric:.4f}, {meta.baseline_latency_ms:.3f} ms. "
-             f"Constraint: {constraint}. Each trial links to its run; front runs carry `model.onnx`.", ""]
+             f"Constraint: {constraint}. Each trial links to its run; front runs carry their model file.", ""]
     parts += table(front, "trial") if front else ["No trial meets the constraint yet."]
     if references:
         parts += ["", "### References (measured in the same study)", ""] + table(references, "reference")

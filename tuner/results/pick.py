@@ -12,8 +12,10 @@ import numpy as np
 import optuna
 
 from tuner.core.errors import PickError
+from tuner.core.paths import TORCH_MODULE, TORCH_PACKAGE
 from tuner.core.records import ArtifactRecord, StudyMeta, TrialMeta
 from tuner.core.vocab import ORT_LEVELS
+from tuner.results.card import baseline_metrics, choices_table, row_metrics, score_table
 from tuner.results.front import FrontRow
 
 
@@ -92,6 +94,12 @@ def export_pick(study: optuna.Study, row: FrontRow, out_dir: str | Path, trackin
     out_dir.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=tracking_uri)
     run_id = row.mlflow_run_id
+    names = {f.path for f in client.list_artifacts(run_id)}
+    torch_file = next((name for name in (TORCH_PACKAGE, TORCH_MODULE) if name in names), None)
+    if torch_file is not None:  # built by PyTorch's runtime
+        from tuner.results.pick_torch import export_torch_pick
+
+        return export_torch_pick(client, study, row, out_dir, torch_file, register_as, alias)
     local = client.download_artifacts(run_id, "model.onnx", str(out_dir / ".download"))
     shutil.move(local, out_dir / "model.onnx")
     shutil.rmtree(out_dir / ".download", ignore_errors=True)
@@ -104,10 +112,7 @@ def export_pick(study: optuna.Study, row: FrontRow, out_dir: str | Path, trackin
     record = ArtifactRecord(
         json.loads(props["tuner.candidate"]), key=row.key, study=study.study_name, trial=row.trial,
         mlflow_run_id=run_id, artifact_sha256=trial_meta.artifact_sha256, summary=row.summary,
-        metrics={metric_name: row.metric, "latency_ms": row.latency_ms,
-                 "latency_p90_ms": row.latency_p90_ms, "size_mb": row.size_mb, "speedup": row.speedup,
-                 **trial_meta.extra_metrics},
-        baseline={metric_name: meta.baseline_metric, "latency_ms": meta.baseline_latency_ms},
+        metrics=row_metrics(row, metric_name, trial_meta), baseline=baseline_metrics(meta),
         runtime={**runtime, "provider": "CPUExecutionProvider"}, environment=trial_meta.environment,
         params=trial.params)
     record.write(out_dir / "candidate.json")
@@ -139,26 +144,10 @@ def export_pick(study: optuna.Study, row: FrontRow, out_dir: str | Path, trackin
 
 def model_card(record: ArtifactRecord, metric_name: str) -> str:
     """A short Markdown card: what the model is, how it scored and ran, on what, and how to load it."""
-    m, base, env, runtime = record.metrics, record.baseline, record.environment, record.runtime
+    env, runtime = record.environment, record.runtime
     cand = record.candidate
-    precision = cand.get("precision", {})
     off = runtime.get("disabled_optimizers") or []
-    lines = [
-        f"# {record.study} — trial {record.trial}",
-        "",
-        f"Picked from the Pareto front of study `{record.study}` by `tuner pick`. Choices: {record.summary}.",
-        "",
-        "| | this model | fp32 baseline |",
-        "|---|---|---|",
-        f"| {metric_name} | {m[metric_name]:.4f} | {base[metric_name]:.4f} |",
-        f"| latency (median, ms) | {m['latency_ms']:.3f} | {base['latency_ms']:.3f} |",
-        f"| latency p90 (ms) | {m['latency_p90_ms']:.3f} | |",
-        f"| speedup | {m['speedup']:.2f}x | 1.00x |",
-        f"| size (MB) | {m['size_mb']:.3f} | |",
-    ]
-    lines += [f"| {k} | {v:.4f} | |" for k, v in m.items()
-              if k not in (metric_name, "latency_ms", "latency_p90_ms", "speedup", "size_mb")]
-    lines += [
+    lines = score_table(record, metric_name) + [
         "",
         f"Measured with ONNX Runtime {env.get('onnxruntime', '?')} on {env.get('cpu', '?')} "
         f"({env.get('cores', '?')} cores, flags {', '.join(env.get('cpu_flags', [])) or '?'}), "
@@ -183,14 +172,4 @@ def model_card(record: ArtifactRecord, metric_name: str) -> str:
     if off:
         lines += ["MLflow's ONNX pyfunc cannot pass `disabled_optimizers`; load the file as above to run it exactly "
                   "as measured.", ""]
-    if precision:
-        lines += ["## Per-layer choices", "", "| layer | precision |", "|---|---|"]
-        lines += [f"| {layer} | {choice} |" for layer, choice in precision.items()]
-        pruned = {g: r for g, r in cand.get("prune", {}).items() if r > 0}
-        if pruned:
-            lines += ["", "| pruning group | ratio removed |", "|---|---|"]
-            lines += [f"| {g} | {r:.3f} |" for g, r in pruned.items()]
-        if cand.get("fusions"):
-            lines += ["", f"Transformer fusions applied before quantization: {', '.join(cand['fusions'])}."]
-    return "\n".join(lines) + "\n"
-
+    return "\n".join(lines + choices_table(cand)) + "\n"

@@ -118,14 +118,18 @@ class MlflowRecorder:
         return TrialResult.from_dict(data)
 
     def mark_front(self, trial_runs: dict[int, str], front_trials: set[int], models: dict[int, Path]) -> None:
-        """Tag every trial run with ``tuner.pareto`` and attach ``model.onnx`` to front members."""
+        """Tag every trial run with ``tuner.pareto`` and attach the model file to front members (``model.onnx``; a
+        torch-runtime model with its ``candidate.json``, which the ONNX file carries in its metadata)."""
         for number, run_id in trial_runs.items():
             on_front = number in front_trials
             self.client.set_tag(run_id, "tuner.pareto", "true" if on_front else "false")
             if on_front and number in models:
                 names = {f.path for f in self.client.list_artifacts(run_id)}
-                if "model.onnx" not in names:
-                    self.client.log_artifact(run_id, str(models[number]))
+                path = models[number]
+                if path.name not in names:
+                    self.client.log_artifact(run_id, str(path))
+                    if path.suffix != ".onnx" and (path.parent / "candidate.json").is_file():
+                        self.client.log_artifact(run_id, str(path.parent / "candidate.json"))
 
     def log_front(self, files: list[Path], metrics: dict[str, float], step: int) -> None:
         """Replace the parent run's front files and log front metrics at ``step`` (trials finished so far)."""

@@ -25,6 +25,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -214,10 +215,13 @@ def plan_attrs(point: PlanPoint) -> Mapping[str, str]:
 
 
 def start_plan(study: optuna.Study, space: SearchSpace, executor, experiment, room: int, feeds_for, recorder,
-               log: Callable[[str], None], stop=None) -> PlanQueue | None:
+               log: Callable[[str], None], stop=None, fit_latency: Callable[[], Any] | None = None
+               ) -> PlanQueue | None:
     """After the references: rank the layer groups for the kinds the plan uses (the sensitivity pass, on the
     executor; resumed from the run directory's ``sensitivity.jsonl``), and start queueing the plan's points in
-    ``room`` trials. Once per study; returns the callback that queues the rest, or None if there is no plan."""
+    ``room`` trials. Once per study; returns the callback that queues the rest, or None if there is no plan.
+    ``fit_latency``: what fits the latency model the points are spaced by, when first used (default: the per-layer
+    model from ORT profiles of the references)."""
     meta = StudyMeta.load(study)
     targets = choose_targets(measured_references(study, meta.max_metric_drop))
     if targets is None or not targets.kinds or room < 1:
@@ -243,8 +247,8 @@ def start_plan(study: optuna.Study, space: SearchSpace, executor, experiment, ro
 
     def predict(candidate: Candidate) -> float:  # the latency model, fitted (profiling the references) when first used
         if not fitted:
-            fitted.append(fit_from_references(study, space, experiment.run_dir, feeds_for,
-                                              experiment.latency.threads)[0])
+            fitted.append(fit_latency() if fit_latency is not None else fit_from_references(
+                study, space, experiment.run_dir, feeds_for, experiment.latency.threads)[0])
         return fitted[0].predict(candidate)
 
     fill = fill_points(space, targets.best, targets.fp32, groups_by_sensitivity(rows, targets.best.kind), predict)

@@ -30,6 +30,7 @@ from tuner.experiment import Experiment
 from tuner.measure.memory import release_memory
 from tuner.search.samplers import make_sampler, resolve_sampler
 from tuner.space import SearchSpace, auto_space_file, load_space_file
+from tuner.space.file import SpaceFile
 
 # `seeding: {seeds: N}` queues N seeds from the predicted path (tuner.search.seeding). In experiments/search, on
 # MiniLM's broad precision space a sensitivity pass and 8 seeds reached 0.92 and 1.00 of the union's hypervolume
@@ -48,27 +49,20 @@ def resolve_seeds(seeds: int | str) -> int | str:
 
 def prepare(experiment: Experiment, log: Callable[[str], None] = print):
     """Load the task and resolve the space in the driver: every config error surfaces before any trial."""
-    from tuner.build.prune import (
-        broken_groups,
-        broken_warnings,
-        pruning_groups,
-    )
+    from tuner.build.prune import broken_groups, broken_warnings, pruning_groups
     from tuner.task import check_forward
 
     # cheap checks first: the task may train a model
     space_file = None if experiment.auto_space else load_space_file(experiment.space_path)
+    device = check_runtime(experiment, space_file)
     start = time.perf_counter()
     task = experiment.task_ref().load()
     check_forward(task, experiment.task)
     params = sum(p.numel() for p in task.model.parameters())
     log(f"task loaded in {time.perf_counter() - start:.1f} s: {type(task.model).__name__}, {params:,} "
-        "parameters; exporting it once to read its layers ...")
-    start = time.perf_counter()
-    layer_ops = layer_op_types(task.model, task.example_inputs, experiment.exporter, task.dynamic_axes)
-    log(f"exported in {time.perf_counter() - start:.1f} s: {len(layer_ops)} layers to tune")
-    unused = [name for name in quantizable_layers(task.model) if name not in layer_ops]
-    if unused:
-        log(f"not in the exported graph (output unused), not tuned: {', '.join(unused)}")
+        + (f"parameters; PyTorch's runtime on {device}" if device else
+           "parameters; exporting it once to read its layers ..."))
+    layer_ops = _layer_ops(experiment, task, space_file, log)
     untuned = untuned_layers(task.model)
     if untuned:
         log(untuned_line(untuned))
@@ -86,6 +80,10 @@ def prepare(experiment: Experiment, log: Callable[[str], None] = print):
     if space_file is None:
         space_file = auto_space_file(f"{experiment.source}: search_space auto", layer_ops, groups,
                                      experiment.round_to)
+    if device is not None:
+        from tuner.search.torch_target import torch_space
+
+        space_file = torch_space(space_file, device, experiment.auto_space, log)
     # GP models distances between points: it gets each layer's precision as an ordered integer, not a category
     ordered = resolve_sampler(experiment.sampler) == "gp"
     space = SearchSpace(space_file, layer_ops, groups, experiment.round_to, ordered_precision=ordered)
@@ -104,6 +102,39 @@ def prepare(experiment: Experiment, log: Callable[[str], None] = print):
     check_finetune_hook(task, space, experiment)
     release_memory()  # the exports and pruned copies above are garbage now; keep the driver small
     return task, space
+
+
+def check_runtime(experiment: Experiment, space_file: SpaceFile | None):
+    """The torch runtime's device (None on ONNX Runtime), refused before any work if absent; a space file for the
+    other runtime is refused too."""
+    if experiment.runtime != "torch":
+        if space_file is not None and space_file.fusion.torch_runtime:
+            raise SpaceError(f"{space_file.path}: fusion: compile_mode is a choice of PyTorch's runtime, but the "
+                             "experiment runs on onnxruntime; give it `runtime: torch`, or use opt_level.")
+        return None
+    from tuner.search.torch_target import check_device
+
+    return check_device(experiment)
+
+
+def _layer_ops(experiment: Experiment, task, space_file: SpaceFile | None, log: Callable[[str], None]
+               ) -> dict[str, str]:
+    """Each searched layer and what decides its choices: its op type in the ONNX export, or on PyTorch's runtime
+    its module class."""
+    if experiment.runtime == "torch":
+        from tuner.search.torch_target import check_torch_rules, torch_layer_ops
+
+        layer_ops = torch_layer_ops(task.model)
+        if space_file is not None:
+            check_torch_rules(space_file, layer_ops)
+        return layer_ops
+    start = time.perf_counter()
+    layer_ops = layer_op_types(task.model, task.example_inputs, experiment.exporter, task.dynamic_axes)
+    log(f"exported in {time.perf_counter() - start:.1f} s: {len(layer_ops)} layers to tune")
+    unused = [name for name in quantizable_layers(task.model) if name not in layer_ops]
+    if unused:
+        log(f"not in the exported graph (output unused), not tuned: {', '.join(unused)}")
+    return layer_ops
 
 
 def untuned_line(untuned: list[tuple[str, str]]) -> str:

@@ -258,7 +258,7 @@ def _search(run: _Run, runner: Executor, budget: int, stop: StopRequest, callbac
                 from tuner.search.plan import start_plan
 
                 check = start_plan(study, run.space, runner, experiment, budget - n_finished(study), run.feeds,
-                                   run.recorder, write, stop)
+                                   run.recorder, write, stop, _torch_latency(run))
             else:
                 from tuner.search.seeding import seed_study
 
@@ -267,10 +267,21 @@ def _search(run: _Run, runner: Executor, budget: int, stop: StopRequest, callbac
                 loop.callbacks.append(check)
     loop.run()
     progress_bar.close()  # before the re-check prints
+    if experiment.runtime == "torch":  # the checks below profile and re-time ONNX Runtime sessions
+        return
     checks["latency_model"] = latency_model_check(study, run.space, run.feeds, experiment, run.recorder,
                                                   run.trial_runs, log)
     checks["latency_check"] = recheck_front_latency(study, runner, run.feeds, experiment, run.recorder,
                                                     run.trial_runs)
+
+
+def _torch_latency(run: _Run) -> Callable[[], Any] | None:
+    """On PyTorch's runtime, the plan's latency model: FLOPs shares of what each kind's reference saved."""
+    if run.experiment.runtime != "torch":
+        return None
+    from tuner.search.torch_target import flop_share_latency
+
+    return lambda: flop_share_latency(run.study, run.task.model, run.task.example_inputs)
 
 
 def _result(run: _Run, front: list, references: list, wall_s: float, timings: TimingStats, live_front: Every,

@@ -15,6 +15,14 @@ A space file looks like::
       transformer_fusions: [skip_layer_norm, bias_gelu]   # each one searched on/off, before quantization
       disable: [NchwcTransformer] # ORT session optimizers, each one searched on/off
 
+With ``runtime: torch`` in the experiment, layers are torch modules (``Linear``, ``Conv2d``), their choices the
+torch kinds (``fp32``, ``bf16``, ``fp16``, ``fp8-e4m3``), and the fusion section says how the model is compiled::
+
+    fusion:
+      compile_mode: [none, default]   # torch.compile / AOTInductor mode ("none": eager)
+      cuda_graphs: [false, true]      # replay a captured CUDA graph (CUDA only)
+      tf32: [false, true]             # fp32 matmuls on TF32 tensor cores (CUDA only)
+
 Layers that no rule matches are left alone too. A precision choice is offered to a layer only where its
 ONNX op type can run it (int4 and int8-dynamic: MatMul only); a choice that fits none of a rule's layers
 is an error.
@@ -34,7 +42,12 @@ from tuner.build.fusion import (
 )
 from tuner.core.errors import SpaceError
 from tuner.core.precision import FP32, PrecisionError, check_precision
-from tuner.core.vocab import IMPORTANCE_METHODS, OPT_LEVELS, RECOVERY_METHODS
+from tuner.core.vocab import (
+    COMPILE_MODES,
+    IMPORTANCE_METHODS,
+    OPT_LEVELS,
+    RECOVERY_METHODS,
+)
 from tuner.core.yamlfile import read_mapping
 
 
@@ -75,6 +88,14 @@ class Fusion:
     opt_levels: tuple[str, ...] = ("all",)
     transformer_fusions: tuple[str, ...] = ()
     disable: tuple[str, ...] = ()
+    # PyTorch's runtime (empty on ONNX Runtime): compile modes, and the CUDA-graph and TF32 switches' values
+    compile_modes: tuple[str, ...] = ()
+    cuda_graphs: tuple[bool, ...] = ()
+    tf32: tuple[bool, ...] = ()
+
+    @property
+    def torch_runtime(self) -> bool:
+        return bool(self.compile_modes)
 
 
 @dataclass(frozen=True)
@@ -98,6 +119,9 @@ class SpaceFile:
             fusion["transformer_fusions"] = list(self.fusion.transformer_fusions)
         if self.fusion.disable:
             fusion["disable"] = list(self.fusion.disable)
+        if self.fusion.torch_runtime:
+            fusion = {"compile_mode": list(self.fusion.compile_modes), "cuda_graphs": list(self.fusion.cuda_graphs),
+                      "tf32": list(self.fusion.tf32)}
         return {"layers": [rule(r) for r in self.rules], "fusion": fusion, "recovery": list(self.recovery),
                 "importance": list(self.importance)}
 
@@ -199,10 +223,12 @@ def _name_list(path: str, key: str, raw: Any) -> list[str]:
 def _parse_fusion(path: str, raw: Any) -> Fusion:
     if not isinstance(raw, dict):
         raise SpaceError(f"{path}: 'fusion' must be a mapping, got {raw!r}.")
-    allowed = ["disable", "opt_level", "transformer_fusions"]
+    allowed = ["compile_mode", "cuda_graphs", "disable", "opt_level", "tf32", "transformer_fusions"]
     unknown = set(raw) - set(allowed)
     if unknown:
         raise SpaceError(f"{path}: fusion: unknown key(s) {sorted(unknown)}; allowed: {allowed}.")
+    if "compile_mode" in raw:
+        return _parse_torch_fusion(path, raw)
     levels = _name_list(path, "opt_level", raw.get("opt_level", ["all"]))
     if not levels:
         raise SpaceError(f"{path}: fusion.opt_level must name at least one level.")
@@ -229,3 +255,23 @@ def _parse_fusion(path: str, raw: Any) -> Fusion:
                                  + (f"; did you mean one of {close}?" if close else f"; known: {sorted(known)}."))
     return Fusion(tuple(sorted(set(levels), key=OPT_LEVELS.index)), tuple(dict.fromkeys(fusions)),
                   tuple(dict.fromkeys(disable)))
+
+
+def _parse_torch_fusion(path: str, raw: dict) -> Fusion:
+    """The fusion section of a space for PyTorch's runtime: compile modes, CUDA graphs and TF32 on/off."""
+    ort_keys = sorted(set(raw) & {"opt_level", "transformer_fusions", "disable"})
+    if ort_keys:
+        raise SpaceError(f"{path}: fusion: {ort_keys} are ONNX Runtime choices, compile_mode a torch one; a space "
+                         "is for one runtime.")
+    modes = _name_list(path, "compile_mode", raw["compile_mode"])
+    if not modes or any(m not in COMPILE_MODES for m in modes):
+        raise SpaceError(f"{path}: fusion.compile_mode must name one or more of {list(COMPILE_MODES)}, got "
+                         f"{raw['compile_mode']!r}.")
+    switches = {}
+    for key in ("cuda_graphs", "tf32"):
+        values = raw.get(key, [False])
+        values = [values] if isinstance(values, bool) else values
+        if not isinstance(values, list) or not values or not all(isinstance(v, bool) for v in values):
+            raise SpaceError(f"{path}: fusion.{key} must be true, false or a list of them, got {raw.get(key)!r}.")
+        switches[key] = tuple(sorted(set(values)))
+    return Fusion(compile_modes=tuple(dict.fromkeys(modes)), **switches)

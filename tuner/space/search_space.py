@@ -53,6 +53,8 @@ class SearchSpace:
         self.opt_levels = space.fusion.opt_levels
         self.transformer_fusions = space.fusion.transformer_fusions
         self.disable = space.fusion.disable
+        self.compile_modes, self.cuda_graphs, self.tf32 = (space.fusion.compile_modes, space.fusion.cuda_graphs,
+                                                           space.fusion.tf32)  # torch runtime only
         self.recovery = space.recovery if self.prune_choices else ("batchnorm",)
         self.importance = space.importance if self.prune_choices else ("magnitude",)
 
@@ -147,6 +149,10 @@ class SearchSpace:
             dists[f"fuse.{name}"] = CategoricalDistribution([False, True])
         for name in self.disable:
             dists[f"disable.{name}"] = CategoricalDistribution([False, True])
+        for name, values in (("compile_mode", self.compile_modes), ("cuda_graphs", self.cuda_graphs),
+                             ("tf32", self.tf32)):
+            if len(values) > 1:
+                dists[name] = CategoricalDistribution(list(values))
         if len(self.recovery) > 1:
             dists["recovery"] = CategoricalDistribution(list(self.recovery))
         if len(self.importance) > 1:
@@ -181,7 +187,16 @@ class SearchSpace:
                          fusions=tuple(f for f in self.transformer_fusions if params.get(f"fuse.{f}", False)),
                          disabled_optimizers=tuple(d for d in self.disable if params.get(f"disable.{d}", False)),
                          recovery=params.get("recovery", self.recovery[0]),
-                         importance=params.get("importance", self.importance[0]))
+                         importance=params.get("importance", self.importance[0]),
+                         **self._torch_choices(params))
+
+    def _torch_choices(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A torch-runtime candidate's compile mode and switches (fixed ones at their one value)."""
+        if not self.compile_modes:
+            return {}
+        return {"compile_mode": params.get("compile_mode", self.compile_modes[-1]),
+                "cuda_graphs": bool(params.get("cuda_graphs", self.cuda_graphs[-1])),
+                "tf32": bool(params.get("tf32", self.tf32[0]))}
 
     def params_of(self, candidate: Candidate) -> dict[str, Any]:
         """The Optuna parameters that :meth:`decode` turns into ``candidate`` (its choices must be in the space)."""
@@ -207,7 +222,8 @@ class SearchSpace:
 
     def uniform_params(self, choice: str) -> dict[str, Any]:
         """Params of the unpruned, unfused candidate with every searched layer at ``choice`` where it is allowed
-        (fp32 elsewhere, if allowed), at the highest opt level."""
+        (fp32 elsewhere, if allowed), at the highest opt level (on torch: the last compile mode listed, CUDA graphs
+        on where offered, TF32 off)."""
         params: dict[str, Any] = {}
         for name, dist in self.distributions().items():
             if name.startswith("precision."):
@@ -221,6 +237,8 @@ class SearchSpace:
                 params[name] = False
             elif name == "opt_level":
                 params[name] = self.opt_levels[-1]
+            elif name in ("compile_mode", "cuda_graphs"):  # the references: the last (fastest) one listed
+                params[name] = dist.choices[-1]
             elif name == "recovery":
                 params[name] = self.recovery[0]
             elif name == "importance":
