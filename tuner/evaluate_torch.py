@@ -114,15 +114,19 @@ class TorchEvaluator:
             with peak_rss(memory, "build"):
                 artifact = self.artifact_root / key
                 cached = artifact.is_dir()
+                # scored, not timed (the plan's sensitivity probes): built eagerly, not compiled. The metric is the
+                # compiled model's up to float reassociation, and minutes of compilation per probe are saved
+                eager = not fidelity.timed
                 if not cached:
-                    self.build(candidate, artifact, timings)
+                    self.build(candidate, artifact, timings, eager)
                 path = artifact_file(artifact)
                 stats = json.loads((artifact / "stats.json").read_text())
                 result = replace(result, artifact_dir=str(artifact), cached_build=cached,
                                  size_mb=path.stat().st_size / 1e6, artifact_sha256=file_sha256(path),
                                  model_stats=dict(stats))
                 stage = "load"
-                fn = self.load(candidate, path)
+                fn = self.load(replace(candidate, compile_mode="none", cuda_graphs=False) if eager else candidate,
+                               path)
                 if fidelity.samples != 0:
                     stage = "accuracy"
                     with _timed(timings, "accuracy"):
@@ -135,8 +139,9 @@ class TorchEvaluator:
             return _failed(replace(result, memory=memory).with_timings(**timings), stage, exc)
         return replace(result, memory={**result.memory, **memory}).with_timings(**timings)
 
-    def build(self, candidate: Candidate, artifact: Path, timings: dict[str, float]) -> None:
-        """Prune (and recover), rewrite the layers in their kinds, and write the artifact atomically."""
+    def build(self, candidate: Candidate, artifact: Path, timings: dict[str, float], eager: bool = False) -> None:
+        """Prune (and recover), rewrite the layers in their kinds, and write the artifact atomically (``eager``: the
+        module, never a compiled package)."""
         model, stats = self._pruned_model(candidate, timings)
         self.artifact_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{artifact.name}.", dir=self.artifact_root))
@@ -145,7 +150,7 @@ class TorchEvaluator:
                 model = apply_precision(copy.deepcopy(model), dict(candidate.precision), self.device)
                 model = model.to(self.device).eval()
             with _timed(timings, "export"), torch.no_grad(), matmul_precision(_tf32(candidate)):
-                if self.settings.torch_artifact == "package" and candidate.compile_mode != "none":
+                if self.settings.torch_artifact == "package" and candidate.compile_mode != "none" and not eager:
                     example = tuple(t.to(self.device) for t in self.task.example_inputs)
                     package(model, example, tmp / TORCH_PACKAGE, candidate.compile_mode)
                 else:
@@ -169,7 +174,7 @@ class TorchEvaluator:
         else:
             fn = compiled(torch.load(path, weights_only=False, map_location=self.device).eval(),
                           candidate.compile_mode)
-        fn = _with_tf32(fn, _tf32(candidate))
+        fn = _with_tf32(fn, _tf32(candidate)) if self.device.type == "cuda" else fn
         return GraphReplay(fn) if candidate.cuda_graphs else fn
 
     def runtime_record(self, candidate: Candidate) -> dict[str, Any]:
@@ -184,8 +189,9 @@ class TorchEvaluator:
             evaluation = self.task.evaluation
             session = TorchSession(copy.deepcopy(self.task.model).to(self.device).eval(), len(evaluation.inputs),
                                    self.device)
-            self._reference_outputs = session_outputs(session, evaluation.inputs, evaluation.batch_size,
-                                                      evaluation.reduce)
+            with matmul_precision({}):  # fp32 as trained: TF32 off for cuDNN too
+                self._reference_outputs = session_outputs(session, evaluation.inputs, evaluation.batch_size,
+                                                          evaluation.reduce)
         return self._reference_outputs
 
     def _score(self, result: TrialResult, fn: Callable[..., torch.Tensor], fidelity: Fidelity) -> TrialResult:
@@ -259,9 +265,8 @@ def _tf32(candidate: Candidate) -> dict[str, str]:
 
 
 def _with_tf32(fn: Callable[..., torch.Tensor], precision: dict[str, str]) -> Callable[..., torch.Tensor]:
-    if not precision:
-        return fn
-
+    """``fn`` with TF32 set as the candidate asks on every call: off unless asked (PyTorch's own default turns it
+    on for cuDNN convolutions, which would make an fp32 model TF32 unasked)."""
     def call(*inputs: torch.Tensor) -> torch.Tensor:
         with matmul_precision(precision):
             return fn(*inputs)

@@ -132,8 +132,7 @@ def prune_point(space: SearchSpace, best: Reference) -> PlanPoint | None:
     prune = {group: min((r for r in ratios if r > 0), default=0.0) for group, ratios in space.prune_choices.items()
              if len(ratios) > 1}
     base = mix(space, best.kind, [], FP32)
-    candidate = Candidate(base.precision, tuple(prune.items()), base.opt_level, recovery=space.recovery[-1],
-                          importance=space.importance[0])
+    candidate = replace(base, prune=tuple(prune.items()), recovery=space.recovery[-1], importance=space.importance[0])
     smallest = sorted(set(prune.values()))
     return PlanPoint(candidate, f"prune {best.kind}: every group by {'/'.join(f'{r:g}' for r in smallest)} "
                                 f"({space.recovery[-1]})", 0)

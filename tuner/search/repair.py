@@ -29,7 +29,7 @@ class PlanPoint:
 
 def mix(space: SearchSpace, base: str, keep: Sequence[tuple[str, ...]], safe: str) -> Candidate:
     """Every searched layer at ``base`` where its rule allows it (else fp32), the layers of ``keep`` at ``safe``
-    (else fp32); unpruned, at the highest opt level."""
+    (else fp32); unpruned, at the highest opt level (on torch, compiled as the references are)."""
     def allowed(layer: str, choice: str) -> str:
         choices = space.precision_choices[layer]
         return choice if choice in choices else (FP32 if FP32 in choices else choices[0])
@@ -37,7 +37,7 @@ def mix(space: SearchSpace, base: str, keep: Sequence[tuple[str, ...]], safe: st
     kept = {layer for group in keep for layer in group}
     precision = {layer: allowed(layer, safe if layer in kept else base) for layer in space.precision_choices}
     return Candidate(tuple(precision.items()), opt_level=space.opt_levels[-1], recovery=space.recovery[0],
-                     importance=space.importance[0])
+                     importance=space.importance[0], **space.runtime_choices())
 
 
 def spaced_points(space: SearchSpace, base: str, safe: str, order: Sequence[tuple[str, ...]], first: int,

@@ -67,7 +67,7 @@ def greedy_path(space: SearchSpace, model: LatencyModel, rows: Sequence[Sensitiv
 
     def build() -> Candidate:
         return Candidate(tuple(precision.items()), tuple(prune.items()), level, recovery=space.recovery[0],
-                         importance=space.importance[0])
+                         importance=space.importance[0], **space.runtime_choices())
 
     def drop_of(kind: str, group: str, choice: str) -> float:
         if (kind == "precision" and choice == FP32) or (kind == PRUNE and float(choice) == 0):

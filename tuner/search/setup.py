@@ -15,7 +15,6 @@ import optuna
 import yaml
 
 from tuner.build.layers import layer_op_types, quantizable_layers, untuned_layers
-from tuner.core.candidate import Candidate
 from tuner.core.errors import (
     SpaceError,
     StudyError,
@@ -81,9 +80,9 @@ def prepare(experiment: Experiment, log: Callable[[str], None] = print):
         space_file = auto_space_file(f"{experiment.source}: search_space auto", layer_ops, groups,
                                      experiment.round_to)
     if device is not None:
-        from tuner.search.torch_target import torch_space
+        from tuner.search.torch_target import torch_space, unfit_layers
 
-        space_file = torch_space(space_file, device, experiment.auto_space, log)
+        space_file = torch_space(space_file, device, experiment.auto_space, log, unfit_layers(task.model))
     # GP models distances between points: it gets each layer's precision as an ordered integer, not a category
     ordered = resolve_sampler(experiment.sampler) == "gp"
     space = SearchSpace(space_file, layer_ops, groups, experiment.round_to, ordered_precision=ordered)
@@ -255,11 +254,11 @@ def screening(experiment: Experiment, meta: StudyMeta) -> Callable[[optuna.Trial
 
 def measure_baseline(study: optuna.Study, space: SearchSpace, executor: Executor, experiment: Experiment,
                      log: Callable[[str], None], stop: StopRequest | None = None) -> TrialResult:
-    """Build and measure the fp32 model (every layer fp32, unpruned, unfused), then queue the references: the
-    front always contains or dominates them, since they are trials too."""
+    """Build and measure the fp32 model (every layer fp32, unpruned, unfused; on PyTorch's runtime, eager), then
+    queue the references: the front always contains or dominates them, since they are trials too."""
     stop = stop or StopRequest()
     log("measuring the fp32 baseline ...")
-    _, result = next(evaluate_all(executor, {"baseline": Candidate(opt_level="all")}, stop=stop))
+    _, result = next(evaluate_all(executor, {"baseline": space.baseline()}, stop=stop))
     if not result.completed:
         raise StudyError(f"the fp32 baseline of task {experiment.task!r} does not build or run: {result.error}")
     meta = replace(StudyMeta.load(study), baseline_metric=result.metric,

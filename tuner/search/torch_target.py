@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from tuner.build.torch_runtime import TORCH_KINDS, precision_layers
 from tuner.core.candidate import Candidate
 from tuner.core.errors import ExperimentError, SpaceError
-from tuner.core.precision import FP32, TORCH_LAYER_OPS
+from tuner.core.precision import FP8_E4M3, FP32, TORCH_LAYER_OPS
 from tuner.core.records import TrialMeta
 from tuner.experiment import Experiment
 from tuner.space.file import Fusion, SpaceFile
@@ -46,9 +46,17 @@ def refusals(device: torch.device) -> dict[str, str]:
             if not kind.uniform_only and (reason := kind.refusal(device)) is not None}
 
 
-def torch_space(space: SpaceFile, device: torch.device, auto: bool, log: Callable[[str], None]) -> SpaceFile:
-    """The space as this device runs it. ``auto``: refused kinds left out (each said once) and the default compile
-    choices; a file offering a refused kind or ONNX Runtime fusion choices is an error naming the rule."""
+def unfit_layers(model: torch.nn.Module) -> dict[str, set[str]]:
+    """Layers a kind cannot take for their shape: fp8's scaled matmul needs Linear sizes in multiples of 16."""
+    return {name: {FP8_E4M3} for name, m in precision_layers(model).items()
+            if isinstance(m, torch.nn.Linear) and (m.in_features % 16 or m.out_features % 16)}
+
+
+def torch_space(space: SpaceFile, device: torch.device, auto: bool, log: Callable[[str], None],
+                unfit: Mapping[str, set[str]] | None = None) -> SpaceFile:
+    """The space as this device runs it. ``auto``: refused kinds left out (each said once), kinds a layer's shape
+    cannot take (``unfit``) left out of its rule, and the default compile choices; a file offering a refused kind
+    or ONNX Runtime fusion choices is an error naming the rule."""
     refused = refusals(device)
     on_gpu = device.type == "cuda"
     default = Fusion(compile_modes=("none", "default"), cuda_graphs=(False, True) if on_gpu else (False,),
@@ -56,8 +64,11 @@ def torch_space(space: SpaceFile, device: torch.device, auto: bool, log: Callabl
     if auto:
         for name in sorted({c for rule in space.rules for c in rule.precision} & set(refused)):
             log(f"not offered on {device}: {name} ({refused[name]})")
-        rules = tuple(replace(rule, precision=tuple(c for c in rule.precision if c not in refused))
-                      for rule in space.rules)
+        unfit = unfit or {}
+        for name, kinds in unfit.items():
+            log(f"not offered to {name}: {', '.join(sorted(kinds))} (its sizes are not multiples of 16)")
+        rules = tuple(replace(rule, precision=tuple(c for c in rule.precision if c not in refused
+                                                    and c not in unfit.get(rule.match, ()))) for rule in space.rules)
         return replace(space, rules=rules, fusion=default)
     for rule in space.rules:
         for choice in rule.precision:

@@ -188,10 +188,12 @@ class SearchSpace:
                          disabled_optimizers=tuple(d for d in self.disable if params.get(f"disable.{d}", False)),
                          recovery=params.get("recovery", self.recovery[0]),
                          importance=params.get("importance", self.importance[0]),
-                         **self._torch_choices(params))
+                         **self.runtime_choices(params))
 
-    def _torch_choices(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """A torch-runtime candidate's compile mode and switches (fixed ones at their one value)."""
+    def runtime_choices(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A torch-runtime candidate's compile mode and switches from ``params``; those not in them (all, without
+        ``params``) as the references take them: the last compile mode, CUDA graphs on where offered, TF32 off."""
+        params = params or {}
         if not self.compile_modes:
             return {}
         return {"compile_mode": params.get("compile_mode", self.compile_modes[-1]),
@@ -246,6 +248,11 @@ class SearchSpace:
             else:
                 params[name] = False
         return params
+
+    def baseline(self) -> Candidate:
+        """The fp32 model every speedup is over: every layer fp32, unpruned, unfused; on PyTorch's runtime, the
+        model as trained, run eagerly."""
+        return Candidate(opt_level="all", compile_mode="none" if self.compile_modes else None)
 
     @property
     def prunes(self) -> bool:
