@@ -3,6 +3,7 @@ MLflow and pick as on ONNX Runtime, its artifacts compiled by torch and measured
 
 import json
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ def experiment(tmp_path, name, space="auto", trials=6, extra=""):
     path = tmp_path / f"{name}.yaml"
     path.write_text(textwrap.dedent(f"""
         name: {name}
-        task: tiny_mlp:make_task
+        task: {Path(__file__).parent / "tiny_mlp.py"}:make_task
         search_space: {space}
         auto_kinds: all
         trials: {trials}
@@ -89,6 +90,10 @@ def test_a_study_on_the_torch_runtime_runs_references_samples_a_front_and_picks_
     with torch.no_grad():
         logits = model(torch.from_numpy(task.evaluation.inputs[0])).float().numpy()
     assert task.evaluation.metric(logits) == pytest.approx(record.metrics["accuracy"], abs=1e-9)
+    # `tuner verify`: a fresh process reloads the kept artifact and scores it again
+    report = tuner.verify("torch-cpu", record.trial, output_dir=tmp_path / "runs", tracking_uri=store)
+    assert not report["rebuilt"] and report["artifact_sha256"]["same"]
+    assert report["metric"]["now"] == pytest.approx(report["metric"]["recorded"], abs=1e-9)
 
 
 def test_the_torch_evaluator_packages_with_aotinductor_and_scores_the_loaded_package(tmp_path):

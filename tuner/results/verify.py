@@ -84,7 +84,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"  {report['metric_name']:<12} recorded {m['recorded']:.6f}  now {m['now']:.6f}  diff {m['diff']:+.2e}"
         + ("  (exact)" if m["diff"] == 0 else ""),
         f"  {'latency_ms':<12} recorded {lat['recorded']:.4f}  now {lat['now']:.4f}  ratio {lat['ratio']:.3f}",
-        f"  {'model.onnx':<12} sha256 {'same' if sha['same'] else 'DIFFERENT'} ({(sha['now'] or '')[:16]})",
+        f"  {'model file':<12} sha256 {'same' if sha['same'] else 'DIFFERENT'} ({(sha['now'] or '')[:16]})",
     ]
     changes = report["environment_changes"]
     lines.append("  environment: " + ("unchanged" if not changes else
@@ -93,13 +93,17 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def _worker(job_json: str) -> None:
-    from tuner.evaluate import Evaluator
     from tuner.experiment import EvalSettings
     from tuner.taskref import TaskRef
 
     job = json.loads(job_json)
     ref = TaskRef(job["task_ref"]["spec"], job["task_ref"]["args"], job["task_ref"]["base_dir"])
-    evaluator = Evaluator(ref, EvalSettings(**job["settings"]), job["artifact_root"])
+    settings = EvalSettings(**job["settings"])
+    if settings.runtime == "torch":
+        from tuner.evaluate_torch import TorchEvaluator as Evaluator
+    else:
+        from tuner.evaluate import Evaluator
+    evaluator = Evaluator(ref, settings, job["artifact_root"])
     print(json.dumps(evaluator.evaluate(job["candidate"]).to_dict()))
 
 
