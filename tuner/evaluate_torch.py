@@ -172,6 +172,10 @@ class TorchEvaluator:
         if path.name == TORCH_PACKAGE:
             fn = load_package(path)
         else:
+            if candidate.compile_mode != "none":
+                # each candidate is a new module for the same forward: without a reset, dynamo's guards pile up
+                # until its recompile limit, past which it runs the candidate eagerly, unsaid
+                torch._dynamo.reset()
             fn = compiled(torch.load(path, weights_only=False, map_location=self.device).eval(),
                           candidate.compile_mode)
         fn = _with_tf32(fn, _tf32(candidate)) if self.device.type == "cuda" else fn

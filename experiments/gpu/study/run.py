@@ -26,13 +26,20 @@ from tuner.experiment import load_experiment  # noqa: E402
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16, the vendor's datasheets (SXM)
 
 
-def model_flops(experiment) -> float:
-    """FLOPs of one latency batch of the fp32 model (torch's counter)."""
+def model_flops_and_default_eager(experiment) -> tuple[float, float | None]:
+    """FLOPs of one latency batch of the fp32 model (torch's counter), and that model's eager latency with PyTorch's
+    default settings on the GPU (cuDNN convolutions in TF32; the study's baseline has TF32 off)."""
     task = experiment.task_ref().load()
     inputs = tuple(x[:1].repeat(experiment.latency.batch_size, *[1] * (x.dim() - 1)) for x in task.example_inputs)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         task.model(*inputs)
-    return float(counter.get_total_flops())
+    if not torch.cuda.is_available():
+        return float(counter.get_total_flops()), None
+    from tuner.measure.torch_latency import time_callable
+
+    model = task.model.cuda()
+    timing = time_callable(model, [x.cuda() for x in inputs], experiment.latency.warmup, experiment.latency.repeats)
+    return float(counter.get_total_flops()), timing.latency.median_ms
 
 
 def main() -> None:
@@ -65,12 +72,15 @@ def main() -> None:
         print(json.dumps(row))
     feasible = [r for r in rows if r.get("drop") is not None and r["drop"] <= meta.max_metric_drop]
     best = min(feasible, key=lambda r: r["latency_ms"]) if feasible else None
-    flops = model_flops(experiment)
+    flops, default_eager_ms = model_flops_and_default_eager(experiment)
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in card), None)
     summary = {"experiment": experiment.name, "card": card, "torch": torch.__version__, "wall_s": wall,
                "baseline": {"metric": meta.baseline_metric, "latency_ms": meta.baseline_latency_ms},
-               "gflops_per_batch": flops / 1e9, "best_feasible": best, "trials": rows}
+               "gflops_per_batch": flops / 1e9, "best_feasible": best, "default_eager_ms": default_eager_ms,
+               "trials": rows}
+    if best and default_eager_ms:
+        summary["best_speedup_over_default_eager"] = default_eager_ms / best["latency_ms"]
     if best and peak:
         tflops = flops / (best["latency_ms"] / 1e3) / 1e12
         summary["best_tflops"], summary["best_share_of_bf16_peak"] = tflops, tflops / peak
