@@ -21,7 +21,7 @@ from tuner.build.export import export_onnx
 from tuner.build.prune import prune as prune_model
 from tuner.build.prune import pruning_groups
 from tuner.core.candidate import Candidate
-from tuner.core.precision import FP32, KINDS
+from tuner.core.precision import FP32, KINDS, TORCH_LAYER_OPS
 from tuner.core.records import StudyMeta, TrialMeta
 from tuner.core.storage import load_finished_study
 from tuner.evaluate import Evaluator
@@ -29,7 +29,8 @@ from tuner.experiment import EvalSettings
 from tuner.taskref import TaskRef
 
 pytestmark = pytest.mark.slow
-KIND_CHOICES = {name: f"{name}-b32" if kind.block_sizes else name for name, kind in KINDS.items()}  # one per kind
+KIND_CHOICES = {name: f"{name}-b32" if kind.block_sizes else name for name, kind in KINDS.items()
+                if not set(kind.op_types) <= set(TORCH_LAYER_OPS)}  # one per ONNX Runtime kind
 
 
 # What each family's layers allow (besides fp32) and whether the model lets `tuner` prune it.
