@@ -161,6 +161,44 @@ def test_the_pruned_point_prunes_every_group_by_its_smallest_ratio_on_top_of_the
     assert prune_point(_space(tmp_path), Reference("int8", 0.0, 1.0, True)) is None  # a space that prunes nothing
 
 
+def test_the_pruning_ladder_prunes_one_step_further_while_feasible_and_starts_after_the_repair(tmp_path):
+    """Pruning groups of tiny_mlp with ratios 0.25 and 0.5: step 1 prunes every group by 0.25, step 2 by 0.5, and
+    an infeasible step ends the ladder; with a repair in the plan, the ladder starts once the repair is over."""
+    from types import SimpleNamespace
+
+    from optuna.trial import TrialState, create_trial
+    from test_study_loop import SPACE
+
+    from tuner.build.prune import pruning_groups
+    from tuner.search.plan import PruneLadder
+
+    task = make_task()
+    (tmp_path / "space.yaml").write_text(SPACE + "recovery: [batchnorm, distill]\n")
+    space = SearchSpace(load_space_file(tmp_path / "space.yaml"), layer_op_types(task.model, task.example_inputs),
+                        pruning_groups(task.model, task.example_inputs, task.output_layers))
+    ladder = PruneLadder(space, "int8")
+    first = ladder.next()
+    ladder.measured(first, True)
+    second = ladder.next()
+    assert {r for _, r in first.candidate.prune} == {0.25} and {r for _, r in second.candidate.prune} == {0.5}
+    ladder.measured(second, True)
+    assert ladder.next() is None  # no larger ratio in the space
+    stopped = PruneLadder(space, "int8")
+    stopped.measured(stopped.next(), False)
+    assert stopped.next() is None  # an infeasible step ends it
+
+    queued = []
+    order = [(layer,) for layer in space.layers]
+    queue = PlanQueue([], RepairSearch(space, "int8", "fp32", order, builds=1), MAX_DROP, queued.append,
+                      log=lambda line: None, ceiling_ms=10.0, ladder=PruneLadder(space, "int8"))
+    queue.start(room=10)
+    assert [p.label.startswith("repair") for p in queued] == [True]
+    trial = create_trial(state=TrialState.COMPLETE, values=[0.5, 5.0],
+                         user_attrs={"stage": "plan", "plan": queued[0].label, "metric_drop": 0.4})
+    queue(None, SimpleNamespace(trial=trial, budget=20, done=3, in_flight=0))
+    assert queued[-1].label.startswith("prune int8: every group by 0.25")
+
+
 def test_the_narrowing_halves_the_layers_of_the_last_group_kept_safe(space):
     """The repair kept group 2 (8 layers) safe, but only its layer 6 matters: first half, else second half,
     then halves of the half that was enough; at most 4 builds, each keeping group 1 whole."""

@@ -14,6 +14,8 @@ Uniform references leave two gaps that a sampler rarely fills (most of its draws
 - **fill**: between the fastest feasible reference and fp32 the front is empty, so a user with a tighter
   constraint gets fp32. Mixes that keep the k most sensitive groups fp32 fill it, k chosen so that their
   predicted latencies (the latency model from the references) are evenly spaced on a log scale.
+- **prune**: where the space prunes, the fastest feasible reference with every group pruned alike, one ratio step
+  further per build while the last was feasible (:class:`PruneLadder`), once the repair is done.
 
 The plan's points are trials like any other (queued in the study, built, scored and timed by the workers), with
 ``stage`` "plan" and ``plan`` saying which point they are; the sampler takes the budget that is left.
@@ -123,38 +125,64 @@ def fill_points(space: SearchSpace, best: Reference, fp32: Reference, order: Seq
 
 
 def prune_point(space: SearchSpace, best: Reference) -> PlanPoint | None:
-    """The fastest feasible reference with every searched pruning group at its smallest ratio above 0, recovered
-    with the strongest recovery the space offers (its last): one trial that shows the sampler whether pruning
-    pays here. Without it, a sampler that sees every unpruned mix feasible and every pruned one worse would stop
-    pruning (the space's `pruned` switch would let it)."""
-    if not space.prunes:
-        return None
-    prune = {group: min((r for r in ratios if r > 0), default=0.0) for group, ratios in space.prune_choices.items()
-             if len(ratios) > 1}
-    base = mix(space, best.kind, [], FP32)
-    candidate = replace(base, prune=tuple(prune.items()), recovery=space.recovery[-1], importance=space.importance[0])
-    smallest = sorted(set(prune.values()))
-    return PlanPoint(candidate, f"prune {best.kind}: every group by {'/'.join(f'{r:g}' for r in smallest)} "
-                                f"({space.recovery[-1]})", 0)
+    """The first step of :class:`PruneLadder` from ``best``, or None for a space that prunes nothing."""
+    return PruneLadder(space, best.kind).next() if space.prunes else None
+
+
+class PruneLadder:
+    """The fastest feasible reference with every searched pruning group pruned alike, one ratio step further each
+    build while the last step was feasible, recovered with the strongest recovery the space offers (its last).
+    Where pruning pays (the digits CNN), the sampler starts beside pruned models measured feasible at growing
+    ratios; where it does not (a pretrained encoder), the first step says so in one trial. Without it, a sampler
+    that sees every unpruned mix feasible and every pruned one worse would stop pruning (the space's `pruned`
+    switch would let it)."""
+
+    def __init__(self, space: SearchSpace, kind: str):
+        self.space, self.kind = space, kind
+        self.ratios = {group: sorted(r for r in ratios if r > 0) for group, ratios in space.prune_choices.items()
+                       if len(ratios) > 1 and any(r > 0 for r in ratios)}
+        self.steps = max((len(r) for r in self.ratios.values()), default=0)
+        self.step, self.done = 0, False
+
+    def next(self) -> PlanPoint | None:
+        if self.done or self.step >= self.steps:
+            return None
+        prune = {group: ratios[min(self.step, len(ratios) - 1)] for group, ratios in self.ratios.items()}
+        self.step += 1
+        space = self.space
+        candidate = replace(mix(space, self.kind, [], FP32), prune=tuple(prune.items()), recovery=space.recovery[-1],
+                            importance=space.importance[0])
+        ratios = "/".join(f"{r:g}" for r in sorted(set(prune.values())))
+        return PlanPoint(candidate, f"prune {self.kind}: every group by {ratios} ({space.recovery[-1]})", self.step)
+
+    def measured(self, point: PlanPoint, feasible: bool) -> None:
+        self.done = self.done or not feasible
+
+    def stop(self) -> None:
+        self.done = True
 
 
 class PlanQueue:
     """A loop callback that queues the plan's points: the fill points at once; the repair one count at a time as
     each is measured; once the repair is feasible, its narrowing one point at a time and the mixes that follow it
-    at once. Nothing is queued once the budget has no room for it; its state lives in the driver (a resumed study
+    at once; then the pruning ladder one step at a time. Nothing is queued once the budget has no room for it; its state lives in the driver (a resumed study
     goes on with the sampler)."""
 
     def __init__(self, fill: Sequence[PlanPoint], repair: RepairSearch | None, max_drop: float | None,
                  enqueue: Callable[[PlanPoint], None], log: Callable[[str], None] = print,
-                 ceiling_ms: float = math.inf, predict: Callable[[Candidate], float] | None = None):
+                 ceiling_ms: float = math.inf, predict: Callable[[Candidate], float] | None = None,
+                 ladder: PruneLadder | None = None):
         """``ceiling_ms``: the best feasible reference's latency; a repair point measured at or above it ends the
         repair (a mix's transitions between kinds can cost more than the kinds save: on ResNet-50, uniform int8
         with a quarter of its convolutions fp32 ran at 0.98x fp32). ``predict``: the latency model, for the
-        mixes that follow a feasible repair (none without it)."""
+        mixes that follow a feasible repair (none without it). ``ladder``: the pruning steps, measured once the
+        repair and its follow-ups are done."""
         self.fill, self.repair, self.ceiling_ms, self.predict = list(fill), repair, ceiling_ms, predict
+        self.ladder = ladder
         self.max_drop = math.inf if max_drop is None else max_drop
         self.enqueue, self.log = enqueue, log
-        self.search: RepairSearch | NarrowSearch | None = repair  # the search whose points are queued now
+        # the search whose points are queued now
+        self.search: RepairSearch | NarrowSearch | PruneLadder | None = repair if repair is not None else ladder
         self.waiting: dict[str, PlanPoint] = {}  # label -> the point of `search` being measured
         self.repaired_ms: dict[int, float] = {}  # kept count -> measured latency of the feasible repair points
 
@@ -190,19 +218,18 @@ class PlanQueue:
                 return
             self._after(self.search, room)
 
-    def _after(self, done: RepairSearch | NarrowSearch, room: int) -> None:
+    def _after(self, done: RepairSearch | NarrowSearch | PruneLadder, room: int) -> None:
         """``done`` has nothing more to measure: after a feasible repair faster than the best reference, its
-        narrowing and the mixes between it and that reference; else the plan's searches are over."""
+        narrowing and the mixes between it and that reference; then the pruning ladder; then the plan is over."""
         self.search = None
-        if done is not self.repair or not self.repair.found:
-            return
-        repaired_ms = self.repaired_ms.get(self.repair.feasible)
-        if repaired_ms is None or repaired_ms >= self.ceiling_ms:
-            return
-        self.search = self.repair.narrowing()
-        if self.predict is not None:
-            following = self.repair.following(repaired_ms, self.ceiling_ms, self.predict)
-            self._queue(following, room - (self.search is not None))
+        repaired_ms = self.repaired_ms.get(self.repair.feasible) if done is self.repair and self.repair.found else None
+        if repaired_ms is not None and repaired_ms < self.ceiling_ms:
+            self.search = self.repair.narrowing()
+            if self.predict is not None:
+                following = self.repair.following(repaired_ms, self.ceiling_ms, self.predict)
+                self._queue(following, room - (self.search is not None))
+        if self.search is None and done is not self.ladder:
+            self.search = self.ladder
 
     def _queue(self, points: Sequence[PlanPoint], room: int) -> None:
         for point in points[:max(room, 0)]:
@@ -251,8 +278,7 @@ def start_plan(study: optuna.Study, space: SearchSpace, executor, experiment, ro
         return fitted[0].predict(candidate)
 
     fill = fill_points(space, targets.best, targets.fp32, groups_by_sensitivity(rows, targets.best.kind), predict)
-    pruned = prune_point(space, targets.best)
-    fill = fill + ([pruned] if pruned is not None else [])
+    ladder = PruneLadder(space, targets.best.kind) if space.prunes else None
     repair = None
     if targets.repair is not None:
         repair = RepairSearch(space, targets.repair.kind, targets.best.kind,
@@ -262,9 +288,9 @@ def start_plan(study: optuna.Study, space: SearchSpace, executor, experiment, ro
         study.enqueue_trial(space.params_of(point.candidate), user_attrs=dict(plan_attrs(point)))
         log(f"plan: queued {point.label}")
 
-    queue = PlanQueue(fill, repair, meta.max_metric_drop, enqueue, log, targets.best.latency_ms, predict)
-    log(f"plan: {len(rows)} probes in {spent:.1f} s; {len(fill) - (pruned is not None)} fill points"
-        + ("; one pruned point" if pruned is not None else "")
+    queue = PlanQueue(fill, repair, meta.max_metric_drop, enqueue, log, targets.best.latency_ms, predict, ladder)
+    log(f"plan: {len(rows)} probes in {spent:.1f} s; {len(fill)} fill points"
+        + (f"; pruning ladder of up to {ladder.steps} steps" if ladder is not None else "")
         + (f"; repair of {targets.repair.kind} searched over {len(repair.order)} ranked groups, one build at a time"
            if repair else ""))
     queue.start(room)
