@@ -55,6 +55,7 @@ def run(path, tmp_path, store):
     return result, lines
 
 
+@pytest.mark.slow
 def test_a_study_on_the_torch_runtime_runs_references_samples_a_front_and_picks_a_model_that_loads(tmp_path, store):
     result, lines = run(experiment(tmp_path, "torch-cpu"), tmp_path, store)
     study = load_finished_study("torch-cpu", tmp_path / "runs")
