@@ -252,7 +252,10 @@ def start_plan(study: optuna.Study, space: SearchSpace, executor, experiment, ro
     targets = choose_targets(measured_references(study, meta.max_metric_drop))
     if targets is None or not targets.kinds or room < 1:
         replace(meta, seeded=True).save(study)
-        log("plan: no uniform kind is feasible or close to it; the sampler starts alone after the references")
+        why = ("no trial is left for it" if room < 1 else "no uniform reference is feasible" if targets is None else
+               f"the fastest feasible reference is {targets.best.kind}, and no faster kind misses the constraint "
+               "by little enough to repair")
+        log(f"plan: none: {why}; the sampler starts alone after the references")
         return None
     config = experiment.seeding
     todo = [p for p in probes(space, "one_in", config.max_groups) if p.kind == "precision" and p.choice in

@@ -66,7 +66,8 @@ def activations_between(model: onnx.ModelProto, int8_nodes: Iterable[str]) -> li
     as a bias Add does) stays float, so a layer kept fp32 and its surroundings run as before."""
     constants = {i.name for i in model.graph.initializer}
     constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
-    quantized_outputs = {out for node in model.graph.node if node.name in set(int8_nodes) for out in node.output}
+    int8 = set(int8_nodes)  # once: an iterator would be spent after the first node
+    quantized_outputs = {out for node in model.graph.node if node.name in int8 for out in node.output}
     between = []
     for node in model.graph.node:  # exported graphs are in topological order
         if node.op_type not in BETWEEN_OPS:
