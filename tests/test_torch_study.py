@@ -109,6 +109,21 @@ def test_the_torch_evaluator_packages_with_aotinductor_and_scores_the_loaded_pac
     assert result.latency.median_ms > 0 and result.environment["runtime"] == "torch"
 
 
+def test_a_model_export_cannot_take_falls_back_to_torch_compile_and_says_why(tmp_path):
+    """`if h.sum() > 0` in forward: torch.export refuses the branch, so the artifact is the module, compiled when
+    loaded, and its runtime record says why; it still scores and times."""
+    settings = EvalSettings(warmup=1, repeats=5, runtime="torch", device="cpu", torch_artifact="package")
+    ref = TaskRef(f"{Path(__file__).parent / 'zoo.py'}:make_task", {"family": "branching"}, str(tmp_path))
+    evaluator = TorchEvaluator(ref, settings, tmp_path / "artifacts")
+    result = evaluator.evaluate(Candidate(compile_mode="default"))
+    assert result.completed, result.error
+    folder = tmp_path / "artifacts" / result.key
+    assert (folder / "model.pt").is_file() and not (folder / "model.pt2").exists()
+    runtime = json.loads((folder / "candidate.json").read_text())["runtime"]
+    assert runtime["artifact"] == "module" and runtime["package_failed"]
+    assert result.metric == pytest.approx(1.0, abs=1e-4)  # the fp32 model, compiled: its cosine to itself
+
+
 def test_a_kind_the_device_cannot_run_is_refused_with_its_reason(tmp_path):
     (tmp_path / "space.yaml").write_text("layers:\n  - match: 're:.*'\n    precision: [fp32, fp8-e4m3]\n")
     with pytest.raises(SpaceError, match=r"space.yaml: layers\[0\].*'fp8-e4m3' is refused on cpu: .*compute "

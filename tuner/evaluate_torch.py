@@ -149,15 +149,14 @@ class TorchEvaluator:
             with _timed(timings, "quantize"):
                 model = apply_precision(copy.deepcopy(model), dict(candidate.precision), self.device)
                 model = model.to(self.device).eval()
+            runtime = self.runtime_record(candidate)
             with _timed(timings, "export"), torch.no_grad(), matmul_precision(_tf32(candidate)):
                 if self.settings.torch_artifact == "package" and candidate.compile_mode != "none" and not eager:
-                    example = tuple(t.to(self.device) for t in self.task.example_inputs)
-                    package(model, example, tmp / TORCH_PACKAGE, candidate.compile_mode)
+                    runtime.update(self._package(model, tmp, candidate))
                 else:
                     torch.save(model, tmp / TORCH_MODULE)
             ArtifactRecord(candidate.to_dict(), key=candidate.key(self.fingerprint), task=self.task_ref.spec,
-                           task_fingerprint=self.fingerprint,
-                           runtime=self.runtime_record(candidate)).write(tmp / "candidate.json")
+                           task_fingerprint=self.fingerprint, runtime=runtime).write(tmp / "candidate.json")
             (tmp / "stats.json").write_text(json.dumps(stats))
             try:
                 os.rename(tmp, artifact)
@@ -166,6 +165,18 @@ class TorchEvaluator:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def _package(self, model: torch.nn.Module, folder: Path, candidate: Candidate) -> dict[str, str]:
+        """The AOTInductor package; where torch.export or AOTInductor raise, the module saved whole (compiled when
+        loaded) with the reason in the runtime record."""
+        example = tuple(t.to(self.device) for t in self.task.example_inputs)
+        try:
+            package(model, example, folder / TORCH_PACKAGE, candidate.compile_mode)
+            return {}
+        except Exception as exc:  # a model export cannot take (data-dependent branches, ...): torch.compile instead
+            (folder / TORCH_PACKAGE).unlink(missing_ok=True)
+            torch.save(model, folder / TORCH_MODULE)
+            return {"artifact": "module", "package_failed": f"{type(exc).__name__}: {str(exc)[:300]}"}
 
     def load(self, candidate: Candidate, path: Path) -> Callable[..., torch.Tensor]:
         """The artifact as a deployment runs it: the package loaded, or the module compiled; graphs replayed."""
