@@ -75,7 +75,7 @@ def test_a_study_on_the_torch_runtime_runs_references_samples_a_front_and_picks_
         assert (folder / "model.pt").is_file()
     env = TrialMeta.of(trials[0]).environment
     assert env["runtime"] == "torch" and env["device"] == "cpu"
-    assert result.front and StudyMeta.load(study).baseline_latency_ms > 0
+    assert result.front and StudyMeta.load(study).has_baseline
 
     out = tmp_path / "picked"
     record = tuner.pick("torch-cpu", min_metric=0.0, out=out, output_dir=tmp_path / "runs", tracking_uri=store,
@@ -106,7 +106,7 @@ def test_the_torch_evaluator_packages_with_aotinductor_and_scores_the_loaded_pac
     assert (tmp_path / "artifacts" / result.key / "model.pt2").is_file()
     eager = evaluator.task.model(torch.from_numpy(evaluator.task.evaluation.inputs[0])).detach().numpy()
     assert abs(result.metric - evaluator.task.evaluation.metric(eager)) <= 0.01
-    assert result.latency.median_ms > 0 and result.environment["runtime"] == "torch"
+    assert result.latency.repeats == 5 and result.environment["runtime"] == "torch"  # timed as the settings ask
 
 
 def test_a_model_export_cannot_take_falls_back_to_torch_compile_and_says_why(tmp_path):

@@ -38,7 +38,7 @@ from tuner.build.torch_runtime import (
 from tuner.core.candidate import Candidate
 from tuner.core.paths import TORCH_MODULE, TORCH_PACKAGE
 from tuner.core.records import FULL, ArtifactRecord, Fidelity, TrialResult
-from tuner.evaluate import _failed, _timed
+from tuner.evaluate import Evaluator, _failed, _timed
 from tuner.experiment import EvalSettings
 from tuner.measure.environment import file_sha256, package_versions
 from tuner.measure.latency import latency_feeds
@@ -287,3 +287,8 @@ def _with_tf32(fn: Callable[..., torch.Tensor], precision: dict[str, str]) -> Ca
             return fn(*inputs)
     return call
 
+
+def evaluator_class(settings: EvalSettings) -> type:
+    """The evaluator of the experiment's runtime: :class:`TorchEvaluator`, or ONNX Runtime's
+    :class:`tuner.evaluate.Evaluator`."""
+    return TorchEvaluator if settings.runtime == "torch" else Evaluator

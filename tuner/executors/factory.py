@@ -22,8 +22,8 @@ def default_workers(latency_threads: int) -> int:
 
 def executor_factory(in_process: bool = False, workers: int | None = None, address: str | None = None
                      ) -> ExecutorFactory:
-    """In this process, one evaluation at a time (always, on PyTorch's runtime); else Ray, locally with ``workers`` workers (default: one per
-    core less the latency meter's) or on the cluster at ``address``."""
+    """In this process, one evaluation at a time (always, on PyTorch's runtime); else Ray, locally with
+    ``workers`` workers (default: one per core less the latency meter's) or on the cluster at ``address``."""
     if in_process:
         return _in_process
 

@@ -26,19 +26,14 @@ class InProcessExecutor(Executor):
     def __init__(self, task_ref: TaskRef, settings: EvalSettings, artifact_root: str | Path,
                  export_root: str | Path | None = None, task=None):
         """``task``: the task ``task_ref`` names, when the caller has loaded it already (it is not loaded again)."""
-        if settings.runtime == "torch":
-            from tuner.evaluate_torch import (
-                TorchEvaluator as Evaluator,  # PyTorch's own runtime
-            )
-        else:
-            from tuner.evaluate import (
-                Evaluator,  # torch and ORT, only once an executor is really made
-            )
+        from tuner.evaluate_torch import (
+            evaluator_class,  # torch and ORT, only once an executor is really made
+        )
 
         # Pruned exports are a cache outside the run directory, as on Ray workers (node-local scratch).
         self.artifact_root = Path(artifact_root)
         self._scratch = None if export_root else tempfile.TemporaryDirectory(prefix="tuner-exports-")
-        self.evaluator = Evaluator(task_ref, settings, artifact_root,
+        self.evaluator = evaluator_class(settings)(task_ref, settings, artifact_root,
                                    export_root=export_root or self._scratch.name, task=task)
         self._pending: deque[tuple[Hashable, Candidate, Fidelity, float]] = deque()
 

@@ -3,6 +3,8 @@ its per-layer choices (the model card's tables)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from tuner.core.records import ArtifactRecord, StudyMeta, TrialMeta
 from tuner.results.front import FrontRow
 
@@ -50,3 +52,12 @@ def choices_table(cand: dict) -> list[str]:
             lines += ["", f"Transformer fusions applied before quantization: {', '.join(cand['fusions'])}."]
     return lines
 
+
+def tag_version(client, name: str, version: str, tags: dict[str, str], alias: str | None) -> dict[str, Any]:
+    """Tag a registered model version (values cut to MLflow's 5000 characters), point ``alias`` at it; returns
+    the record's ``registered_model``."""
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value[:5000])
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return {"name": name, "version": version, "alias": alias}

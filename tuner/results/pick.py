@@ -15,7 +15,13 @@ from tuner.core.errors import PickError
 from tuner.core.paths import TORCH_MODULE, TORCH_PACKAGE
 from tuner.core.records import ArtifactRecord, StudyMeta, TrialMeta
 from tuner.core.vocab import ORT_LEVELS
-from tuner.results.card import baseline_metrics, choices_table, row_metrics, score_table
+from tuner.results.card import (
+    baseline_metrics,
+    choices_table,
+    row_metrics,
+    score_table,
+    tag_version,
+)
 from tuner.results.front import FrontRow
 
 
@@ -134,11 +140,7 @@ def export_pick(study: optuna.Study, row: FrontRow, out_dir: str | Path, trackin
         tags = {"tuner.study": study.study_name, "tuner.trial": str(row.trial), "tuner.summary": row.summary,
                 "tuner.artifact_sha256": record.artifact_sha256 or ""}
         tags.update({f"metric.{k}": f"{v:.6g}" for k, v in record.metrics.items() if isinstance(v, (int, float))})
-        for key, value in tags.items():
-            client.set_model_version_tag(register_as, version, key, value[:5000])
-        if alias:
-            client.set_registered_model_alias(register_as, alias, version)
-        record = replace(record, registered_model={"name": register_as, "version": version, "alias": alias})
+        record = replace(record, registered_model=tag_version(client, register_as, version, tags, alias))
     return record
 
 

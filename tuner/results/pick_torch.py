@@ -11,7 +11,13 @@ from pathlib import Path
 import optuna
 
 from tuner.core.records import ArtifactRecord, StudyMeta, TrialMeta
-from tuner.results.card import baseline_metrics, choices_table, row_metrics, score_table
+from tuner.results.card import (
+    baseline_metrics,
+    choices_table,
+    row_metrics,
+    score_table,
+    tag_version,
+)
 from tuner.results.front import FrontRow
 
 
@@ -45,11 +51,7 @@ def export_torch_pick(client, study: optuna.Study, row: FrontRow, out_dir: Path,
         version = client.create_model_version(register_as, source, run_id=run_id).version
         tags = {"tuner.study": study.study_name, "tuner.trial": str(row.trial), "tuner.summary": row.summary,
                 "tuner.artifact_sha256": record.artifact_sha256 or "", "tuner.runtime": "torch"}
-        for key, value in tags.items():
-            client.set_model_version_tag(register_as, version, key, value[:5000])
-        if alias:
-            client.set_registered_model_alias(register_as, alias, version)
-        record = replace(record, registered_model={"name": register_as, "version": version, "alias": alias})
+        record = replace(record, registered_model=tag_version(client, register_as, version, tags, alias))
     return record
 
 

@@ -93,17 +93,14 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def _worker(job_json: str) -> None:
+    from tuner.evaluate_torch import evaluator_class
     from tuner.experiment import EvalSettings
     from tuner.taskref import TaskRef
 
     job = json.loads(job_json)
     ref = TaskRef(job["task_ref"]["spec"], job["task_ref"]["args"], job["task_ref"]["base_dir"])
     settings = EvalSettings(**job["settings"])
-    if settings.runtime == "torch":
-        from tuner.evaluate_torch import TorchEvaluator as Evaluator
-    else:
-        from tuner.evaluate import Evaluator
-    evaluator = Evaluator(ref, settings, job["artifact_root"])
+    evaluator = evaluator_class(settings)(ref, settings, job["artifact_root"])
     print(json.dumps(evaluator.evaluate(job["candidate"]).to_dict()))
 
 
