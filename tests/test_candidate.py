@@ -59,3 +59,16 @@ def test_summary_counts_precision_families():
 def test_invalid_candidates_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Candidate(**kwargs)
+
+
+def test_a_longer_distillation_is_its_own_pruned_model_and_means_nothing_without_distillation():
+    distilled = Candidate(precision=(("x", "int8"),), prune=(("g", 0.25),), recovery="distill")
+    longer = Candidate(precision=(("x", "int8"),), prune=(("g", 0.25),), recovery="distill", recovery_budget=4)
+    assert longer.prune_key("t") != distilled.prune_key("t") and longer.key("t") != distilled.key("t")
+    assert Candidate.from_dict(longer.to_dict()) == longer and "recovery_budget" not in distilled.to_dict()
+    assert "distill x4" in longer.summary()
+    # batchnorm recalibration and an unpruned model have no budget to multiply: one key each, as before
+    assert Candidate(prune=(("g", 0.25),), recovery="batchnorm", recovery_budget=4).recovery_budget == 1
+    assert Candidate(precision=(("x", "int8"),), recovery="distill", recovery_budget=4).recovery_budget == 1
+    with pytest.raises(ValueError, match="recovery_budget must be a whole number"):
+        Candidate(prune=(("g", 0.25),), recovery="distill", recovery_budget=0)

@@ -2,8 +2,10 @@
 ranking, and, on a small model built here with one deliberately fragile layer, real builds in the order the
 plan gives them. Latencies in these tests are given, never measured."""
 
+from dataclasses import replace
 from pathlib import Path
 
+import optuna
 import pytest
 from tiny_mlp import make_task
 
@@ -147,7 +149,11 @@ def test_the_pruned_point_prunes_every_group_by_its_smallest_ratio_on_top_of_the
     from test_study_loop import SPACE
 
     from tuner.build.prune import pruning_groups
-    from tuner.search.plan import prune_point
+    from tuner.build.recovery import RecoverySettings
+    from tuner.evaluate import recovery_settings
+    from tuner.experiment import EvalSettings
+    from tuner.search.loop import candidate_of
+    from tuner.search.plan import LADDER_RECOVERY_BUDGET, plan_attrs, prune_point
 
     task = make_task()
     (tmp_path / "space.yaml").write_text(SPACE + "recovery: [batchnorm, distill]\n")
@@ -157,7 +163,15 @@ def test_the_pruned_point_prunes_every_group_by_its_smallest_ratio_on_top_of_the
     assert dict(point.candidate.prune) == {group: 0.25 for group in space.prune_choices}
     assert set(dict(point.candidate.precision).values()) == {"int8"} and point.candidate.recovery == "distill"
     params = space.params_of(point.candidate)
-    assert params["pruned"] is True and space.decode(params) == point.candidate
+    # the longer recovery is not a choice of the space: the queued trial carries it (tests/test_study_loop.py)
+    assert point.candidate.recovery_budget == LADDER_RECOVERY_BUDGET
+    assert plan_attrs(point)["recovery_budget"] == LADDER_RECOVERY_BUDGET
+    assert params["pruned"] is True and space.decode(params) == replace(point.candidate, recovery_budget=1)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.enqueue_trial(params, user_attrs=dict(plan_attrs(point)))
+    assert candidate_of(space, study.ask(space.distributions())) == point.candidate  # what the loop builds
+    settings = EvalSettings(distill_steps=30, recovery_time_limit_s=5.0)
+    assert recovery_settings(settings, point.candidate) == RecoverySettings(120, settings.distill_lr, 20.0)
     assert prune_point(_space(tmp_path), Reference("int8", 0.0, 1.0, True)) is None  # a space that prunes nothing
 
 

@@ -256,7 +256,7 @@ class Evaluator:
         if candidate.is_pruned and candidate.recovery != "none":
             with _timed(timings, "recover"):
                 stats.update(recover(model, task.model, candidate.recovery, task.calibration_inputs,
-                                     self._recovery_settings(), task.finetune))
+                                     recovery_settings(self.settings, candidate), task.finetune))
         stats.update(self._size_stats(model))
         return model, stats
 
@@ -287,10 +287,6 @@ class Evaluator:
             raise
         evict_exports(self.export_root, keep=export_dir)
         return export_dir, False
-
-    def _recovery_settings(self) -> RecoverySettings:
-        return RecoverySettings(self.settings.distill_steps, self.settings.distill_lr,
-                                self.settings.recovery_time_limit_s)
 
     def _size_stats(self, model: torch.nn.Module) -> dict[str, Any]:
         """MACs and parameters of ``model`` and their ratios to the unpruned model (torch-pruning's counter)."""
@@ -328,6 +324,12 @@ def time_artifact(model_path: str | Path, feeds: dict[str, np.ndarray], settings
     session = load_artifact(model_path, settings.threads)
     stats = measure_latency(session, feeds, settings.warmup, settings.repeats)
     return stats, fingerprint(settings.threads)
+
+
+def recovery_settings(settings: EvalSettings, candidate: Candidate) -> RecoverySettings:
+    """The experiment's distillation budget, times the candidate's ``recovery_budget``."""
+    return RecoverySettings(settings.distill_steps, settings.distill_lr,
+                            settings.recovery_time_limit_s).times(candidate.recovery_budget)
 
 
 def _failed(result: TrialResult, stage: str, exc: Exception) -> TrialResult:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from tuner.build.prune import prune
-from tuner.build.recovery import RecoverySettings, recover
+from tuner.build.recovery import recover
 from tuner.build.torch_runtime import (
     apply_precision,
     compiled,
@@ -38,7 +38,7 @@ from tuner.build.torch_runtime import (
 from tuner.core.candidate import Candidate
 from tuner.core.paths import TORCH_MODULE, TORCH_PACKAGE
 from tuner.core.records import FULL, ArtifactRecord, Fidelity, TrialResult
-from tuner.evaluate import Evaluator, _failed, _timed
+from tuner.evaluate import Evaluator, _failed, _timed, recovery_settings
 from tuner.experiment import EvalSettings
 from tuner.measure.environment import file_sha256, package_versions
 from tuner.measure.latency import latency_feeds
@@ -262,8 +262,7 @@ class TorchEvaluator:
         if candidate.is_pruned and candidate.recovery != "none":
             with _timed(timings, "recover"):
                 stats.update(recover(model, task.model, candidate.recovery, task.calibration_inputs,
-                                     RecoverySettings(self.settings.distill_steps, self.settings.distill_lr,
-                                                      self.settings.recovery_time_limit_s), task.finetune))
+                                     recovery_settings(self.settings, candidate), task.finetune))
         self._pruned = (prune_key, model, stats)
         return model, stats
 

@@ -23,6 +23,10 @@ class RecoverySettings:
     lr: float = 1e-4
     time_limit_s: float = 120.0
 
+    def times(self, budget: int) -> RecoverySettings:
+        """``budget`` times the steps and the time limit (a candidate's ``recovery_budget``)."""
+        return RecoverySettings(self.steps * budget, self.lr, self.time_limit_s * budget)
+
 
 def recover(student: nn.Module, teacher: nn.Module, method: str, batches: Sequence[tuple[torch.Tensor, ...]],
             settings: RecoverySettings, finetune: Callable[[nn.Module], Any] | None = None) -> dict[str, float]:

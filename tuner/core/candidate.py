@@ -43,6 +43,7 @@ class Candidate:
     compile_mode: str | None = None
     cuda_graphs: bool = False
     tf32: bool = False
+    recovery_budget: int = 1
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -53,6 +54,10 @@ class Candidate:
         if not any(r > 0 for _, r in self.prune):  # nothing pruned, nothing to recover: one key per model
             set_(self, "recovery", "none")
             set_(self, "importance", "magnitude")
+        if self.recovery != "distill":  # only distillation has a budget to multiply
+            set_(self, "recovery_budget", 1)
+        if not isinstance(self.recovery_budget, int) or self.recovery_budget < 1:
+            raise ValueError(f"recovery_budget must be a whole number >= 1, but got {self.recovery_budget!r}.")
         for name, choice in self.precision:
             try:
                 check_precision(choice)
@@ -88,9 +93,10 @@ class Candidate:
     def to_dict(self) -> dict[str, Any]:
         torch_runtime = ({"compile_mode": self.compile_mode, "cuda_graphs": self.cuda_graphs, "tf32": self.tf32}
                          if self.on_torch else {})  # absent on ONNX Runtime: its keys stay as they were
+        budget = {"recovery_budget": self.recovery_budget} if self.recovery_budget != 1 else {}
         return {"precision": dict(self.precision), "prune": dict(self.prune), "opt_level": self.opt_level,
                 "fusions": list(self.fusions), "disabled_optimizers": list(self.disabled_optimizers),
-                "recovery": self.recovery, "importance": self.importance, **torch_runtime}
+                "recovery": self.recovery, "importance": self.importance, **torch_runtime, **budget}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Candidate:
@@ -99,7 +105,7 @@ class Candidate:
                    disabled_optimizers=tuple(data.get("disabled_optimizers", ())),
                    recovery=data.get("recovery", "batchnorm"), importance=data.get("importance", "magnitude"),
                    compile_mode=data.get("compile_mode"), cuda_graphs=bool(data.get("cuda_graphs", False)),
-                   tf32=bool(data.get("tf32", False)))
+                   tf32=bool(data.get("tf32", False)), recovery_budget=int(data.get("recovery_budget", 1)))
 
     def key(self, task_fingerprint: str) -> str:
         """Stable artifact key: the same task and candidate always give the same key."""
@@ -109,7 +115,8 @@ class Candidate:
     def prune_key(self, task_fingerprint: str) -> str:
         """Key of the pruned (and recovered) fp32 model, shared by every candidate that prunes alike."""
         payload = json.dumps({"task": task_fingerprint, "prune": dict(self.prune), "recovery": self.recovery,
-                              **({"importance": self.importance} if self.importance != "magnitude" else {})},
+                              **({"importance": self.importance} if self.importance != "magnitude" else {}),
+                              **({"recovery_budget": self.recovery_budget} if self.recovery_budget != 1 else {})},
                              sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -123,7 +130,8 @@ class Candidate:
         order = sorted(KINDS, key=lambda name: KINDS[name].summary_order)
         prec = ", ".join(f"{k} {counts[k]}" for k in order if counts.get(k)) or "fp32"
         pruned = [r for _, r in self.prune if r > 0]
-        prune_txt = (f"pruned {len(pruned)} groups (max {max(pruned):.0%}, {self.recovery})" if pruned
+        recovery = self.recovery + (f" x{self.recovery_budget}" if self.recovery_budget != 1 else "")
+        prune_txt = (f"pruned {len(pruned)} groups (max {max(pruned):.0%}, {recovery})" if pruned
                      else "unpruned")
         if self.on_torch:
             runtime = [f"compile={self.compile_mode}"] + ["cuda graphs"] * self.cuda_graphs + ["tf32"] * self.tf32

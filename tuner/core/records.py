@@ -248,6 +248,7 @@ class TrialMeta:
     reference: str = ""  # "fp32", "int8", ... for the reference trials; "" otherwise
     stage: str = ""  # where the trial came from: "reference", "plan", "seed" or "sampler" (see `origin`)
     plan: str = ""  # for a plan trial, which point of the plan it is (tuner.search.plan)
+    recovery_budget: int = 1  # a queued trial's multiple of the distillation budget (Candidate.recovery_budget)
     mlflow_run_id: str | None = None
     metric_drop: float | None = None
     latency_p90_ms: float | None = None
@@ -282,7 +283,8 @@ class TrialMeta:
 
     def queued_attrs(self) -> dict[str, Any]:
         """The attributes a trial queued again keeps: where it came from."""
-        return {k: v for k, v in (("reference", self.reference), ("stage", self.stage), ("plan", self.plan)) if v}
+        kept = {k: v for k, v in (("reference", self.reference), ("stage", self.stage), ("plan", self.plan)) if v}
+        return kept | ({"recovery_budget": self.recovery_budget} if self.recovery_budget != 1 else {})
 
     @property
     def reference_kind(self) -> str:

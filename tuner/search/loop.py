@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.core.candidate import Candidate
 from tuner.core.disk import OutOfDiskSpace, free_bytes
 from tuner.core.records import FULL, Fidelity, StudyMeta, TrialMeta, TrialResult
 from tuner.core.stop import StopRequest
@@ -99,6 +100,11 @@ def n_finished(study: optuna.Study) -> int:
     return len([t for t in study.get_trials(deepcopy=False, states=states) if not TrialMeta.of(t).interrupted])
 
 
+def candidate_of(space: SearchSpace, trial: optuna.Trial) -> Candidate:
+    """What ``trial`` builds: its parameters, with the longer recovery a queued plan point carries beside them."""
+    return replace(space.decode(trial.params), recovery_budget=TrialMeta.of(trial).recovery_budget)
+
+
 class StudyLoop:
     """Ask for candidates while the executor has room, tell results as they come, until ``budget`` trials."""
 
@@ -130,7 +136,7 @@ class StudyLoop:
             if done + len(in_flight) >= budget:
                 return None
             trial = self.study.ask(fixed_distributions=dists)
-            candidate = self.space.decode(trial.params)
+            candidate = candidate_of(self.space, trial)
             trial.set_user_attr("summary", candidate.summary())
             trial.set_user_attr("stage", TrialMeta.of(trial).origin)
             in_flight[trial.number] = trial
