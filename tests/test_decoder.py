@@ -1,6 +1,8 @@
 """Decoder LLMs: the KV-cache export against torch over decode steps, perplexity through the evaluation's reduce,
 the tied output head as a searchable layer, MLP units pruned (tiny Llama-style decoder built in the test)."""
 
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +15,12 @@ from tuner.build.export import export_onnx
 from tuner.build.layers import quantizable_layers
 from tuner.build.prune import prune
 from tuner.core.candidate import Candidate
+from tuner.core.records import TrialMeta
 from tuner.evaluate import EvalSettings, Evaluator
 from tuner.measure.generation import GenerationLatency, decode_and_prefill_ms
 from tuner.measure.quality import score_all
 from tuner.measure.runtime import load_artifact
+from tuner.search.kinds import kind_timings
 from tuner.taskref import TaskRef
 from tuner.tasks.decoder import next_token_scores, perplexity
 
@@ -88,6 +92,19 @@ def test_the_tied_head_is_its_own_layer_and_is_built_in_4_bits_beside_8_bit_weig
              for n in graph.node if n.op_type == "MatMulNBits"}
     config = task.model.lm.config
     assert nbits == {config.vocab_size: 4, config.hidden_size: 8}  # the head in 4 bits, down_proj in 8, no other
+    # the prefill of the task's prompt is timed on the same artifact beside the decode step, and recorded
+    assert set(result.latency.phases) == {"prefill"}
+    assert set(TrialMeta.attrs_of(result, 0.0)["latency_phases_ms"]) == {"prefill"}
+    fp32 = evaluator.evaluate(Candidate())
+    line = kind_timings({"fp32": fp32, "uniform int4": result})[1].line("perplexity")
+    assert re.search(r"^uniform int4: [\d.]+ ms \([\d.]+x fp32\); prefill [\d.]+ ms \([\d.]+x fp32\)", line), line
+
+
+def test_latency_phases_hold_one_tensor_per_example_input(task):
+    with pytest.raises(ValueError, match=rf"latency_phases\['prefill'\]. must be a tuple of {len(task.example_inputs)}"):
+        replace(task, latency_phases={"prefill": task.example_inputs[:1]})
+    with pytest.raises(ValueError, match="prompt_tokens must be in"):
+        tiny_llama.make_task(prompt_tokens=0)
 
 
 def test_mlp_units_are_pruned_and_attention_keeps_its_width(task):

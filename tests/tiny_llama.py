@@ -23,7 +23,7 @@ def token_stream(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, VOCAB, size=n)
 
 
-def make_task(seed: int = 0, cache_length: int = 16):
+def make_task(seed: int = 0, cache_length: int = 16, prompt_tokens: int = 8):
     windows = token_windows(token_stream(24 * 16), 16)
     return causal_lm_task(make_lm(seed), windows, n_eval=16, calibration_batches=2, calibration_batch_size=4,
-                          cache_length=cache_length)
+                          cache_length=cache_length, prompt_tokens=prompt_tokens)

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import time
 import traceback
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -35,7 +36,7 @@ from tuner.core.records import FULL, ArtifactRecord, Fidelity, LatencyStats, Tri
 from tuner.core.vocab import OPT_LEVELS
 from tuner.experiment import EvalSettings
 from tuner.measure.environment import file_sha256, fingerprint
-from tuner.measure.latency import artifact_feeds, measure_latency
+from tuner.measure.latency import artifact_feeds, measure_phases, phase_feeds
 from tuner.measure.memory import peak_rss
 from tuner.measure.quality import (
     TorchSession,
@@ -64,6 +65,7 @@ class Evaluator:
         self.layers = quantizable_layers(self.task.model)
         self._base_size: tuple[float, float] | None = None
         self._feeds: dict[str, np.ndarray] | None = None
+        self._phase_feeds: dict[str, dict[str, np.ndarray]] | None = None
         self._reference_outputs: np.ndarray | None = None
         self._built_session: ort.InferenceSession | None = None  # see build(keep_session=)
         # (prune key, pruned model, its statistics): pruned for the screen, then exported (see _screen_pruned)
@@ -80,7 +82,8 @@ class Evaluator:
         try:
             with _timed(timings, "latency"), peak_rss(memory, "meter"):
                 model_path = Path(result.artifact_dir) / MODEL
-                latency, environment = time_artifact(model_path, self.feeds(model_path), self.settings)
+                latency, environment = time_artifact(model_path, self.feeds(model_path), self.settings,
+                                                     self.phase_feeds(model_path))
         except Exception as exc:
             return _failed(result.with_timings(**timings), "latency", exc)
         return replace(result, latency=latency, environment=environment, memory=memory).with_timings(**timings)
@@ -188,6 +191,12 @@ class Evaluator:
         if self._feeds is None:
             self._feeds = artifact_feeds(self.task, model_path, self.settings.batch_size)
         return self._feeds
+
+    def phase_feeds(self, model_path: str | Path) -> dict[str, dict[str, np.ndarray]]:
+        """The task's further latency phases by the artifact's input names (``Task.latency_phases``)."""
+        if self._phase_feeds is None:
+            self._phase_feeds = phase_feeds(self.task, model_path)
+        return self._phase_feeds
 
     def build(self, candidate: Candidate, artifact: Path, timings: dict[str, float], keep_session: bool = False
               ) -> bool:
@@ -318,11 +327,12 @@ class Evaluator:
         return kernels, session
 
 
-def time_artifact(model_path: str | Path, feeds: dict[str, np.ndarray], settings: EvalSettings
-                  ) -> tuple[LatencyStats, dict[str, Any]]:
-    """Latency of an artifact in a session opened as deployed, and the fingerprint of where it was taken."""
+def time_artifact(model_path: str | Path, feeds: dict[str, np.ndarray], settings: EvalSettings,
+                  phases: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> tuple[LatencyStats, dict[str, Any]]:
+    """Latency of an artifact in a session opened as deployed (and of the task's further ``phases``, by name), and
+    the fingerprint of where it was taken."""
     session = load_artifact(model_path, settings.threads)
-    stats = measure_latency(session, feeds, settings.warmup, settings.repeats)
+    stats = measure_phases(session, feeds, phases or {}, settings.warmup, settings.repeats)
     return stats, fingerprint(settings.threads)
 
 

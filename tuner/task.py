@@ -59,6 +59,9 @@ class Task:
     dynamic_axes: optional; per example input, its axes other than the batch axis (0) that vary at run time,
         named (``{1: "sequence"}``; inputs that share a name share the size). A decoder with a KV cache is
         exported with its token and cache lengths dynamic, so one artifact serves prefill and decode.
+    latency_phases: optional; further inputs, by phase name, timed on the same artifact after ``example_inputs``
+        and recorded beside its latency (not optimized): a decoder's prefill of a prompt beside its decode step.
+        Each holds one tensor per example input, at the batch size it is to be timed at.
     """
 
     model: torch.nn.Module
@@ -68,6 +71,7 @@ class Task:
     output_layers: tuple[str, ...] = field(default=())
     finetune: Callable[[torch.nn.Module], Any] | None = None  # recovery "task": fine-tunes a pruned model in place
     dynamic_axes: tuple[Mapping[int, str], ...] = ()
+    latency_phases: Mapping[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.example_inputs, tuple) or not all(
@@ -79,6 +83,11 @@ class Task:
                 for axes, t in zip(self.dynamic_axes, self.example_inputs) for axis, name in axes.items())):
             raise ValueError("`dynamic_axes` must hold one mapping per example input, from an axis other than 0 "
                              f"(the batch axis) to a name other than 'batch', but got {self.dynamic_axes!r}.")
+        for phase, inputs in self.latency_phases.items():
+            if not isinstance(inputs, tuple) or len(inputs) != len(self.example_inputs) or not all(
+                    isinstance(t, torch.Tensor) for t in inputs):
+                raise ValueError(f"`latency_phases[{phase!r}]` must be a tuple of {len(self.example_inputs)} "
+                                 "torch.Tensor, one per example input.")
         if len(self.calibration_inputs) == 0:
             raise ValueError("`calibration_inputs` must hold at least one batch.")
         if not self.output_layers:

@@ -28,15 +28,19 @@ class LatencyStats:
     p90_ms: float
     cv: float  # coefficient of variation: std / mean of the repeats
     repeats: int
+    # the task's further latency phases (Task.latency_phases), median ms each: a decoder's prefill beside its
+    # decode step. Recorded, not optimized; the same session, warm-up and repeats
+    phases: Mapping[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "phases": dict(self.phases)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> LatencyStats | None:
         if not data:
             return None
-        return cls(float(data["median_ms"]), float(data["p90_ms"]), float(data["cv"]), int(data.get("repeats", 0)))
+        return cls(float(data["median_ms"]), float(data["p90_ms"]), float(data["cv"]), int(data.get("repeats", 0)),
+                   {str(k): float(v) for k, v in (data.get("phases") or {}).items()})
 
 
 @dataclass(frozen=True)
@@ -253,6 +257,7 @@ class TrialMeta:
     metric_drop: float | None = None
     latency_p90_ms: float | None = None
     latency_cv: float | None = None
+    latency_phases_ms: Mapping[str, float] = field(default_factory=dict)  # Task.latency_phases, median ms each
     size_mb: float | None = None
     extra_metrics: Mapping[str, float] = field(default_factory=dict)
     artifact_sha256: str | None = None
@@ -315,7 +320,7 @@ class TrialMeta:
         if result.latency is None:
             raise ValueError(f"a COMPLETE result must carry its latency, but {result.key!r} has none.")
         attrs.update(key=result.key, metric_drop=metric_drop, latency_p90_ms=result.latency.p90_ms,
-                     latency_cv=result.latency.cv, size_mb=result.size_mb, extra_metrics=dict(result.extra_metrics),
+                     latency_cv=result.latency.cv, latency_phases_ms=dict(result.latency.phases), size_mb=result.size_mb, extra_metrics=dict(result.extra_metrics),
                      artifact_sha256=result.artifact_sha256, model_stats=dict(result.model_stats),
                      environment=dict(result.environment), timings=dict(result.timings))
         return attrs

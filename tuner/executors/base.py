@@ -20,6 +20,15 @@ from tuner.core.candidate import Candidate
 from tuner.core.records import FULL, Fidelity, LatencyStats, TrialResult
 
 
+@dataclass(frozen=True)
+class LatencyFeeds:
+    """What a meter times an artifact on: the latency inputs and the task's further phases (``Task.latency_phases``),
+    arrays by the artifact's input names."""
+
+    main: Mapping[str, Any]
+    phases: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
 class Stage(enum.Enum):
     """Where a submitted candidate is."""
 

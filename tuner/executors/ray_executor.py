@@ -25,7 +25,7 @@ from tuner.core.candidate import Candidate
 from tuner.core.errors import ClusterError
 from tuner.core.paths import MODEL
 from tuner.core.records import FULL, Fidelity, LatencyStats, TrialResult
-from tuner.executors.base import Executor, Retime, Stage
+from tuner.executors.base import Executor, LatencyFeeds, Retime, Stage
 from tuner.executors.ray_pools import ClusterView, MeterPool, WorkerPool, _Worker
 from tuner.experiment import EvalSettings
 from tuner.taskref import TaskRef
@@ -48,7 +48,7 @@ class _Job:
     node: dict[str, str] = field(default_factory=dict)  # where it was built
     result: TrialResult | None = None  # after the build
     model: Any = None  # ObjectRef of the model bytes, for the meter
-    feeds: dict[str, Any] | None = None
+    feeds: LatencyFeeds | None = None
     meter_host: str | None = None
     meter_failures: int = 0
     queued: float = 0.0  # when it started waiting for a meter
@@ -277,7 +277,7 @@ class RayExecutor(Executor):
         that may). Artifacts whose meter is lost or that take longer than ``pending_timeout_s`` are left out."""
         pending: dict[ray.ObjectRef, _Job] = {}
         for artifact in artifacts:
-            job = _Job(artifact.token, {}, time.perf_counter(), stage=Stage.TIMING, feeds=dict(feeds),
+            job = _Job(artifact.token, {}, time.perf_counter(), stage=Stage.TIMING, feeds=LatencyFeeds(dict(feeds)),
                        model=ray.put(Path(artifact.model_path).read_bytes()),
                        node={k: str(artifact.environment.get(k, "")) for k in ("node_id", "node_ip")})
             self._time(job, into=pending)

@@ -22,6 +22,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tuner.core.driver_lock import pid_alive
 from tuner.core.errors import ClusterError
 from tuner.core.paths import MODEL
+from tuner.executors.base import LatencyFeeds
 from tuner.experiment import EvalSettings
 from tuner.taskref import TaskRef
 
@@ -114,7 +115,8 @@ class _Worker:
             artifact = Path(result.artifact_dir)
             shipped["files"] = {name: (artifact / name).read_bytes() for name in SHIPPED_FILES}
             shipped["model"] = ray.put(shipped["files"].pop("model.onnx"))
-            shipped["feeds"] = self.evaluator.feeds(artifact / MODEL)
+            shipped["feeds"] = LatencyFeeds(self.evaluator.feeds(artifact / MODEL),
+                                            self.evaluator.phase_feeds(artifact / MODEL))
         if result.artifact_dir:  # the driver keeps a completed model; a failed one is not kept anywhere
             shutil.rmtree(result.artifact_dir, ignore_errors=True)
         # the pruned copy, the ONNX graphs: back to the OS before the next candidate; what is left after the first
@@ -139,7 +141,7 @@ class _LatencyMeter:
     def ready(self) -> dict[str, str]:
         return _node()
 
-    def measure(self, model: bytes, feeds: dict[str, Any]) -> dict[str, Any]:
+    def measure(self, model: bytes, feeds: LatencyFeeds) -> dict[str, Any]:
         from tuner.evaluate import time_artifact
         from tuner.measure.cores import pin
         from tuner.measure.memory import peak_rss
@@ -151,7 +153,7 @@ class _LatencyMeter:
         memory: dict[str, float] = {}
         try:
             with peak_rss(memory, "meter"):
-                latency, environment = time_artifact(path, feeds, self.settings)
+                latency, environment = time_artifact(path, feeds.main, self.settings, feeds.phases)
         finally:
             path.unlink(missing_ok=True)  # the driver keeps the artifact; a meter keeps no copies
         environment = {**environment, **_node(),
@@ -335,7 +337,7 @@ class MeterPool:
             self._meters[host] = self._meter_class.options(scheduling_strategy=strategy).remote(self.settings)
         return host
 
-    def measure(self, host: str, model: ray.ObjectRef, feeds: dict[str, Any]) -> ray.ObjectRef:
+    def measure(self, host: str, model: ray.ObjectRef, feeds: LatencyFeeds) -> ray.ObjectRef:
         self._busy[host] = self._busy.get(host, 0) + 1
         return self._meters[host].measure.remote(model, feeds)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,14 @@ def measure_latency(session: ort.InferenceSession, feeds: Mapping[str, np.ndarra
         cv=float(times_ms.std() / times_ms.mean()),
         repeats=repeats,
     )
+
+
+def measure_phases(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray],
+                   phases: Mapping[str, Mapping[str, np.ndarray]], warmup: int = 10, repeats: int = 50) -> LatencyStats:
+    """:func:`measure_latency` of ``feeds``, then the median of each further phase on the same session."""
+    stats = measure_latency(session, feeds, warmup, repeats)
+    timed = {name: measure_latency(session, phase, warmup, repeats).median_ms for name, phase in phases.items()}
+    return replace(stats, phases=timed)
 
 
 def confine_default_ort_sessions() -> None:
@@ -65,6 +74,16 @@ def latency_feeds(task: Task, input_names: list[str], batch_size: int) -> dict[s
 
 def artifact_feeds(task: Task, model_path: str | Path, batch_size: int) -> dict[str, np.ndarray]:
     """The latency inputs for an artifact, by its graph's input names."""
+    return latency_feeds(task, _input_names(model_path), batch_size)
+
+
+def phase_feeds(task: Task, model_path: str | Path) -> dict[str, dict[str, np.ndarray]]:
+    """The task's further latency phases (``Task.latency_phases``) by the artifact's input names, as given."""
+    names = _input_names(model_path) if task.latency_phases else []
+    return {phase: {name: t.numpy() for name, t in zip(names, inputs)} for phase, inputs in task.latency_phases.items()}
+
+
+def _input_names(model_path: str | Path) -> list[str]:
     graph = onnx.load(str(model_path), load_external_data=False).graph
     weights = {t.name for t in graph.initializer}
-    return latency_feeds(task, [i.name for i in graph.input if i.name not in weights], batch_size)
+    return [i.name for i in graph.input if i.name not in weights]

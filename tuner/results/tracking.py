@@ -167,7 +167,7 @@ def _trial_metrics(result: TrialResult, metric_name: str) -> dict[str, float]:
         return {}
     lat = result.latency
     values = {metric_name: result.metric, "latency_ms": lat.median_ms, "latency_p90_ms": lat.p90_ms,
-              "latency_cv": lat.cv, "size_mb": result.size_mb}
+              "latency_cv": lat.cv, "size_mb": result.size_mb, **{f"latency_{k}_ms": v for k, v in lat.phases.items()}}
     values.update(result.extra_metrics)
     values.update({k: v for k, v in result.model_stats.items()
                    if isinstance(v, (int, float)) and v == v})  # MACs/params ratios, recovery cost

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tuner.core.errors import StudyError
@@ -37,6 +37,8 @@ class KindTiming:
     metric: float | None = None
     error: str | None = None
     key: str = ""  # the artifact's
+    phases: Mapping[str, float] = field(default_factory=dict)  # Task.latency_phases: median ms each
+    phase_ratios: Mapping[str, float] = field(default_factory=dict)  # each to the fp32 model's
 
     @property
     def kind(self) -> str:
@@ -50,7 +52,9 @@ class KindTiming:
         if self.latency_ms is None:
             return f"{self.label}: failed ({(self.error or '').splitlines()[0][:120]}), left out"
         scored = "" if self.metric is None else f", {metric_name} {self.metric:.4f}"
-        return (f"{self.label}: {self.latency_ms:.3f} ms ({self.ratio:.2f}x fp32){scored}"
+        phases = "".join(f"; {name} {ms:.3f} ms ({self.phase_ratios[name]:.2f}x fp32)"
+                         for name, ms in self.phases.items())
+        return (f"{self.label}: {self.latency_ms:.3f} ms ({self.ratio:.2f}x fp32){phases}{scored}"
                 + ("" if self.kept else ", left out: not faster"))
 
 
@@ -72,8 +76,10 @@ def kind_timings(results: Mapping[str, TrialResult]) -> list[KindTiming]:
         if not result.completed:
             timings.append(KindTiming(label, None, None, error=result.error or "failed", key=result.key))
             continue
-        ms = result.latency.median_ms
-        timings.append(KindTiming(label, ms, ms / fp32.latency.median_ms, result.metric, key=result.key))
+        ms, phases = result.latency.median_ms, result.latency.phases
+        ratios = {name: v / fp32.latency.phases[name] for name, v in phases.items() if fp32.latency.phases.get(name)}
+        timings.append(KindTiming(label, ms, ms / fp32.latency.median_ms, result.metric, key=result.key,
+                                  phases={k: v for k, v in phases.items() if k in ratios}, phase_ratios=ratios))
     return timings
 
 

@@ -102,14 +102,19 @@ def next_token_agreement(reference: np.ndarray):
 
 
 def causal_lm_task(lm: nn.Module, windows: np.ndarray, n_eval: int, calibration_batches: int = 4,
-                   calibration_batch_size: int = 4, cache_length: int = 128, eval_batch_size: int = 4) -> Task:
+                   calibration_batch_size: int = 4, cache_length: int = 128, eval_batch_size: int = 4,
+                   prompt_tokens: int = 64) -> Task:
     """A Task over rows of tokens (:func:`token_windows`): the first ``n_eval`` rows are scored, the following ones
-    calibrate. Latency: one decode step at batch 1 with ``cache_length`` cached tokens.
+    calibrate. Latency: one decode step at batch 1 with ``cache_length`` cached tokens, what the study optimizes;
+    beside it, every artifact's prefill of a ``prompt_tokens`` prompt at batch 1 with an empty cache (time to first
+    token; ``Task.latency_phases``, recorded as ``latency_prefill_ms``).
 
     ``lm`` is a Hugging Face causal LM that takes a ``DynamicCache`` (Llama, Mistral, Qwen2, SmolLM, Phi and most
     other decoder families); a head tied to its embeddings is untied in place (see :class:`CachedDecoder`).
     """
     n_cal = calibration_batches * calibration_batch_size
+    if not 1 <= prompt_tokens <= windows.shape[1]:
+        raise ValueError(f"prompt_tokens must be in [1, {windows.shape[1]}] (the rows' length), got {prompt_tokens}.")
     if len(windows) < n_eval + n_cal:
         raise ValueError(f"need {n_eval + n_cal} rows of tokens ({n_eval} to score, {n_cal} to calibrate), "
                          f"got {len(windows)}.")
@@ -132,7 +137,9 @@ def causal_lm_task(lm: nn.Module, windows: np.ndarray, n_eval: int, calibration_
         for start in range(n_eval, n_eval + n_cal, calibration_batch_size)
     ]
     decode_step = (torch.from_numpy(windows[:1, :1]), *model.empty_cache(1, cache_length, seed=0))
+    prefill = (torch.from_numpy(windows[:1, :prompt_tokens]), *model.empty_cache(1))
     kept = tuple(name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.endswith(KEPT_WIDTH))
     return Task(model=model, example_inputs=decode_step, calibration_inputs=calibration, evaluation=evaluation,
                 output_layers=kept,
-                dynamic_axes=({1: "sequence"},) + tuple({2: "past_sequence"} for _ in decode_step[1:]))
+                dynamic_axes=({1: "sequence"},) + tuple({2: "past_sequence"} for _ in decode_step[1:]),
+                latency_phases={"prefill": prefill})

