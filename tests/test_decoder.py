@@ -28,6 +28,7 @@ pytestmark = pytest.mark.slow  # exports of a decoder with its cache, seconds ea
 
 TESTS = str(Path(__file__).parent)
 HEAD = "lm.lm_head"
+EMBEDDING = "lm.model.embed_tokens"
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,26 @@ def test_the_tied_head_is_its_own_layer_and_is_built_in_4_bits_beside_8_bit_weig
     fp32 = evaluator.evaluate(Candidate())
     line = kind_timings({"fp32": fp32, "uniform int4": result})[1].line("perplexity")
     assert re.search(r"^uniform int4: [\d.]+ ms \([\d.]+x fp32\); prefill [\d.]+ ms \([\d.]+x fp32\)", line), line
+
+
+def test_the_embedding_table_is_a_layer_of_its_own_built_in_4_bits_apart_from_the_head_that_shares_its_values(
+        task, tmp_path):
+    from tuner.build.kernels import mismatches
+    from tuner.build.layers import layer_op_types
+    from tuner.space.auto import auto_space_file
+
+    ops = layer_op_types(task.model, task.example_inputs, dynamic_axes=task.dynamic_axes)
+    assert ops[EMBEDDING] == "Gather" and ops[HEAD] == "MatMul"  # the head's table is a transposed copy of it
+    rule = next(r for r in auto_space_file("auto", ops, [], 1).rules if r.match == EMBEDDING)
+    assert set(rule.precision) == {"int4-b32", "fp32"}  # 4-bit tables only: ORT's quantizer builds no other
+    evaluator = Evaluator(TaskRef("tiny_llama.py:make_task", {}, TESTS), EvalSettings(repeats=2, warmup=1), tmp_path)
+    result = evaluator.evaluate(Candidate(precision=((EMBEDDING, "int4-b32"),)))
+    assert result.state == "COMPLETE", result.error  # the kernel check found the table read by a 4-bit lookup
+    graph = onnx.load(str(Path(result.artifact_dir) / "model.onnx")).graph
+    lookups = [n for n in graph.node if "Gather" in n.op_type and n.input[0].startswith(f"{EMBEDDING}.weight")]
+    assert [n.op_type for n in lookups] == ["GatherBlockQuantized"]
+    assert not any(n.op_type == "MatMulNBits" for n in graph.node)  # the head stays fp32
+    assert mismatches({EMBEDDING: "Gather"}, {EMBEDDING: "int4-b32"})  # a float lookup asked for 4 bits is refused
 
 
 def test_latency_phases_hold_one_tensor_per_example_input(task):

@@ -76,7 +76,7 @@ def test_bad_task_specs(tmp_path, spec, message):
 @pytest.mark.parametrize("space, message", [
     ("layers:\n  - match: fc\n    precision: [int4]\n", "layers[0] (match 'fc'): precision 'int4' cannot be built"),
     ("layers:\n  - match: fc\n    precision: [int4-b32]\n",
-     "layers[0] (match 'fc'): precision 'int4-b32' runs on MatMul nodes only, but its layers became Gemm nodes"),
+     "layers[0] (match 'fc'): precision 'int4-b32' runs on MatMul/Gather nodes only, but its layers became Gemm nodes"),
     ("layers:\n  - match: head\n    precision: [fp32, int8]\n", "layers[0] (match 'head'): matches no layer"),
 ])
 def test_cli_reports_config_errors_before_any_trial(tmp_path, monkeypatch, capsys, space, message):

@@ -206,7 +206,7 @@ def test_file_errors_name_file_rule_and_value(tmp_path, text, message):
     ("layers:\n  - match: layer1.0.conv1\n    prune: {low: 0.0, high: 0.75, step: 0.25}\n",
      r"prune ratio 0.75 leaves no channels in layer1.0.conv1 \(16 channels"),
     ("layers:\n  - match: 're:.*'\n    precision: [int8, int4-b32]\n",
-     r"precision 'int4-b32' runs on MatMul nodes only, but its layers became Conv/Gemm nodes"),
+     r"precision 'int4-b32' runs on MatMul/Gather nodes only, but its layers became Conv/Gemm nodes"),
     ("layers:\n  - match: fc\n    precision: [fp32, int8-dynamic]\n",
      r"precision 'int8-dynamic' runs on MatMul nodes only, but its layers became Gemm nodes"),
 ])

@@ -26,6 +26,7 @@ from tuner.core.vocab import EXPORTERS
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")  # what static int8 quantizes
 MAPPED_OPS = WEIGHTED_OPS + ("LSTM",)  # what a layer can become
+TABLE_OP = "Gather"  # what an embedding becomes: a lookup in its table, the Gather's first input
 # ONNX orders an LSTM's gates (input, output, forget, cell); torch (input, forget, cell, output).
 _LSTM_GATES = (0, 3, 1, 2)
 
@@ -206,7 +207,8 @@ def _quiet_fds():
 
 @dataclass(frozen=True)
 class LayerNode:
-    """The ONNX node a layer became: its name, op type (Conv, Gemm or MatMul) and weight initializer."""
+    """The ONNX node a layer became: its name, op type (Conv, Gemm, MatMul, LSTM; Gather for an embedding) and
+    weight initializer."""
 
     name: str
     op_type: str
@@ -240,19 +242,25 @@ def map_layers(graph: onnx.ModelProto, weights: Mapping[str, np.ndarray], allow_
     weight on 3-D inputs into a transposed constant called ``val_57``; the TorchScript exporter names it
     ``onnx::MatMul_123``. Values, as is or transposed, identify those exactly.
 
+    An embedding is found as the Gather that reads its table by name only (a head tied to the table holds the
+    same values, transposed, in a MatMul).
+
     ``allow_missing``: leave out layers no node uses (the exporter drops modules whose output is unused,
     like a Hugging Face pooler under mean pooling) instead of raising.
     """
     inits = {init.name: init for init in graph.graph.initializer}
     by_name: dict[str, list[onnx.NodeProto]] = {}
     by_digest: dict[str, list[onnx.NodeProto]] = {}
+    tables: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.graph.node:
         if node.op_type in MAPPED_OPS and len(node.input) > 1 and node.input[1] in inits:
             by_name.setdefault(node.input[1], []).append(node)
             by_digest.setdefault(_digest(numpy_helper.to_array(inits[node.input[1]])), []).append(node)
+        elif node.op_type == TABLE_OP and node.input and node.input[0] in inits:
+            tables.setdefault(node.input[0], []).append(node)
     mapping: dict[str, LayerNode] = {}
     for layer, weight in weights.items():
-        found = by_name.get(f"{layer}.weight") or (
+        found = tables.get(f"{layer}.weight") or by_name.get(f"{layer}.weight") or (
             by_digest.get(_digest(weight), []) + (by_digest.get(_digest(weight.T), []) if weight.ndim == 2 else []))
         if not found and allow_missing:
             continue
@@ -262,7 +270,8 @@ def map_layers(graph: onnx.ModelProto, weights: Mapping[str, np.ndarray], allow_
         if len(found) > 1:
             raise RuntimeError(f"layer {layer!r}: {len(found)} nodes use identical weights "
                                f"({', '.join(n.name for n in found)}); layers must have distinct weights.")
-        mapping[layer] = LayerNode(found[0].name, found[0].op_type, found[0].input[1])
+        weight_input = 0 if found[0].op_type == TABLE_OP else 1
+        mapping[layer] = LayerNode(found[0].name, found[0].op_type, found[0].input[weight_input])
     taken: dict[str, str] = {}
     for layer, node in mapping.items():
         if node.name in taken:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 
 def quantizable_layers(model) -> list[str]:
-    """Module names of the layers `tuner` searches, in model order: Conv2d and Linear, and single-layer
-    unidirectional LSTMs (one ONNX LSTM node each; precision only)."""
+    """Module names of the layers `tuner` searches, in model order: Conv2d and Linear, single-layer
+    unidirectional LSTMs (one ONNX LSTM node each; precision only) and embeddings (a Gather; precision only:
+    4-bit tables)."""
     return [name for name, m in model.named_modules() if _searchable(m)]
 
 
@@ -14,8 +15,8 @@ def _searchable(module) -> bool:
 
     from tuner.build.prune import PRUNABLE_TYPES
 
-    return isinstance(module, PRUNABLE_TYPES) or (isinstance(module, nn.LSTM) and module.num_layers == 1
-                                                   and not module.bidirectional)
+    return isinstance(module, (*PRUNABLE_TYPES, nn.Embedding)) or (
+        isinstance(module, nn.LSTM) and module.num_layers == 1 and not module.bidirectional)
 
 
 def untuned_layers(model) -> list[tuple[str, str]]:

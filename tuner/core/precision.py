@@ -3,7 +3,8 @@
 =================  ===========================================  ====================  ======================
 choice             what is built                                ORT CPU kernel        offered for op types
 =================  ===========================================  ====================  ======================
-fp32               nothing                                      Conv / MatMul / Gemm  Conv, Gemm, MatMul, LSTM
+fp32               nothing                                      Conv / MatMul / Gemm  Conv, Gemm, MatMul, LSTM,
+                                                                                      Gather
 int8               static QDQ: uint8 activations (calibrated),  QLinearConv,          Conv, Gemm, MatMul
                    int8 per-channel weights                     QGemm, QLinearMatMul
 int8-dynamic       ``quantize_dynamic``: int8 weights (one      DynamicQuantizeMatMul MatMul
@@ -19,8 +20,11 @@ int8-dynamic-pc7   per channel, 7-bit weights (ORT's            DynamicQuantizeM
                    VNNI), per channel above all; a pretrained
                    110M-parameter encoder went from cosine 0.05
                    (per channel) to 0.86
-int4-b<N>          4-bit weight-only, block size N              MatMulNBits           MatMul
-                   (``MatMulNBitsQuantizer``, accuracy level 4)  (int8 compute)
+int4-b<N>          4-bit weight-only, block size N              MatMulNBits           MatMul, Gather
+                   (``MatMulNBitsQuantizer``, accuracy level 4); (int8 compute);
+                   an embedding's table in 4 bits, blocks of N   GatherBlockQuantized
+                   along its rows (ORT's quantizer builds 4-bit
+                   tables only)
 int8-weight-b<N>   8-bit weight-only, block size N (the same    MatMulNBits, 8 bits   MatMul
                    quantizer): a decoder's weights read at      (int8 compute)
                    a quarter of fp32's bytes, activations
@@ -97,10 +101,11 @@ class PrecisionKind:
 
 
 KINDS: dict[str, PrecisionKind] = {k.name: k for k in (
-    PrecisionKind(FP32, "fp32", ("Conv", "Gemm", "MatMul", "LSTM", *TORCH_LAYER_OPS),
-                  frozenset({"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "LSTM"}),
+    PrecisionKind(FP32, "fp32", ("Conv", "Gemm", "MatMul", "LSTM", "Gather", *TORCH_LAYER_OPS),
+                  frozenset({"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "LSTM", "Gather"}),
                   "#4c6ef5", computes_in_float=True, build_order=99, fidelity_order=0, summary_order=6),
-    PrecisionKind(INT4, "'int4-b<N>' (4-bit weight-only, MatMul only)", ("MatMul",), frozenset({"MatMulNBits"}),
+    PrecisionKind(INT4, "'int4-b<N>' (4-bit weight-only, MatMul and embeddings)", ("MatMul", "Gather"),
+                  frozenset({"MatMulNBits", "GatherBlockQuantized"}),
                   "#2b8a3e", computes_in_float=False, build_order=0, fidelity_order=5, summary_order=0,
                   block_sizes=INT4_BLOCK_SIZES),
     PrecisionKind(INT8_WEIGHT, "'int8-weight-b<N>' (8-bit weight-only, MatMul only)", ("MatMul",),

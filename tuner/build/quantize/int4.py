@@ -14,8 +14,12 @@ def _weight_only(bits: int):
         # nodes_to_include only *adds* to the op types it quantizes: exclude everything else instead.
         chosen = set(nodes)
         others = [n.name for n in model.graph.node if n.name not in chosen]
+        # an embedding table (Gather, 4 bits only) is quantized in blocks along its rows: what one lookup reads
+        tables = bits == 4 and any(n.op_type == "Gather" for n in model.graph.node if n.name in chosen)
         quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=True, accuracy_level=4,
-                                         nodes_to_exclude=others)
+                                         nodes_to_exclude=others,
+                                         **({"op_types_to_quantize": ("MatMul", "Gather"),
+                                             "quant_axes": (("MatMul", 0), ("Gather", 1))} if tables else {}))
         quantizer.process()
         return quantizer.model.model
 
