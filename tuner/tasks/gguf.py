@@ -36,7 +36,12 @@ def corpus_task(tokenizer, model, who: str, corpus: str, seq_len: int, n_eval: i
     rows of ``seq_len`` tokens."""
     if corpus not in CORPORA:
         raise TaskError(f"{who}: corpus {corpus!r} is not one of {sorted(CORPORA)}.")
-    stream = tokenizer("\n\n".join(CORPORA[corpus]()), return_tensors="np").input_ids[0]
-    windows = token_windows(np.asarray(stream), seq_len)
+    stream = np.asarray(tokenizer("\n\n".join(CORPORA[corpus]()), return_tensors="np").input_ids[0])
+    bos = tokenizer.bos_token_id
+    if bos is not None and stream[0] == bos:  # a model whose tokenizer starts every text with BOS expects it
+        rows = token_windows(stream[1:], seq_len - 1)  # (Gemma 3: perplexity 216 without it on every row)
+        windows = np.concatenate([np.full((len(rows), 1), bos, dtype=rows.dtype), rows], axis=1)
+    else:
+        windows = token_windows(stream, seq_len)
     return causal_lm_task(model, windows, n_eval, calibration_batches, calibration_batch_size, cache_length,
                           prompt_tokens=prompt_tokens)
