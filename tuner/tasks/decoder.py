@@ -12,6 +12,8 @@ positions where the candidate's top token is fp32's) is recorded beside it.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 from torch import nn
@@ -45,6 +47,8 @@ class CachedDecoder(nn.Module):
         self.layers = config.num_hidden_layers
         self.kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        # transformers 5.x renamed `past_key_values` to `cache` (the old name warns in every process that uses it)
+        self._cache_arg = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
     def layer_kv_heads(self) -> list[int]:
         """Key/value heads of each layer as the model is now (fewer where whole key/value groups were pruned)."""
@@ -67,8 +71,9 @@ class CachedDecoder(nn.Module):
         cache = DynamicCache(config=self.lm.config)
         for layer in range(len(past) // 2):
             cache.update(past[2 * layer], past[2 * layer + 1], layer)
-        out = self.lm(input_ids=input_ids, past_key_values=cache, use_cache=True)
-        present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+        out = self.lm(input_ids=input_ids, use_cache=True, **{self._cache_arg: cache})
+        grown = out.cache if self._cache_arg == "cache" else out.past_key_values
+        present = [t for layer in grown.layers for t in (layer.keys, layer.values)]
         return (out.logits, *present)
 
 
