@@ -163,3 +163,14 @@ def test_memory_released_with_a_freeze_keeps_the_survivors_out_of_later_collecti
         assert alive() is None and gc.get_freeze_count() == frozen
     finally:
         gc.unfreeze()
+
+
+def test_a_process_killed_for_memory_says_so_in_its_failure_line():
+    from tuner.executors.ray_executor import _first_line
+
+    # the text Ray gives for a worker its memory monitor killed (first line first, the cause after it)
+    killed = RuntimeError("The actor died unexpectedly before finishing this task.\n\tclass_name: _LatencyMeter\n"
+                          "Task was killed due to the node running low on memory.\nMemory on the node (IP: 10.0.0.2)"
+                          " was 22.51GB used / 23.54GB limit")
+    assert _first_line(killed).startswith("The actor died unexpectedly") and "memory monitor" in _first_line(killed)
+    assert _first_line(RuntimeError("The actor died unexpectedly.\nnode removed")) == "The actor died unexpectedly."

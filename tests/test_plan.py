@@ -56,6 +56,22 @@ def test_targets_are_the_fastest_feasible_reference_and_the_infeasible_kind_clos
     assert choose_targets(mpnet).repair.kind == "int8-dynamic-pc"
 
 
+def test_the_fp32_baseline_stands_in_for_an_fp32_reference_whose_timing_failed():
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from tuner.search.plan import measured_references
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={
+        "reference": "fp32", "fail_reason": "latency failed 3 time(s): ActorDiedError"}))
+    study.add_trial(create_trial(values=[32.07, 24.4], params={"x": 0.0}, distributions={"x": FloatDistribution(0, 1)},
+                                 user_attrs={"reference": "uniform int8-weight-b32", "metric_drop": 0.035}))
+    assert choose_targets(measured_references(study, 0.64)) is None  # without the baseline: no plan
+    targets = choose_targets(measured_references(study, 0.64, baseline_ms=57.9))
+    assert targets.best.kind == "int8-weight-b32" and targets.fp32 == Reference("fp32", 0.0, 57.9, True)
+
+
 @pytest.mark.parametrize("needed,expected", [(1, [1]), (2, [1, 2]), (5, [1, 2, 4, 8, 6, 5]), (12, [1, 2, 4, 8])])
 def test_the_repair_doubles_then_halves_the_count_of_groups_kept_safe(needed, expected, space):
     """Feasible once the ``needed`` most sensitive of 12 groups are kept safe: 1, 2, 4, ... then bisection, at

@@ -327,7 +327,14 @@ def connect(address: str, init_args: Mapping[str, Any], attempts: int = CONNECT_
 
 
 def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [""])[0][:300]
+    """The error's first line; for a process Ray's memory monitor killed, also why (its first line says only that
+    the actor or worker died)."""
+    text = str(exc)
+    line = (text.strip().splitlines() or [""])[0][:300]
+    if any(words in text.lower() for words in ("low on memory", "memory on the node", "outofmemory")):
+        line += (" (killed by Ray's memory monitor: the machine ran low on memory; run fewer workers or on a "
+                 "machine with more memory)")
+    return line
 
 
 def _ship(task_ref: TaskRef) -> tuple[TaskRef, dict[str, Any] | None]:

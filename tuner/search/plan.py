@@ -70,13 +70,18 @@ class Reference:
     feasible: bool
 
 
-def measured_references(study: optuna.Study, max_drop: float | None) -> list[Reference]:
-    """The completed reference trials (fp32 included), fastest first."""
+def measured_references(study: optuna.Study, max_drop: float | None, baseline_ms: float | None = None
+                        ) -> list[Reference]:
+    """The completed reference trials (fp32 included), fastest first. Where the fp32 trial did not complete (its
+    timing failed: a meter killed for memory by a 270M-parameter model's fp32 build), the fp32 baseline timed
+    before the study, ``baseline_ms``, stands in for it."""
     out = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         meta = TrialMeta.of(trial)
         if meta.reference and meta.metric_drop is not None:
             out.append(Reference(meta.reference_kind, meta.metric_drop, trial.values[1], is_feasible(trial, max_drop)))
+    if baseline_ms is not None and not any(r.kind == FP32 for r in out):
+        out.append(Reference(FP32, 0.0, baseline_ms, True))
     return sorted(out, key=lambda r: r.latency_ms)
 
 
@@ -254,7 +259,7 @@ def start_plan(study: optuna.Study, space: SearchSpace, executor, experiment, ro
     ``fit_latency``: what fits the latency model the points are spaced by, when first used (default: the per-layer
     model from ORT profiles of the references)."""
     meta = StudyMeta.load(study)
-    targets = choose_targets(measured_references(study, meta.max_metric_drop))
+    targets = choose_targets(measured_references(study, meta.max_metric_drop, meta.baseline_latency_ms))
     if targets is None or not targets.kinds or room < 1:
         replace(meta, seeded=True).save(study)
         why = ("no trial is left for it" if room < 1 else "no uniform reference is feasible" if targets is None else

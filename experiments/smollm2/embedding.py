@@ -1,0 +1,81 @@
+"""The embedding table in 4 bits: what it changes on a pretrained decoder, side by side in one process.
+
+    python experiments/smollm2/embedding.py [--task tuner.tasks.smollm2:make_task] [--rounds 3] [--out DIR]
+
+Builds fp32, uniform 8-bit weight-only (every MatMul, the head included), the same with the embedding table in
+4 bits (ORT's GatherBlockQuantized), and uniform 4-bit with the table fp32 and in 4 bits, through `tuner`'s own
+evaluator (the study's build, kernel check and perplexity); then times each artifact's prefill (64-token prompt)
+and decode step (one token after it) in interleaved rounds, as experiments/smollm2/generation.py does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from tuner.build.layers import layer_op_types
+from tuner.core.candidate import Candidate
+from tuner.evaluate import EvalSettings, Evaluator
+from tuner.measure.generation import decode_and_prefill_ms
+from tuner.measure.runtime import load_artifact
+from tuner.taskref import TaskRef
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="tuner.tasks.smollm2:make_task")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--prompt", type=int, default=64)
+    parser.add_argument("--out", help="keep the artifacts here (default: a temporary folder)")
+    args = parser.parse_args()
+    root = Path(args.out or tempfile.mkdtemp(prefix="tuner-embedding-"))
+    evaluator = Evaluator(TaskRef(args.task, {}, "."), EvalSettings(threads=1, batch_size=1, warmup=2, repeats=5),
+                          root)
+    task = evaluator.task
+    ops = layer_op_types(task.model, task.example_inputs, dynamic_axes=task.dynamic_axes)
+    matmuls = [name for name, op in ops.items() if op == "MatMul"]
+    tables = [name for name, op in ops.items() if op == "Gather"]
+
+    def uniform(kind: str, with_tables: bool) -> Candidate:
+        layers = matmuls + (tables if with_tables else [])
+        return Candidate(precision=tuple((name, kind) for name in layers) + tuple(
+            (name, "int4-b32") for name in tables if with_tables and kind != "int4-b32"))
+
+    candidates = {
+        "fp32": Candidate(),
+        "int8-weight-b32, table fp32": uniform("int8-weight-b32", False),
+        "int8-weight-b32, table int4-b32": uniform("int8-weight-b32", True),
+        "int4-b32, table fp32": uniform("int4-b32", False),
+        "int4-b32, table int4-b32": uniform("int4-b32", True),
+    }
+    built = {}
+    for label, candidate in candidates.items():
+        result = evaluator.evaluate(candidate)
+        if not result.completed:
+            raise SystemExit(f"{label}: {result.error}")
+        built[label] = result
+        print(f"built {label}: perplexity {result.metric:.3f}, {result.size_mb:.1f} MB", flush=True)
+    sessions = {label: load_artifact(Path(r.artifact_dir) / "model.onnx", 1) for label, r in built.items()}
+    prompt = np.asarray(task.evaluation.inputs[0][:1, :args.prompt])
+    rounds = {label: [] for label in sessions}
+    for _ in range(args.rounds):
+        for label, session in sessions.items():
+            rounds[label].append(decode_and_prefill_ms(session, prompt, repeats=20))
+    fp32 = built["fp32"]
+    print(f"{args.task}: prompt {args.prompt} tokens, batch 1, 1 thread, {args.rounds} interleaved rounds")
+    print(f"{'model':<34} {'perplexity':>10} {'size MB':>8} {'fp32/size':>9} {'prefill x':>9} {'decode ms':>9} "
+          f"{'decode x':>8} {'agreement':>9}")
+    for label, result in built.items():
+        decode = np.median([r.decode_ms for r in rounds[label]])
+        prefill_x = np.median([f.prefill_ms / r.prefill_ms for f, r in zip(rounds["fp32"], rounds[label])])
+        decode_x = np.median([f.decode_ms / r.decode_ms for f, r in zip(rounds["fp32"], rounds[label])])
+        agreement = result.extra_metrics.get("next_token_agreement", float("nan"))
+        print(f"{label:<34} {result.metric:>10.3f} {result.size_mb:>8.1f} {fp32.size_mb / result.size_mb:>8.2f}x "
+              f"{prefill_x:>8.2f}x {decode:>9.2f} {decode_x:>7.2f}x {agreement:>9.3f}")
+
+
+if __name__ == "__main__":
+    main()
