@@ -60,7 +60,8 @@ def test_the_fp32_baseline_stands_in_for_an_fp32_reference_whose_timing_failed()
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState, create_trial
 
-    from tuner.search.plan import measured_references
+    from tuner.core.candidate import Candidate
+    from tuner.search.plan import ShareModel, measured_references
 
     study = optuna.create_study(directions=["minimize", "minimize"])
     study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={
@@ -70,6 +71,10 @@ def test_the_fp32_baseline_stands_in_for_an_fp32_reference_whose_timing_failed()
     assert choose_targets(measured_references(study, 0.64)) is None  # without the baseline: no plan
     targets = choose_targets(measured_references(study, 0.64, baseline_ms=57.9))
     assert targets.best.kind == "int8-weight-b32" and targets.fp32 == Reference("fp32", 0.0, 57.9, True)
+    # without the fp32 profile there is no latency model: the plan spaces its points by the references' latencies
+    share = ShareModel(["a", "b"], measured_references(study, 0.64, baseline_ms=57.9))
+    assert share.predict(Candidate(precision=(("a", "int8-weight-b32"), ("b", "int8-weight-b32")))) == 24.4
+    assert share.predict(Candidate(precision=(("a", "int8-weight-b32"),))) == pytest.approx((24.4 + 57.9) / 2)
 
 
 @pytest.mark.parametrize("needed,expected", [(1, [1]), (2, [1, 2]), (5, [1, 2, 4, 8, 6, 5]), (12, [1, 2, 4, 8])])

@@ -85,6 +85,18 @@ def measured_references(study: optuna.Study, max_drop: float | None, baseline_ms
     return sorted(out, key=lambda r: r.latency_ms)
 
 
+class ShareModel:
+    """A latency model with no profile: each searched layer weighs alike, at its kind's uniform model's latency."""
+
+    def __init__(self, layers: Sequence[str], references: Sequence[Reference]):
+        self.layers, self.ms = list(layers), {r.kind: r.latency_ms for r in references}
+
+    def predict(self, candidate: Candidate) -> float:
+        chosen = dict(candidate.precision)
+        fp32 = self.ms[FP32]
+        return sum(self.ms.get(chosen.get(layer, FP32), fp32) for layer in self.layers) / max(len(self.layers), 1)
+
+
 @dataclass(frozen=True)
 class Targets:
     """Which kinds the plan works with: the fastest feasible reference, and the kind it repairs (of the infeasible
@@ -286,8 +298,13 @@ def start_plan(study: optuna.Study, space: SearchSpace, executor, experiment, ro
 
     def predict(candidate: Candidate) -> float:  # the latency model, fitted (profiling the references) when first used
         if not fitted:
-            fitted.append(fit_latency() if fit_latency is not None else fit_from_references(
-                study, space, experiment.run_dir, feeds_for, experiment.latency.threads)[0])
+            try:
+                fitted.append(fit_latency() if fit_latency is not None else fit_from_references(
+                    study, space, experiment.run_dir, feeds_for, experiment.latency.threads)[0])
+            except ValueError as exc:  # no fp32 profile (its timing failed): the references' latencies, per layer
+                log(f"plan: no latency model ({exc}); points spaced by the uniform models' latencies instead")
+                fitted.append(ShareModel(space.layers, measured_references(study, meta.max_metric_drop,
+                                                                           meta.baseline_latency_ms)))
         return fitted[0].predict(candidate)
 
     fill = fill_points(space, targets.best, targets.fp32, groups_by_sensitivity(rows, targets.best.kind), predict)
