@@ -262,6 +262,26 @@ def plan_attrs(point: PlanPoint) -> Mapping[str, str | int]:
     return {"stage": "plan", "plan": point.label, **({"recovery_budget": budget} if budget != 1 else {})}
 
 
+def latency_predictor(study: optuna.Study, space: SearchSpace, experiment, feeds_for, log: Callable[[str], None],
+                      fit_latency: Callable[[], Any] | None = None) -> Callable[[Candidate], float]:
+    """The latency model the plan spaces its points by, fitted (profiling the references) when first used."""
+    fitted = []
+
+    def predict(candidate: Candidate) -> float:
+        if not fitted:
+            try:
+                fitted.append(fit_latency() if fit_latency is not None else fit_from_references(
+                    study, space, experiment.run_dir, feeds_for, experiment.latency.threads)[0])
+            except ValueError as exc:  # no fp32 profile (its timing failed): the references' latencies, per layer
+                log(f"plan: no latency model ({exc}); points spaced by the uniform models' latencies instead")
+                meta = StudyMeta.load(study)
+                fitted.append(ShareModel(space.layers, measured_references(study, meta.max_metric_drop,
+                                                                           meta.baseline_latency_ms)))
+        return fitted[0].predict(candidate)
+
+    return predict
+
+
 def start_plan(study: optuna.Study, space: SearchSpace, executor, experiment, room: int, feeds_for, recorder,
                log: Callable[[str], None], stop=None, fit_latency: Callable[[], Any] | None = None
                ) -> PlanQueue | None:
@@ -294,19 +314,7 @@ def start_plan(study: optuna.Study, space: SearchSpace, executor, experiment, ro
                            target_stderr(meta.max_metric_drop, groups))
     spent = time.perf_counter() - started
     publish_sensitivity(rows, experiment.run_dir, meta.metric_name, recorder, spent)
-    fitted = []
-
-    def predict(candidate: Candidate) -> float:  # the latency model, fitted (profiling the references) when first used
-        if not fitted:
-            try:
-                fitted.append(fit_latency() if fit_latency is not None else fit_from_references(
-                    study, space, experiment.run_dir, feeds_for, experiment.latency.threads)[0])
-            except ValueError as exc:  # no fp32 profile (its timing failed): the references' latencies, per layer
-                log(f"plan: no latency model ({exc}); points spaced by the uniform models' latencies instead")
-                fitted.append(ShareModel(space.layers, measured_references(study, meta.max_metric_drop,
-                                                                           meta.baseline_latency_ms)))
-        return fitted[0].predict(candidate)
-
+    predict = latency_predictor(study, space, experiment, feeds_for, log, fit_latency)
     fill = fill_points(space, targets.best, targets.fp32, groups_by_sensitivity(rows, targets.best.kind), predict)
     ladder = PruneLadder(space, targets.best.kind) if space.prunes else None
     repair = None
