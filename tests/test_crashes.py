@@ -187,9 +187,9 @@ def test_what_killed_builds_left_is_removed_and_nothing_else(tmp_path):
     scratch = tmp_path / "scratch"
     mine = os.getpid()
     for name in (f"worker-{gone}-ab", f"worker-{mine}-cd", f"_exports/.k1.{gone}.x", f"_exports/.k2.{mine}.y",
-                 "_exports/k3"):
+                 "_exports/k3", f"meter-{gone}-ef", f"meter-{mine}-gh"):
         (scratch / name).mkdir(parents=True)
     removed = remove_orphans(scratch)
-    assert sorted(p.name for p in removed) == [f".k1.{gone}.x", f"worker-{gone}-ab"]
+    assert sorted(p.name for p in removed) == [f".k1.{gone}.x", f"meter-{gone}-ef", f"worker-{gone}-ab"]
     assert sorted(p.name for p in scratch.rglob("*")) == [f".k2.{os.getpid()}.y", "_exports", "k3",
-                                                          f"worker-{os.getpid()}-cd"]
+                                                          f"meter-{os.getpid()}-gh", f"worker-{os.getpid()}-cd"]

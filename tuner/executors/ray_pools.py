@@ -39,10 +39,12 @@ CLEANUP_TIMEOUT_S = 10.0
 
 def remove_orphans(scratch_dir: Path) -> list[Path]:
     """Remove the folders that workers of this machine killed mid-build left in ``scratch_dir``: their own
-    (``worker-<pid>-*``) and their unfinished exports (``_exports/.<key>.<pid>.*``), when that pid is gone."""
+    (``worker-<pid>-*``), their unfinished exports (``_exports/.<key>.<pid>.*``) and a killed latency meter's copy of
+    the model it was timing (``meter-<pid>-*``), when that pid is gone."""
     removed = []
-    for folder in [*scratch_dir.glob("worker-*-*"), *(scratch_dir / "_exports").glob(".*.*.*")]:
-        parts = folder.name.split("-")[1] if folder.name.startswith("worker-") else folder.name.split(".")[2]
+    for folder in [*scratch_dir.glob("worker-*-*"), *(scratch_dir / "_exports").glob(".*.*.*"),
+                   *scratch_dir.glob("meter-*-*")]:
+        parts = folder.name.split("-")[1] if folder.name.startswith(("worker-", "meter-")) else folder.name.split(".")[2]
         if parts.isdigit() and not pid_alive(int(parts)):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
@@ -136,7 +138,10 @@ class _LatencyMeter:
         self.settings = settings
         cores = split_cores(settings.threads)
         self.cores = cores[0] if cores else None
-        self.dir = Path(tempfile.mkdtemp(prefix="tuner-latency-"))
+        # a meter killed mid-timing (Ray's memory monitor) leaves its model here: the next one removes it
+        scratch_dir = _mkdir(Path(tempfile.gettempdir()) / "tuner-scratch")
+        remove_orphans(scratch_dir)
+        self.dir = Path(tempfile.mkdtemp(prefix=f"meter-{os.getpid()}-", dir=scratch_dir))
 
     def ready(self) -> dict[str, str]:
         return _node()
