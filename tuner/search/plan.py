@@ -273,7 +273,8 @@ def latency_predictor(study: optuna.Study, space: SearchSpace, experiment, feeds
                 fitted.append(fit_latency() if fit_latency is not None else fit_from_references(
                     study, space, experiment.run_dir, feeds_for, experiment.latency.threads)[0])
             except ValueError as exc:  # no fp32 profile (its timing failed): the references' latencies, per layer
-                log(f"plan: no latency model ({str(exc).rstrip('.')}); points spaced by the uniform models' latencies instead")
+                log(f"plan: no latency model ({str(exc).rstrip('.')}); points spaced by the uniform models' "
+                    "latencies instead")
                 meta = StudyMeta.load(study)
                 fitted.append(ShareModel(space.layers, measured_references(study, meta.max_metric_drop,
                                                                            meta.baseline_latency_ms)))
