@@ -5,17 +5,20 @@ from __future__ import annotations
 
 def quantizable_layers(model) -> list[str]:
     """Module names of the layers `tuner` searches, in model order: Conv2d and Linear, single-layer
-    unidirectional LSTMs (one ONNX LSTM node each; precision only) and embeddings (a Gather; precision only:
-    4-bit tables)."""
-    return [name for name, m in model.named_modules() if _searchable(m)]
+    unidirectional LSTMs (one ONNX LSTM node each; precision only) and, in a model that asks for it with a true
+    ``searchable_tables`` attribute (a decoder's :class:`~tuner.tasks.decoder.CachedDecoder`), embeddings (a Gather;
+    precision only: 4-bit tables). An encoder's tables are not searched: its position and type tables become
+    constants or fused ops in the exported graph."""
+    tables = bool(getattr(model, "searchable_tables", False))
+    return [name for name, m in model.named_modules() if _searchable(m, tables)]
 
 
-def _searchable(module) -> bool:
+def _searchable(module, tables: bool = False) -> bool:
     from torch import nn
 
     from tuner.build.prune import PRUNABLE_TYPES
 
-    return isinstance(module, (*PRUNABLE_TYPES, nn.Embedding)) or (
+    return isinstance(module, (*PRUNABLE_TYPES, *((nn.Embedding,) if tables else ()))) or (
         isinstance(module, nn.LSTM) and module.num_layers == 1 and not module.bidirectional)
 
 

@@ -143,7 +143,7 @@ def untuned_line(untuned: list[tuple[str, str]]) -> str:
     kinds: dict[str, list[str]] = {}
     for name, kind in untuned:
         kinds.setdefault(kind, []).append(name)
-    return ("kept fp32, not searched (tuner searches Conv2d, Linear, Embedding and single-layer LSTM layers): "
+    return ("kept fp32, not searched (tuner searches Conv2d, Linear, single-layer LSTM and, in decoders, Embedding layers): "
             + ", ".join(f"{compact_names(names)} ({kind})" for kind, names in kinds.items()))
 
 

@@ -36,6 +36,8 @@ class CachedDecoder(nn.Module):
     MatMul of its own, which precision choices can reach (the embedding stays a Gather).
     """
 
+    searchable_tables = True  # the embedding table, a decoder's largest tensor, is a layer (tuner.build.layers)
+
     def __init__(self, lm: nn.Module) -> None:
         super().__init__()
         head, embeddings = lm.get_output_embeddings(), lm.get_input_embeddings()
