@@ -128,18 +128,77 @@ def test_latency_phases_hold_one_tensor_per_example_input(task):
         tiny_llama.make_task(prompt_tokens=0)
 
 
-def test_mlp_units_are_pruned_and_attention_keeps_its_width(task):
+def test_mlp_units_are_pruned_by_channel_and_attention_in_whole_key_value_groups(task):
     from tuner.build.prune import pruning_groups
 
     groups = pruning_groups(task.model, task.example_inputs, task.output_layers)
-    assert groups and all("mlp" in g.name and "self_attn" not in g.name for g in groups)
+    channels = [g for g in groups if not g.kv_groups]
+    assert channels and all("mlp" in g.name and "self_attn" not in g.name for g in channels)
+    attention = [g for g in groups if g.kv_groups]
+    assert [g.members for g in attention] == [tuple(f"lm.model.layers.{i}.self_attn.{p}_proj" for p in "qkv")
+                                              for i in range(2)]
+    assert all(g.unit == "key/value groups" and g.consumers == (g.members[0].replace("q_proj", "o_proj"),)
+               for g in attention)
     first = next(g for g in groups if "layers.0.mlp.up_proj" in g.name)
-    pruned = prune(task.model, task.example_inputs, {first.name: 0.5}, task.output_layers)
+    pruned = prune(task.model, task.example_inputs, {first.name: 0.5, attention[1].name: 0.5}, task.output_layers)
     assert pruned.lm.model.layers[0].mlp.up_proj.out_features < task.model.lm.model.layers[0].mlp.up_proj.out_features
+    assert pruned.layer_kv_heads() == [2, 1]
     with torch.no_grad():
-        logits, *cache = pruned(*task.example_inputs)
+        logits, *cache = pruned(*pruned.fit_inputs(task.example_inputs))
     assert logits.shape[-1] == tiny_llama.VOCAB and len(cache) == 2 * task.model.layers
+    assert cache[2].shape[1] == 1 and cache[0].shape[1] == 2
 
+
+def test_the_pruning_check_and_the_auto_space_take_key_value_groups_in_whole_groups(task):
+    from tuner.build.prune import broken_groups, pruning_groups
+    from tuner.space.auto import auto_space_file
+
+    groups = pruning_groups(task.model, task.example_inputs, task.output_layers)
+    # every group at once, the attention's cache cut to the heads it keeps: nothing breaks
+    assert broken_groups(task.model, task.example_inputs, {g.name: 0.5 for g in groups}, task.output_layers) == {}
+    space = auto_space_file("auto", {"lm.model.layers.0.self_attn.k_proj": "MatMul"}, groups, 8)
+    rule = space.rules[0]
+    assert rule.prune.values() == [0.0, 0.5]  # 2 key/value heads: keep both, or one
+
+
+def test_a_candidate_with_a_key_value_group_pruned_is_built_calibrated_scored_and_timed_on_its_own_cache(
+        task, tmp_path):
+    from tuner.build.prune import pruning_groups
+    from tuner.measure.quality import TorchSession
+
+    group = next(g for g in pruning_groups(task.model, task.example_inputs, task.output_layers) if g.kv_groups)
+    evaluator = Evaluator(TaskRef("tiny_llama.py:make_task", {}, TESTS), EvalSettings(repeats=2, warmup=1), tmp_path)
+    pruned_fp32 = evaluator.evaluate(Candidate(prune=((group.name, 0.5),)))
+    assert pruned_fp32.state == "COMPLETE", pruned_fp32.error
+    session = load_artifact(Path(pruned_fp32.artifact_dir) / "model.onnx", 1)
+    heads = [i.shape[1] for i in session.get_inputs()[1:]]
+    assert heads == [1, 1, 2, 2]  # layer 0 caches one key/value head, layer 1 both
+    assert set(pruned_fp32.latency.phases) == {"prefill"}  # decode and prefill timed on the cut cache
+    # the artifact scores what the pruned torch model scores on the same text
+    pruned = prune(task.model, task.example_inputs, {group.name: 0.5}, task.output_layers)
+    evaluation = task.evaluation
+    torch_score = score_all(TorchSession(pruned, len(evaluation.inputs)), evaluation)[0]
+    assert pruned_fp32.metric == pytest.approx(torch_score, rel=1e-4)
+    assert pruned_fp32.metric != pytest.approx(evaluator.evaluate(Candidate()).metric, rel=1e-3)
+    # static int8 calibrates on the cut cache; 4-bit weights beside it
+    proj = [layer for layer in evaluator.layers if "proj" in layer]
+    mixed = evaluator.evaluate(Candidate(prune=((group.name, 0.5),),
+                                         precision=tuple((layer, "int8" if "mlp" in layer else "int4-b32")
+                                                         for layer in proj)))
+    assert mixed.state == "COMPLETE", mixed.error
+    assert mixed.cached_export  # the pruned export is shared with the fp32 candidate
+
+
+def test_distillation_recovers_a_decoder_pruned_by_key_value_group(task, tmp_path):
+    from tuner.build.prune import pruning_groups
+
+    group = next(g for g in pruning_groups(task.model, task.example_inputs, task.output_layers) if g.kv_groups)
+    evaluator = Evaluator(TaskRef("tiny_llama.py:make_task", {}, TESTS),
+                          EvalSettings(repeats=2, warmup=1, distill_steps=20, distill_lr=1e-3), tmp_path)
+    result = evaluator.evaluate(Candidate(prune=((group.name, 0.5),), recovery="distill"))
+    assert result.state == "COMPLETE", result.error
+    stats = result.model_stats
+    assert stats["distill_steps"] == 20 and stats["distill_loss_after"] < stats["distill_loss_before"]
 
 
 def test_a_key_value_group_is_pruned_whole_and_the_model_still_runs_and_exports(task, tmp_path):

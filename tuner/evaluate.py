@@ -22,7 +22,12 @@ import torch_pruning as tp
 
 from tuner.build.export import evict_exports, export_onnx, layer_weights, map_layers
 from tuner.build.fusion import apply_transformer_fusions
-from tuner.build.kernels import layer_kernels, mismatches
+from tuner.build.kernels import (
+    check_nodes_survived,
+    check_runnable,
+    layer_kernels,
+    mismatches,
+)
 from tuner.build.layers import quantizable_layers
 from tuner.build.prune import prune
 from tuner.build.quantize import apply_precisions
@@ -31,9 +36,8 @@ from tuner.core.candidate import Candidate
 from tuner.core.disk import is_disk_full
 from tuner.core.errors import UserCodeError, user_frame
 from tuner.core.paths import MODEL
-from tuner.core.precision import FP32, KINDS, kind_of
+from tuner.core.precision import FP32
 from tuner.core.records import FULL, ArtifactRecord, Fidelity, LatencyStats, TrialResult
-from tuner.core.vocab import OPT_LEVELS
 from tuner.experiment import EvalSettings
 from tuner.measure.environment import file_sha256, fingerprint
 from tuner.measure.latency import artifact_feeds, measure_phases, phase_feeds
@@ -45,8 +49,14 @@ from tuner.measure.quality import (
     session_outputs,
     subset_indices,
 )
-from tuner.measure.runtime import RuntimeConfig, create_session, load_artifact
-from tuner.task import Task
+from tuner.measure.runtime import create_session, load_artifact, run_metadata
+from tuner.task import (
+    Task,
+    fit_to_declared,
+    fits_inputs,
+    graph_input_shapes,
+    model_inputs,
+)
 from tuner.taskref import TaskRef
 
 
@@ -63,6 +73,9 @@ class Evaluator:
         # Pruned fp32 exports, built once per pruning configuration and shared by the candidates that use it.
         self.export_root = Path(export_root) if export_root else self.artifact_root / "_exports"
         self.layers = quantizable_layers(self.task.model)
+        # the model's pruned copies take inputs of other shapes (a decoder's cache, fewer key/value heads): every
+        # artifact gets the task's inputs cut to what its graph declares
+        self._fits_inputs = fits_inputs(self.task.model)
         self._base_size: tuple[float, float] | None = None
         self._feeds: dict[str, np.ndarray] | None = None
         self._phase_feeds: dict[str, dict[str, np.ndarray]] | None = None
@@ -142,17 +155,18 @@ class Evaluator:
             with _timed(timings, "accuracy"):
                 # exactly as deployed: the kernel check's session of the file just built, or the file's own settings
                 session = self._built_session or load_artifact(model_path, self.settings.threads)
-                n_total = len(self.task.evaluation.inputs[0])
+                evaluation = self._evaluation_for(session)
+                n_total = len(evaluation.inputs[0])
                 samples = fidelity.samples
                 if samples is not None and samples < n_total:
-                    metric, stderr = score_subset(session, self.task.evaluation, self.reference_outputs(),
+                    metric, stderr = score_subset(session, evaluation, self.reference_outputs(),
                                                   subset_indices(n_total, samples))
                     result = replace(result, metric=metric, scored_samples=samples, metric_stderr=stderr)
                     if fidelity.screens:  # a first look: stop only a clearly infeasible candidate
                         result = replace(result, screened_out=fidelity.clearly_infeasible(metric, stderr))
                         samples = n_total if not result.screened_out else samples
                 if samples is None or samples >= n_total:  # the whole set (after a screen: it decides)
-                    metric, extra = score_all(session, self.task.evaluation)
+                    metric, extra = score_all(session, evaluation)
                     result = replace(result, metric=metric, extra_metrics=extra, scored_samples=None,
                                      metric_stderr=None)
         except Exception as exc:  # a broken candidate is a result (FAIL), not a crash of the study
@@ -187,7 +201,8 @@ class Evaluator:
         return estimate if fidelity.clearly_infeasible(*estimate) else None
 
     def feeds(self, model_path: str | Path) -> dict[str, np.ndarray]:
-        """The latency inputs by the artifact's input names (every candidate keeps the export's inputs)."""
+        """The latency inputs by the artifact's input names (every candidate keeps the export's inputs; a pruned
+        decoder's session cuts them to its cache: `tuner.measure.latency.session_feeds`)."""
         if self._feeds is None:
             self._feeds = artifact_feeds(self.task, model_path, self.settings.batch_size)
         return self._feeds
@@ -197,6 +212,21 @@ class Evaluator:
         if self._phase_feeds is None:
             self._phase_feeds = phase_feeds(self.task, model_path)
         return self._phase_feeds
+
+    def _evaluation_for(self, session: ort.InferenceSession):
+        """The task's evaluation as the artifact of ``session`` takes its inputs (see ``_fits_inputs``)."""
+        evaluation = self.task.evaluation
+        if not self._fits_inputs:
+            return evaluation
+        return replace(evaluation, inputs=fit_to_declared(evaluation.inputs, [i.shape for i in session.get_inputs()]))
+
+    def _calibration(self, source: Path) -> list[list[np.ndarray]]:
+        """The calibration batches as arrays, cut to the inputs of ``source`` (see ``_fits_inputs``)."""
+        batches = [[t.numpy() for t in batch] for batch in self.task.calibration_inputs]
+        if not self._fits_inputs:
+            return batches
+        shapes = graph_input_shapes(onnx.load(str(source), load_external_data=False).graph)
+        return [list(fit_to_declared(batch, shapes)) for batch in batches]
 
     def build(self, candidate: Candidate, artifact: Path, timings: dict[str, float], keep_session: bool = False
               ) -> bool:
@@ -216,12 +246,11 @@ class Evaluator:
                 with _timed(timings, "fuse"):
                     result = apply_transformer_fusions(source, tmp / "fused.onnx", list(candidate.fusions))
                     fused, source = result.counts, tmp / "fused.onnx"
-                    _check_nodes_survived(result.nodes, nodes, candidate.fusions)
+                    check_nodes_survived(result.nodes, nodes, candidate.fusions)
             with _timed(timings, "quantize"):
                 choices = dict(candidate.precision)
                 node_precision = {node: choices.get(layer, FP32) for layer, (node, _, _) in nodes.items()}
-                calibration = ([[t.numpy() for t in batch] for batch in self.task.calibration_inputs]
-                               if any(c != FP32 for c in node_precision.values()) else [])
+                calibration = self._calibration(source) if any(c != FP32 for c in node_precision.values()) else []
                 # one load and one save of the model, its run settings stamped in before the save
                 apply_precisions(source, tmp / MODEL, node_precision, calibration,
                                  calibration_cache=export_dir / "calibration",
@@ -282,7 +311,8 @@ class Evaluator:
             task = self.task
             model, stats = self._pruned_model(candidate, timings)
             with _timed(timings, "export"), torch.no_grad():
-                export_onnx(model, task.example_inputs, tmp / "fp32.onnx", self.settings.exporter, task.dynamic_axes)
+                export_onnx(model, model_inputs(model, task.example_inputs), tmp / "fp32.onnx", self.settings.exporter,
+                            task.dynamic_axes)
                 nodes = map_layers(onnx.load(str(tmp / "fp32.onnx")), layer_weights(model, self.layers),
                                    allow_missing=True)
             (tmp / "layers.json").write_text(json.dumps({k: [v.name, v.op_type, v.weight] for k, v in nodes.items()}))
@@ -303,7 +333,7 @@ class Evaluator:
         try:
             if self._base_size is None:
                 self._base_size = tp.utils.count_ops_and_params(self.task.model, one)
-            macs, params = tp.utils.count_ops_and_params(model, one)
+            macs, params = tp.utils.count_ops_and_params(model, model_inputs(model, one))
         except Exception:  # counting is bookkeeping: a model it cannot trace still gets built and measured
             return {}
         return {"macs": float(macs), "params": float(params), "macs_ratio": float(macs) / self._base_size[0],
@@ -351,39 +381,6 @@ def _failed(result: TrialResult, stage: str, exc: Exception) -> TrialResult:
     at = f" (at {frame.filename}:{frame.lineno})" if frame else ""
     failed = result.failed(f"{stage} failed{at}: {type(exc).__name__}: {exc}", traceback.format_exc(limit=8))
     return replace(failed, disk_full=is_disk_full(exc))
-
-
-def check_runnable(candidate: Candidate) -> None:
-    """Combinations ORT cannot run as asked, refused before spending a build on them."""
-    level = OPT_LEVELS.index(candidate.opt_level)
-    for kind in KINDS.values():
-        if kind.min_opt_level is None or level >= OPT_LEVELS.index(kind.min_opt_level):
-            continue
-        layers = [layer for layer, choice in candidate.precision if kind_of(choice) is kind]
-        if layers:
-            allowed = " or ".join(repr(x) for x in OPT_LEVELS[OPT_LEVELS.index(kind.min_opt_level):])
-            raise ValueError(f"{kind.name} needs opt_level {allowed}: at {candidate.opt_level!r} "
-                             f"{kind.min_opt_level_reason}, so {len(layers)} {kind.name} layer(s) would compute "
-                             "in fp32.")
-
-
-def _check_nodes_survived(present: frozenset[tuple[str, str]], nodes: dict[str, list[str]],
-                          fusions: tuple[str, ...]) -> None:
-    lost = [layer for layer, (node, op, _) in nodes.items() if (node, op) not in present]
-    if lost:
-        raise RuntimeError(f"transformer fusions {list(fusions)} removed the nodes of layers {lost[:5]}; "
-                           "their precision can no longer be set.")
-
-
-def run_metadata(candidate: Candidate, fingerprint: str) -> dict[str, str]:
-    """What the ONNX file records of how it must be run, so the file alone tells a deployment."""
-    runtime = RuntimeConfig(candidate.opt_level, candidate.disabled_optimizers)
-    return {
-        "tuner.runtime": runtime.to_json(),
-        "tuner.opt_level": candidate.opt_level,
-        "tuner.candidate": json.dumps(candidate.to_dict(), sort_keys=True),
-        "tuner.task_fingerprint": fingerprint,
-    }
 
 
 @contextmanager

@@ -105,3 +105,50 @@ def check_forward(task: Task, spec: str) -> None:
     except Exception as exc:
         raise TaskError(f"task {spec!r}: the model's forward on example_inputs raised{where(exc)}: "
                         f"{type(exc).__name__}: {exc}") from exc
+
+
+# A model whose pruning changes the shapes its inputs must have (a decoder's KV cache loses the heads of pruned
+# key/value groups) says so with a method ``fit_inputs(inputs) -> inputs``: the task's inputs, built for the model as
+# trained, cut to what this (pruned) copy takes. Other models take the task's inputs as they are.
+FIT_INPUTS = "fit_inputs"
+
+
+def fits_inputs(model: torch.nn.Module) -> bool:
+    """Whether ``model`` adapts the task's inputs to its pruned copies (see ``FIT_INPUTS``)."""
+    return callable(getattr(model, FIT_INPUTS, None))
+
+
+def model_inputs(model: torch.nn.Module, inputs: Sequence[Any]) -> tuple[Any, ...]:
+    """``inputs`` as ``model`` (a pruned copy, say) takes them: its ``fit_inputs``, if it has one."""
+    fit = getattr(model, FIT_INPUTS, None)
+    return tuple(fit(tuple(inputs))) if callable(fit) else tuple(inputs)
+
+
+def fit_to_declared(arrays: Sequence[np.ndarray], shapes: Sequence[Sequence[Any] | None]) -> tuple[np.ndarray, ...]:
+    """Each array cut to the fixed sizes its ONNX input declares, where those are smaller (a pruned decoder's
+    export declares the key/value heads its cache keeps; ``shapes``: ORT's ``NodeArg.shape``, a name or None
+    for a dynamic axis). The batch axis is never cut. The same cut as a decoder's ``fit_inputs`` makes in torch,
+    since both keep the leading entries."""
+    fitted = []
+    for array, shape in zip(arrays, shapes):
+        if shape is not None and len(shape) == array.ndim:
+            cut = [slice(0, d) if isinstance(d, int) and 0 < d < n else slice(None)
+                   for d, n in zip(shape[1:], array.shape[1:])]
+            array = array[(slice(None), *cut)] if any(c != slice(None) for c in cut) else array
+        fitted.append(array)
+    return tuple(fitted)
+
+
+def graph_input_shapes(graph) -> list[list[Any]]:
+    """ORT's ``NodeArg.shape`` of each input of an ONNX graph (its weights left out): a fixed size or None."""
+    weights = {t.name for t in graph.initializer}
+    return [[d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+            for i in graph.input if i.name not in weights]
+
+
+def first_output(out: Any) -> torch.Tensor:
+    """A model's first tensor output (of a tuple, a list or a dict of outputs), as its ONNX export's first output
+    is: what the metric scores and distillation matches."""
+    while not isinstance(out, torch.Tensor):
+        out = next(iter(out.values())) if isinstance(out, dict) else out[0]
+    return out

@@ -10,7 +10,9 @@ from collections.abc import Mapping
 
 import onnx
 
+from tuner.core.candidate import Candidate
 from tuner.core.precision import FP32, KINDS, kind_of
+from tuner.core.vocab import OPT_LEVELS
 
 _COMPUTE = set().union(*(k.kernels for k in KINDS.values()))
 _SUFFIXES = ("_quantized", "_Q4", "_Q8")
@@ -46,3 +48,26 @@ def mismatches(kernels: Mapping[str, str | None], precision: Mapping[str, str]) 
         elif op is not None and op not in want.kernels:
             wrong.append(f"{layer} asked for {choice} but ORT runs it as {op}")
     return wrong
+
+
+def check_runnable(candidate: Candidate) -> None:
+    """Combinations ORT cannot run as asked, refused before spending a build on them."""
+    level = OPT_LEVELS.index(candidate.opt_level)
+    for kind in KINDS.values():
+        if kind.min_opt_level is None or level >= OPT_LEVELS.index(kind.min_opt_level):
+            continue
+        layers = [layer for layer, choice in candidate.precision if kind_of(choice) is kind]
+        if layers:
+            allowed = " or ".join(repr(x) for x in OPT_LEVELS[OPT_LEVELS.index(kind.min_opt_level):])
+            raise ValueError(f"{kind.name} needs opt_level {allowed}: at {candidate.opt_level!r} "
+                             f"{kind.min_opt_level_reason}, so {len(layers)} {kind.name} layer(s) would compute "
+                             "in fp32.")
+
+
+def check_nodes_survived(present: frozenset[tuple[str, str]], nodes: dict[str, list[str]],
+                          fusions: tuple[str, ...]) -> None:
+    """Every layer's node is still in the fused graph (``present``: its nodes), or its precision could not be set."""
+    lost = [layer for layer, (node, op, _) in nodes.items() if (node, op) not in present]
+    if lost:
+        raise RuntimeError(f"transformer fusions {list(fusions)} removed the nodes of layers {lost[:5]}; "
+                           "their precision can no longer be set.")

@@ -4,7 +4,8 @@ Layers that pruning couples (a residual add forces every layer feeding it to kee
 form one group and share one ratio. A group is named after its member layers, joined with ``+``.
 In a transformer encoder the query/key/value projections of one attention block form a group whose unit
 is a whole head (its ratio removes heads, each keeping the head dimension); an FFN's up-projection forms a
-group of hidden units.
+group of hidden units. In a decoder with grouped-query attention, the unit is a key/value group: a key/value
+head with the query heads that read it (`tuner.build.kv_groups`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from tuner.build.kv_groups import (
+    grouped_query_attentions,
+    prune_kv_group,
+    units_dropped,
+)
 from tuner.core.errors import where
+from tuner.task import model_inputs
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 # Channel importance criteria that need no gradients (torch-pruning's implementations).
@@ -40,10 +47,13 @@ class PruningGroup:
     channels: int  # output channels before pruning
     head_dim: int = 0  # > 0: an attention block's q/k/v, pruned in whole heads of this many channels
     consumers: tuple[str, ...] = ()  # layers whose input channels shrink with them (the latency model scales them)
+    # grouped-query attention: ``channels`` are the key/value projection's, pruned in whole key/value heads of
+    # ``head_dim``, each with the query heads that read it (the query projection shrinks by the same share)
+    kv_groups: bool = False
 
     @property
     def unit(self) -> str:
-        return "heads" if self.head_dim else "channels"
+        return "key/value groups" if self.kv_groups else "heads" if self.head_dim else "channels"
 
     @property
     def label(self) -> str:
@@ -54,7 +64,7 @@ class PruningGroup:
         """Output channels left after pruning ``ratio`` (of heads, for attention groups)."""
         if self.head_dim:
             heads = self.channels // self.head_dim
-            return (heads - int(heads * ratio + 1e-9)) * self.head_dim
+            return (heads - units_dropped(heads, ratio)) * self.head_dim
         return remaining_channels(self.channels, ratio, round_to)
 
 
@@ -152,6 +162,19 @@ def pruning_groups(
             channels = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
             head_dim = next((block.head_dim for block in attention_blocks(model).values() if root is block.qkv[0]), 0)
             groups.append(PruningGroup("+".join(members), tuple(members), channels, head_dim, tuple(consumers)))
+    claimed = {m for g in groups for m in g.members}
+    return groups + [g for g in kv_pruning_groups(model) if not claimed & set(g.members)]
+
+
+def kv_pruning_groups(model: nn.Module) -> list[PruningGroup]:
+    """One group per grouped-query attention with two key/value heads or more: its query, key and value
+    projections, pruned in whole key/value groups; the output projection's input shrinks with them."""
+    groups = []
+    for name, attention in grouped_query_attentions(model).items():
+        if attention.kv_heads >= 2:
+            members = tuple(f"{name}.{p}" for p in ("q_proj", "k_proj", "v_proj"))
+            groups.append(PruningGroup("+".join(members), members, attention.module.k_proj.out_features,
+                                       attention.head_dim, (f"{name}.o_proj",), kv_groups=True))
     return groups
 
 
@@ -183,10 +206,13 @@ def prune(
     if not ratios:
         return model
     modules = dict(model.named_modules())
-    # One dependency graph serves every group: torch-pruning keeps it valid as it prunes (tracing BERT-base
-    # takes seconds, and pruned heads used to trace it again for each attention block).
-    graph = _dependency_graph(model, example_inputs)
-    groups = {g.name: g for g in pruning_groups(model, example_inputs, output_layers, graph)}
+    groups = {g.name: g for g in kv_pruning_groups(model)}  # need no dependency graph (`tuner.build.kv_groups`)
+    graph = None
+    if set(ratios) - set(groups):
+        # One dependency graph serves every group: torch-pruning keeps it valid as it prunes (tracing BERT-base
+        # takes seconds, and pruned heads used to trace it again for each attention block).
+        graph = _dependency_graph(model, example_inputs)
+        groups = {g.name: g for g in pruning_groups(model, example_inputs, output_layers, graph)}
     unknown = sorted(set(ratios) - set(groups))
     if unknown:
         raise ValueError(f"unknown pruning groups {unknown}; the model has {sorted(groups)}.")
@@ -211,9 +237,13 @@ def prune(
             )
             pruner.step()
         graph = pruner.DG  # (MetaPruner traces its own; it is the one that knows the channels it removed)
+    attentions = grouped_query_attentions(model)
     for name, ratio in ratios.items():
-        if groups[name].head_dim:
-            _prune_heads(model, graph, groups[name], ratio)
+        group = groups[name]
+        if group.kv_groups:
+            prune_kv_group(attentions[group.members[0].rsplit(".", 1)[0]], ratio, name)
+        elif group.head_dim:
+            _prune_heads(model, graph, group, ratio)
     return model.eval()
 
 
@@ -283,7 +313,7 @@ def _breaks(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], name: st
         pruned = prune(model, example_inputs, {name: ratio}, output_layers, round_to)
     except Exception as exc:
         return f"pruning it raised {type(exc).__name__}: {exc}"
-    layer, exc = _run_and_catch(pruned, example_inputs)
+    layer, exc = _run_and_catch(pruned, model_inputs(pruned, example_inputs))
     # torch-pruning's dependency graph holds the pruned copy in reference cycles: free each copy now, or
     # a model's worth of memory piles up per group (6.2 GB peak for ResNet-50's 37 groups)
     del pruned
@@ -312,7 +342,7 @@ def _runs_pruned(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], rat
     """Whether ``model`` still runs with every group in ``ratios`` pruned at once."""
     try:
         pruned = prune(model, example_inputs, ratios, output_layers, round_to)
-        ok = _run_and_catch(pruned, example_inputs)[1] is None
+        ok = _run_and_catch(pruned, model_inputs(pruned, example_inputs))[1] is None
     except Exception:
         ok = False
     pruned = None

@@ -13,6 +13,7 @@ from torch import nn
 from tuner.build.prune import recalibrate_batchnorm
 from tuner.core.errors import UserCodeError, where
 from tuner.core.vocab import RECOVERY_METHODS
+from tuner.task import first_output, model_inputs
 
 
 @dataclass(frozen=True)
@@ -53,19 +54,22 @@ def recover(student: nn.Module, teacher: nn.Module, method: str, batches: Sequen
 
 def distill(student: nn.Module, teacher: nn.Module, batches: Sequence[tuple[torch.Tensor, ...]],
             settings: RecoverySettings) -> dict[str, float]:
-    """Match the teacher's outputs (MSE) on unlabeled batches for ``settings.steps`` Adam steps or until the
+    """Match the teacher's (first) outputs (MSE) on unlabeled batches for ``settings.steps`` Adam steps or until the
     time limit. BatchNorm layers stay in eval mode: their statistics were just re-estimated."""
     teacher.eval()
     student.eval()
     with torch.no_grad():
-        targets = [teacher(*batch) for batch in batches]
+        targets = [first_output(teacher(*batch)) for batch in batches]
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=settings.lr)
     loss_fn = nn.MSELoss()
 
+    def run(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:  # the student takes the batch as it was pruned to
+        return first_output(student(*model_inputs(student, batch)))
+
     @torch.no_grad()
     def mean_loss() -> float:
-        return sum(float(loss_fn(student(*b), t)) for b, t in zip(batches, targets)) / len(batches)
+        return sum(float(loss_fn(run(b), t)) for b, t in zip(batches, targets)) / len(batches)
 
     before = mean_loss()
     deadline = time.perf_counter() + settings.time_limit_s
@@ -73,7 +77,7 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence[tuple[torc
     with torch.enable_grad():
         while steps < settings.steps and time.perf_counter() < deadline:
             batch, target = batches[steps % len(batches)], targets[steps % len(batches)]
-            loss = loss_fn(student(*batch), target)
+            loss = loss_fn(run(batch), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -26,9 +26,10 @@ def decode_and_prefill_ms(session, prompt: np.ndarray, repeats: int = 20, warmup
     """Median prefill time of ``prompt`` (1 x N tokens) and median time of one decode step after it, with the
     cache the prefill returned, on an ORT session of a :class:`CachedDecoder` export."""
     names = [i.name for i in session.get_inputs()]
-    kv_shape = session.get_inputs()[1].shape  # batch, heads, past, head dim (symbolic or fixed)
-    empty = np.zeros((1, kv_shape[1], 0, kv_shape[3]), dtype=np.float32)
-    prefill_feeds = {names[0]: prompt, **{name: empty for name in names[1:]}}
+    # each layer's cache as its input declares it: batch, heads (fewer where key/value groups were pruned), past,
+    # head dim
+    prefill_feeds = {names[0]: prompt, **{i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=np.float32)
+                                          for i in session.get_inputs()[1:]}}
     outputs = session.run(None, prefill_feeds)
     next_token = outputs[0][:, -1:].argmax(-1).astype(np.int64)
     decode_feeds = {names[0]: next_token, **dict(zip(names[1:], outputs[1:]))}

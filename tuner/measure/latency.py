@@ -12,7 +12,7 @@ import onnx
 import onnxruntime as ort
 
 from tuner.core.records import LatencyStats
-from tuner.task import Task
+from tuner.task import Task, fit_to_declared
 
 
 def measure_latency(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], warmup: int = 10,
@@ -37,10 +37,20 @@ def measure_latency(session: ort.InferenceSession, feeds: Mapping[str, np.ndarra
 
 def measure_phases(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray],
                    phases: Mapping[str, Mapping[str, np.ndarray]], warmup: int = 10, repeats: int = 50) -> LatencyStats:
-    """:func:`measure_latency` of ``feeds``, then the median of each further phase on the same session."""
-    stats = measure_latency(session, feeds, warmup, repeats)
-    timed = {name: measure_latency(session, phase, warmup, repeats).median_ms for name, phase in phases.items()}
+    """:func:`measure_latency` of ``feeds``, then the median of each further phase on the same session (each cut
+    to what the session declares: :func:`session_feeds`)."""
+    stats = measure_latency(session, session_feeds(session, feeds), warmup, repeats)
+    timed = {name: measure_latency(session, session_feeds(session, phase), warmup, repeats).median_ms
+             for name, phase in phases.items()}
     return replace(stats, phases=timed)
+
+
+def session_feeds(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``feeds`` cut to the fixed sizes the session's inputs declare, where smaller (`tuner.task.fit_to_declared`):
+    the latency inputs are built for the model as trained, and a decoder whose key/value groups were pruned caches
+    fewer heads. They are the example inputs the model was exported from, so any other artifact takes them whole."""
+    declared = {i.name: i.shape for i in session.get_inputs()}
+    return dict(zip(feeds, fit_to_declared(list(feeds.values()), [declared.get(name) for name in feeds])))
 
 
 def confine_default_ort_sessions() -> None:

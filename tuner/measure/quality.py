@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 
 from tuner.core.errors import UserCodeError, where
-from tuner.task import Evaluation
+from tuner.task import Evaluation, first_output, model_inputs
 
 
 def session_outputs(session: ort.InferenceSession, inputs: tuple[np.ndarray, ...], batch_size: int,
@@ -47,11 +47,10 @@ class TorchSession:
     def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         import torch
 
-        with torch.no_grad():
-            out = self.model(*(torch.from_numpy(np.ascontiguousarray(a)) for a in feeds.values()))
-        while not isinstance(out, torch.Tensor):  # a tuple, a list or a dict of outputs: the export's first
-            out = next(iter(out.values())) if isinstance(out, dict) else out[0]
-        return [out.numpy()]
+        with torch.no_grad():  # the task's inputs as this (pruned) model takes them
+            out = self.model(*model_inputs(self.model, [torch.from_numpy(np.ascontiguousarray(a))
+                                                        for a in feeds.values()]))
+        return [first_output(out).numpy()]
 
 
 def score(session: ort.InferenceSession, evaluation: Evaluation) -> float:

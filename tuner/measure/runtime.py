@@ -9,6 +9,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
+from tuner.core.candidate import Candidate
 from tuner.core.vocab import ORT_LEVELS
 
 LEVELS = {name: getattr(ort.GraphOptimizationLevel, member) for name, member in ORT_LEVELS.items()}
@@ -69,3 +70,14 @@ def load_artifact(model_path: str | Path, threads: int = 1, optimized_model_path
     """A session configured exactly as the artifact was measured during tuning."""
     config = RuntimeConfig.of_file(model_path)
     return create_session(model_path, config.opt_level, threads, optimized_model_path, config.disabled_optimizers)
+
+
+def run_metadata(candidate: Candidate, fingerprint: str) -> dict[str, str]:
+    """What the ONNX file records of how it must be run, so the file alone tells a deployment."""
+    runtime = RuntimeConfig(candidate.opt_level, candidate.disabled_optimizers)
+    return {
+        "tuner.runtime": runtime.to_json(),
+        "tuner.opt_level": candidate.opt_level,
+        "tuner.candidate": json.dumps(candidate.to_dict(), sort_keys=True),
+        "tuner.task_fingerprint": fingerprint,
+    }

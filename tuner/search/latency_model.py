@@ -65,6 +65,7 @@ def profile_artifact(model_path: str | Path, feeds: Mapping, threads: int = 1, r
     node's median kernel time and the graph ORT optimized (whose node names the profile uses)."""
     import onnxruntime as ort
 
+    from tuner.measure.latency import session_feeds
     from tuner.measure.runtime import RuntimeConfig, session_options
 
     config = RuntimeConfig.of_file(model_path)
@@ -75,6 +76,7 @@ def profile_artifact(model_path: str | Path, feeds: Mapping, threads: int = 1, r
         options.profile_file_prefix = str(Path(tmp) / "profile")
         session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"],
                                        disabled_optimizers=list(config.disabled_optimizers) or None)
+        feeds = session_feeds(session, feeds)
         for _ in range(warmup):
             session.run(None, dict(feeds))
         # the profile holds session start-up and warm-up events too: keep only the last `runs` of each node

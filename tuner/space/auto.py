@@ -20,11 +20,14 @@ def auto_space_file(where: str, layer_ops: Mapping[str, str], groups: Sequence[P
     layers the model lets prune. One rule per layer, so ``tuner`` can write it out as a file to start from."""
     prune_of: dict[str, PruneRange] = {}
     for group in groups:
-        usable = [r for r in AUTO_PRUNE_RATIOS if group.remaining(r, round_to) >= (group.head_dim or max(round_to, 1))
+        ratios = AUTO_PRUNE_RATIOS
+        if group.kv_groups:  # a few key/value heads (3 in SmolLM2): steps of one group, up to half of them
+            heads = group.channels // group.head_dim
+            ratios = tuple(round(k / heads, 6) for k in range(1, heads // 2 + 1))
+        usable = [r for r in ratios if group.remaining(r, round_to) >= (group.head_dim or max(round_to, 1))
                   and group.remaining(r, round_to) < group.channels]
         if usable:
-            step = AUTO_PRUNE_RATIOS[0]
-            prune_of.update({m: PruneRange(0.0, max(usable), step) for m in group.members})
+            prune_of.update({m: PruneRange(0.0, max(usable), ratios[0]) for m in group.members})
     rules = []
     for index, (layer, op) in enumerate(layer_ops.items()):
         kinds = [k for k in KINDS.values() if op in k.op_types]

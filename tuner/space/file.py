@@ -208,7 +208,7 @@ def _parse_prune(where: str, raw: Any) -> PruneRange | None:
                          f"but got (low={low}, high={high}).")
     if step <= 0:
         raise SpaceError(f"{where}: prune.step must be > 0, got {step}.")
-    if low < high and abs(round((high - low) / step) * step - (high - low)) > 1e-9:
+    if low < high and abs(round((high - low) / step) * step - (high - low)) > 1e-5:  # 1/3 written as 0.333333
         raise SpaceError(f"{where}: prune range {high} - {low} is not a multiple of step {step}.")
     return PruneRange(float(low), float(high), float(step) if low < high else 1.0)
 

@@ -21,8 +21,9 @@ from torch import nn
 from tuner.task import Evaluation, Task
 
 # Linear layers that write to the residual stream (attention output, MLP down-projection) and the output head:
-# pruning keeps their width. Attention projections stay whole too: grouped-query heads share key/value heads, which
-# channel pruning cannot keep aligned. What pruning shrinks is each MLP's hidden units (gate/up with down's input).
+# channel pruning keeps their width. It keeps the attention projections whole too: grouped-query heads share key/value
+# heads, which channel pruning cannot keep aligned; they are pruned in whole key/value groups instead
+# (`tuner.build.kv_groups`). Channel pruning shrinks each MLP's hidden units (gate/up with down's input).
 KEPT_WIDTH = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.down_proj",
               "lm_head")
 
@@ -57,6 +58,14 @@ class CachedDecoder(nn.Module):
         heads = [m.k_proj.out_features // self.head_dim for m in self.lm.modules()
                  if isinstance(getattr(m, "k_proj", None), nn.Linear) and hasattr(m, "num_key_value_groups")]
         return heads or [self.kv_heads] * self.layers
+
+    def fit_inputs(self, inputs: tuple) -> tuple:
+        """The task's inputs (built for the model as trained) as this copy takes them: each layer's past keys and
+        values cut to the key/value heads it keeps (``tuner.task.FIT_INPUTS``). The task feeds empty caches to
+        score and calibrate and noise to time, so which heads are kept does not matter: the leading ones."""
+        ids, *past = inputs
+        heads = [h for h in self.layer_kv_heads() for _ in range(2)]
+        return (ids, *(p[:, :h] for p, h in zip(past, heads)))
 
     def empty_cache(self, batch: int, length: int = 0, seed: int | None = None) -> tuple[torch.Tensor, ...]:
         """Key/values for ``length`` cached tokens (zeros, or seeded noise for timing: values do not change the
