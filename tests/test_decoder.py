@@ -1,6 +1,7 @@
 """Decoder LLMs: the KV-cache export against torch over decode steps, perplexity through the evaluation's reduce,
 the tied output head as a searchable layer, MLP units pruned (tiny Llama-style decoder built in the test)."""
 
+import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -227,3 +228,19 @@ def test_a_key_value_group_is_pruned_whole_and_the_model_still_runs_and_exports(
     names = [i.name for i in session.get_inputs()]
     outputs = session.run(None, dict(zip(names, [ids[:, :6].numpy(), *(t.numpy() for t in pruned.empty_cache(2))])))
     np.testing.assert_allclose(outputs[0], whole[:, :6].numpy(), atol=1e-4)
+
+
+def test_the_torch_runtime_scores_and_times_a_decoder_pruned_by_key_value_group_on_its_own_cache(task, tmp_path):
+    from tuner.build.prune import pruning_groups
+    from tuner.evaluate_torch import TorchEvaluator
+
+    group = next(g for g in pruning_groups(task.model, task.example_inputs, task.output_layers) if g.kv_groups)
+    settings = EvalSettings(warmup=1, repeats=2, runtime="torch", device="cpu", torch_artifact="module")
+    evaluator = TorchEvaluator(TaskRef("tiny_llama.py:make_task", {}, TESTS), settings, tmp_path)
+    result = evaluator.evaluate(Candidate(prune=((group.name, 0.5),), compile_mode="none"))
+    assert result.state == "COMPLETE", result.error
+    record = json.loads((Path(result.artifact_dir) / "candidate.json").read_text())
+    assert [shape[1] for shape in record["runtime"]["input_shapes"][1:]] == [1, 1, 2, 2]
+    onnx_result = Evaluator(TaskRef("tiny_llama.py:make_task", {}, TESTS), EvalSettings(repeats=2, warmup=1),
+                            tmp_path / "onnx").evaluate(Candidate(prune=((group.name, 0.5),)))
+    assert result.metric == pytest.approx(onnx_result.metric, rel=1e-4)  # the same pruned model, either runtime

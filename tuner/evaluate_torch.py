@@ -50,7 +50,7 @@ from tuner.measure.quality import (
     subset_indices,
 )
 from tuner.measure.torch_latency import time_callable
-from tuner.task import Task
+from tuner.task import Task, declared_shapes, fit_to_declared, fits_inputs, model_inputs
 from tuner.taskref import TaskRef
 
 
@@ -121,6 +121,7 @@ class TorchEvaluator:
                     self.build(candidate, artifact, timings, eager)
                 path = artifact_file(artifact)
                 stats = json.loads((artifact / "stats.json").read_text())
+                shapes = ArtifactRecord.read(artifact / "candidate.json").runtime.get("input_shapes")
                 result = replace(result, artifact_dir=str(artifact), cached_build=cached,
                                  size_mb=path.stat().st_size / 1e6, artifact_sha256=file_sha256(path),
                                  model_stats=dict(stats))
@@ -130,11 +131,11 @@ class TorchEvaluator:
                 if fidelity.samples != 0:
                     stage = "accuracy"
                     with _timed(timings, "accuracy"):
-                        result = self._score(result, fn, fidelity)
+                        result = self._score(result, fn, fidelity, shapes)
             if fidelity.timed and not result.screened_out:
                 stage = "latency"
                 with _timed(timings, "latency"), peak_rss(memory, "meter"):
-                    result = self._time(result, fn, candidate)
+                    result = self._time(result, fn, candidate, shapes)
         except Exception as exc:  # a broken candidate is a result (FAIL), not a crash of the study
             return _failed(replace(result, memory=memory).with_timings(**timings), stage, exc)
         return replace(result, memory={**result.memory, **memory}).with_timings(**timings)
@@ -150,6 +151,8 @@ class TorchEvaluator:
                 model = apply_precision(copy.deepcopy(model), dict(candidate.precision), self.device)
                 model = model.to(self.device).eval()
             runtime = self.runtime_record(candidate)
+            if fits_inputs(self.task.model):  # a pruned decoder's cache: the shapes the artifact takes
+                runtime["input_shapes"] = declared_shapes(self.task, model)
             with _timed(timings, "export"), torch.no_grad(), matmul_precision(_tf32(candidate)):
                 if self.settings.torch_artifact == "package" and candidate.compile_mode != "none" and not eager:
                     runtime.update(self._package(model, tmp, candidate))
@@ -169,7 +172,7 @@ class TorchEvaluator:
     def _package(self, model: torch.nn.Module, folder: Path, candidate: Candidate) -> dict[str, str]:
         """The AOTInductor package; where torch.export or AOTInductor raise, the module saved whole (compiled when
         loaded) with the reason in the runtime record."""
-        example = tuple(t.to(self.device) for t in self.task.example_inputs)
+        example = tuple(t.to(self.device) for t in model_inputs(model, self.task.example_inputs))
         try:
             package(model, example, folder / TORCH_PACKAGE, candidate.compile_mode)
             return {}
@@ -209,8 +212,12 @@ class TorchEvaluator:
                                                           evaluation.reduce)
         return self._reference_outputs
 
-    def _score(self, result: TrialResult, fn: Callable[..., torch.Tensor], fidelity: Fidelity) -> TrialResult:
+    def _score(self, result: TrialResult, fn: Callable[..., torch.Tensor], fidelity: Fidelity,
+               shapes: list | None = None) -> TrialResult:
+        """The metric (``shapes``: the inputs the artifact takes, where they differ from the task's)."""
         evaluation = self.task.evaluation
+        if shapes:
+            evaluation = replace(evaluation, inputs=fit_to_declared(evaluation.inputs, shapes))
         session = TorchSession(fn, len(evaluation.inputs), self.device)
         n_total, samples = len(evaluation.inputs[0]), fidelity.samples
         if samples is not None and samples < n_total:
@@ -225,10 +232,12 @@ class TorchEvaluator:
             result = replace(result, metric=metric, extra_metrics=extra, scored_samples=None, metric_stderr=None)
         return result
 
-    def _time(self, result: TrialResult, fn: Callable[..., torch.Tensor], candidate: Candidate) -> TrialResult:
+    def _time(self, result: TrialResult, fn: Callable[..., torch.Tensor], candidate: Candidate,
+              shapes: list | None = None) -> TrialResult:
         """Latency at the experiment's batch size on the device (CUDA events on a GPU), and the peak GPU memory."""
         names = [f"input{i}" for i in range(len(self.task.example_inputs))]
         feeds = latency_feeds(self.task, names, self.settings.batch_size)
+        feeds = dict(zip(feeds, fit_to_declared(list(feeds.values()), shapes or [None] * len(feeds))))
         inputs = [torch.from_numpy(a).to(self.device) for a in feeds.values()]
         threads = torch.get_num_threads()
         torch.set_num_threads(self.settings.threads)

@@ -152,3 +152,11 @@ def first_output(out: Any) -> torch.Tensor:
     while not isinstance(out, torch.Tensor):
         out = next(iter(out.values())) if isinstance(out, dict) else out[0]
     return out
+
+
+def declared_shapes(task: Task, model: torch.nn.Module) -> list[list[int | None]]:
+    """The input shapes a (pruned) copy of the task's model takes, as an ONNX export of it declares them: fixed
+    sizes, None for the batch axis and the task's dynamic axes (what :func:`fit_to_declared` cuts to)."""
+    axes = task.dynamic_axes or tuple({} for _ in task.example_inputs)
+    return [[None if i == 0 or i in dynamic else int(n) for i, n in enumerate(t.shape)]
+            for t, dynamic in zip(model_inputs(model, task.example_inputs), axes)]
