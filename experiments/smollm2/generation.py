@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tuner import api
-from tuner.measure.generation import decode_and_prefill_ms
+from tuner.measure.generation import interleaved_generation, median_speedup
 from tuner.measure.runtime import load_artifact
 
 
@@ -46,10 +46,8 @@ def main() -> int:
         print(f"error: the fp32 reference's artifact is not in {run_dir / 'artifacts'}", file=sys.stderr)
         return 1
     prompt = np.random.default_rng(0).integers(0, 49152, size=(1, args.prompt)).astype(np.int64)
-    rounds = {trial: [] for trial in models}
-    for _ in range(args.rounds):
-        for trial, (_, session) in models.items():
-            rounds[trial].append(decode_and_prefill_ms(session, prompt, repeats=args.repeats))
+    rounds = interleaved_generation({trial: session for trial, (_, session) in models.items()}, prompt, args.rounds,
+                                    args.repeats)
     fp32_row = models[0][0]
     print(f"study {args.study!r}: prompt {args.prompt} tokens, batch 1, 1 thread, {args.rounds} interleaved rounds")
     print(f"{'trial':>5} {table.metric_name:>11} {'size MB':>8} {'prefill ms':>10} {'tok/s':>6} {'x fp32':>6} "
@@ -57,8 +55,8 @@ def main() -> int:
     for trial, (row, _) in models.items():
         prefill = np.median([r.prefill_ms for r in rounds[trial]])
         decode = np.median([r.decode_ms for r in rounds[trial]])
-        prefill_x = np.median([f.prefill_ms / r.prefill_ms for f, r in zip(rounds[0], rounds[trial])])
-        decode_x = np.median([f.decode_ms / r.decode_ms for f, r in zip(rounds[0], rounds[trial])])
+        prefill_x = median_speedup(rounds, 0, trial, "prefill_ms")
+        decode_x = median_speedup(rounds, 0, trial, "decode_ms")
         what = row.reference or f"{row.stage}: {row.summary}"
         print(f"{trial:>5} {row.metric:>11.4f} {row.size_mb:>8.1f} {prefill:>10.1f} {args.prompt / prefill * 1e3:>6.0f} "
               f"{prefill_x:>5.2f}x {decode:>9.2f} {1e3 / decode:>6.1f} {decode_x:>5.2f}x "

@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from side_by_side import build_all  # beside this script
 
 from tuner.build.prune import kv_pruning_groups, prune
 from tuner.core.candidate import Candidate
 from tuner.evaluate import EvalSettings, Evaluator
-from tuner.measure.generation import decode_and_prefill_ms
+from tuner.measure.generation import interleaved_generation, median_speedup
 from tuner.measure.quality import TorchSession, score_all
-from tuner.measure.runtime import load_artifact
 from tuner.taskref import TaskRef
 
 
@@ -71,28 +71,19 @@ def main() -> None:
         candidates[f"{n} pruned, int8-weight-b32"] = candidate(n, "int8-weight-b32")
         if args.distill_steps:
             candidates[f"{n} pruned + distill, int8-weight-b32"] = candidate(n, "int8-weight-b32", "distill")
-    built = {}
-    for label, c in candidates.items():
-        result = evaluator.evaluate(c)
-        if not result.completed:
-            raise SystemExit(f"{label}: {result.error}")
-        built[label] = result
-        print(f"built {label}: perplexity {result.metric:.3f}, {result.size_mb:.1f} MB "
-              f"({sum(result.timings.values()):.0f} s)", flush=True)
-    sessions = {label: load_artifact(Path(r.artifact_dir) / "model.onnx", 1) for label, r in built.items()}
+    built, sessions = build_all(evaluator, candidates)
     prompt = np.asarray(evaluation.inputs[0][:1, :args.prompt])
-    rounds = {label: [] for label in sessions}
-    for _ in range(args.rounds):
-        for label, session in sessions.items():
-            rounds[label].append(decode_and_prefill_ms(session, prompt, repeats=20))
+    rounds = interleaved_generation(sessions, prompt, args.rounds)
     print(f"prompt {args.prompt} tokens, batch 1, 1 thread, {args.rounds} interleaved rounds")
-    print(f"{'model':<40} {'perplexity':>10} {'size MB':>8} {'prefill x':>9} {'decode ms':>9} {'decode x':>8}")
+    print(f"{'model':<40} {'perplexity':>10} {'agreement':>9} {'size MB':>8} {'prefill x':>9} {'decode ms':>9} "
+          f"{'decode x':>8}")
     for label, result in built.items():
         decode = np.median([r.decode_ms for r in rounds[label]])
-        prefill_x = np.median([f.prefill_ms / r.prefill_ms for f, r in zip(rounds["fp32"], rounds[label])])
-        decode_x = np.median([f.decode_ms / r.decode_ms for f, r in zip(rounds["fp32"], rounds[label])])
-        print(f"{label:<40} {result.metric:>10.3f} {result.size_mb:>8.1f} {prefill_x:>8.2f}x {decode:>9.2f} "
-              f"{decode_x:>7.2f}x")
+        prefill_x = median_speedup(rounds, "fp32", label, "prefill_ms")
+        decode_x = median_speedup(rounds, "fp32", label, "decode_ms")
+        agreement = result.extra_metrics.get("next_token_agreement", float("nan"))
+        print(f"{label:<40} {result.metric:>10.3f} {agreement:>9.3f} {result.size_mb:>8.1f} {prefill_x:>8.2f}x "
+              f"{decode:>9.2f} {decode_x:>7.2f}x")
 
 
 if __name__ == "__main__":

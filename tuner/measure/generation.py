@@ -3,11 +3,15 @@ one ORT session: time to the first token, then time per generated token."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from tuner.measure.latency import measure_latency
+
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -36,3 +40,20 @@ def decode_and_prefill_ms(session, prompt: np.ndarray, repeats: int = 20, warmup
 
     return GenerationLatency(prefill_ms=measure_latency(session, prefill_feeds, warmup, repeats).median_ms,
                              decode_ms=measure_latency(session, decode_feeds, warmup, repeats).median_ms)
+
+
+def interleaved_generation(sessions: Mapping[K, object], prompt: np.ndarray, rounds: int = 3, repeats: int = 20
+                           ) -> dict[K, list[GenerationLatency]]:
+    """:func:`decode_and_prefill_ms` of every session once per round, in turn (A, B, C, A, B, C, ...), so that
+    what else the machine runs falls on all of them alike; compare them by :func:`median_speedup`."""
+    timed: dict[K, list[GenerationLatency]] = {key: [] for key in sessions}
+    for _ in range(rounds):
+        for key, session in sessions.items():
+            timed[key].append(decode_and_prefill_ms(session, prompt, repeats=repeats))
+    return timed
+
+
+def median_speedup(timed: Mapping[K, list[GenerationLatency]], reference: K, key: K, phase: str) -> float:
+    """The median over rounds of ``reference``'s time over ``key``'s in one round, for ``phase`` (``"prefill_ms"``
+    or ``"decode_ms"``): a ratio taken side by side, which the machine's drift between rounds does not move."""
+    return float(np.median([getattr(r, phase) / getattr(k, phase) for r, k in zip(timed[reference], timed[key])]))
