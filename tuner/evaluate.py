@@ -220,10 +220,11 @@ class Evaluator:
             return evaluation
         return replace(evaluation, inputs=fit_to_declared(evaluation.inputs, [i.shape for i in session.get_inputs()]))
 
-    def _calibration(self, source: Path) -> list[list[np.ndarray]]:
-        """The calibration batches as arrays, cut to the inputs of ``source`` (see ``_fits_inputs``)."""
+    def _calibration(self, source: Path, candidate: Candidate) -> list[list[np.ndarray]]:
+        """The calibration batches as arrays, cut to the inputs of ``source`` (see ``_fits_inputs``; an unpruned
+        export takes them whole, and its graph is not read)."""
         batches = [[t.numpy() for t in batch] for batch in self.task.calibration_inputs]
-        if not self._fits_inputs:
+        if not self._fits_inputs or not candidate.is_pruned:
             return batches
         shapes = graph_input_shapes(onnx.load(str(source), load_external_data=False).graph)
         return [list(fit_to_declared(batch, shapes)) for batch in batches]
@@ -250,7 +251,8 @@ class Evaluator:
             with _timed(timings, "quantize"):
                 choices = dict(candidate.precision)
                 node_precision = {node: choices.get(layer, FP32) for layer, (node, _, _) in nodes.items()}
-                calibration = self._calibration(source) if any(c != FP32 for c in node_precision.values()) else []
+                quantized = any(c != FP32 for c in node_precision.values())
+                calibration = self._calibration(source, candidate) if quantized else []
                 # one load and one save of the model, its run settings stamped in before the save
                 apply_precisions(source, tmp / MODEL, node_precision, calibration,
                                  calibration_cache=export_dir / "calibration",
