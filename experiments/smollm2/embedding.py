@@ -15,12 +15,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from side_by_side import build_all  # beside this script
+from side_by_side import build_all, time_and_print  # beside this script
 
 from tuner.build.layers import layer_op_types
 from tuner.core.candidate import Candidate
 from tuner.evaluate import EvalSettings, Evaluator
-from tuner.measure.generation import interleaved_generation, median_speedup
 from tuner.taskref import TaskRef
 
 
@@ -52,19 +51,8 @@ def main() -> None:
         "int4-b32, table int4-b32": uniform("int4-b32", True),
     }
     built, sessions = build_all(evaluator, candidates)
-    prompt = np.asarray(task.evaluation.inputs[0][:1, :args.prompt])
-    rounds = interleaved_generation(sessions, prompt, args.rounds)
-    fp32 = built["fp32"]
-    print(f"{args.task}: prompt {args.prompt} tokens, batch 1, 1 thread, {args.rounds} interleaved rounds")
-    print(f"{'model':<34} {'perplexity':>10} {'size MB':>8} {'fp32/size':>9} {'prefill x':>9} {'decode ms':>9} "
-          f"{'decode x':>8} {'agreement':>9}")
-    for label, result in built.items():
-        decode = np.median([r.decode_ms for r in rounds[label]])
-        prefill_x = median_speedup(rounds, "fp32", label, "prefill_ms")
-        decode_x = median_speedup(rounds, "fp32", label, "decode_ms")
-        agreement = result.extra_metrics.get("next_token_agreement", float("nan"))
-        print(f"{label:<34} {result.metric:>10.3f} {result.size_mb:>8.1f} {fp32.size_mb / result.size_mb:>8.2f}x "
-              f"{prefill_x:>8.2f}x {decode:>9.2f} {decode_x:>7.2f}x {agreement:>9.3f}")
+    print(args.task)
+    time_and_print(built, sessions, np.asarray(task.evaluation.inputs[0][:1, :args.prompt]), args.rounds)
 
 
 if __name__ == "__main__":

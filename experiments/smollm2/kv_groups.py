@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from side_by_side import build_all  # beside this script
+from side_by_side import build_all, time_and_print  # beside this script
 
 from tuner.build.prune import kv_pruning_groups, prune
 from tuner.core.candidate import Candidate
 from tuner.evaluate import EvalSettings, Evaluator
-from tuner.measure.generation import interleaved_generation, median_speedup
 from tuner.measure.quality import TorchSession, score_all
 from tuner.taskref import TaskRef
 
@@ -72,18 +71,8 @@ def main() -> None:
         if args.distill_steps:
             candidates[f"{n} pruned + distill, int8-weight-b32"] = candidate(n, "int8-weight-b32", "distill")
     built, sessions = build_all(evaluator, candidates)
-    prompt = np.asarray(evaluation.inputs[0][:1, :args.prompt])
-    rounds = interleaved_generation(sessions, prompt, args.rounds)
-    print(f"prompt {args.prompt} tokens, batch 1, 1 thread, {args.rounds} interleaved rounds")
-    print(f"{'model':<40} {'perplexity':>10} {'agreement':>9} {'size MB':>8} {'prefill x':>9} {'decode ms':>9} "
-          f"{'decode x':>8}")
-    for label, result in built.items():
-        decode = np.median([r.decode_ms for r in rounds[label]])
-        prefill_x = median_speedup(rounds, "fp32", label, "prefill_ms")
-        decode_x = median_speedup(rounds, "fp32", label, "decode_ms")
-        agreement = result.extra_metrics.get("next_token_agreement", float("nan"))
-        print(f"{label:<40} {result.metric:>10.3f} {agreement:>9.3f} {result.size_mb:>8.1f} {prefill_x:>8.2f}x "
-              f"{decode:>9.2f} {decode_x:>7.2f}x")
+    print(args.task)
+    time_and_print(built, sessions, np.asarray(evaluation.inputs[0][:1, :args.prompt]), args.rounds)
 
 
 if __name__ == "__main__":
