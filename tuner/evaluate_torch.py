@@ -50,7 +50,14 @@ from tuner.measure.quality import (
     subset_indices,
 )
 from tuner.measure.torch_latency import time_callable
-from tuner.task import Task, declared_shapes, fit_to_declared, fits_inputs, model_inputs
+from tuner.task import (
+    Task,
+    declared_shapes,
+    first_output,
+    fit_to_declared,
+    fits_inputs,
+    model_inputs,
+)
 from tuner.taskref import TaskRef
 
 
@@ -67,9 +74,7 @@ class TorchSession:
     def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with torch.inference_mode():
             out = self.fn(*(torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in feeds.values()))
-        while not isinstance(out, torch.Tensor):  # a tuple, list or dict of outputs: the first, as ONNX's would be
-            out = next(iter(out.values())) if isinstance(out, dict) else out[0]
-        return [out.float().cpu().numpy()]
+        return [first_output(out).float().cpu().numpy()]
 
 
 class GraphReplay:

@@ -120,8 +120,7 @@ def fits_inputs(model: torch.nn.Module) -> bool:
 
 def model_inputs(model: torch.nn.Module, inputs: Sequence[Any]) -> tuple[Any, ...]:
     """``inputs`` as ``model`` (a pruned copy, say) takes them: its ``fit_inputs``, if it has one."""
-    fit = getattr(model, FIT_INPUTS, None)
-    return tuple(fit(tuple(inputs))) if callable(fit) else tuple(inputs)
+    return tuple(getattr(model, FIT_INPUTS)(tuple(inputs))) if fits_inputs(model) else tuple(inputs)
 
 
 def fit_to_declared(arrays: Sequence[np.ndarray], shapes: Sequence[Sequence[Any] | None]) -> tuple[np.ndarray, ...]:
